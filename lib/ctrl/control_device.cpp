@@ -1,1 +1,193 @@
-// placeholder
+#include "ctrl/control_device.h"
+
+#include <fcntl.h>
+
+#include <cstring>
+#include <memory>
+
+namespace ublkd {
+
+using std::chrono::milliseconds;
+
+namespace {
+
+// How long to wait for a cancelled command to come back before giving up on
+// it for good.
+constexpr milliseconds kCancelGrace{2000};
+
+}  // namespace
+
+std::string ctrl_op_name(uint8_t op) {
+  switch (op) {
+    case uapi::kCmdGetQueueAffinity: return "GET_QUEUE_AFFINITY";
+    case uapi::kCmdGetDevInfo: return "GET_DEV_INFO";
+    case uapi::kCmdAddDev: return "ADD_DEV";
+    case uapi::kCmdDelDev: return "DEL_DEV";
+    case uapi::kCmdStartDev: return "START_DEV";
+    case uapi::kCmdStopDev: return "STOP_DEV";
+    case uapi::kCmdSetParams: return "SET_PARAMS";
+    case uapi::kCmdGetParams: return "GET_PARAMS";
+    case uapi::kCmdStartUserRecovery: return "START_USER_RECOVERY";
+    case uapi::kCmdEndUserRecovery: return "END_USER_RECOVERY";
+    case uapi::kCmdGetDevInfo2: return "GET_DEV_INFO2";
+    case uapi::kCmdGetFeatures: return "GET_FEATURES";
+    case uapi::kCmdDelDevAsync: return "DEL_DEV_ASYNC";
+    default: return "CMD_" + std::to_string(op);
+  }
+}
+
+Result<ControlDevice> ControlDevice::open(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ENOENT)
+      return Error(ENOENT, "open " + path + " (is the ublk_drv module loaded?)");
+    return errno_error("open " + path);
+  }
+  // Control commands carry an 80-byte payload, hence SQE128. Few entries: a
+  // command plus a possible cancel are all that is ever in flight.
+  auto ring = Ring::create(8, IORING_SETUP_SQE128);
+  if (!ring) return ring.error().wrap("control ring");
+  return ControlDevice(std::move(fd), std::move(ring).value());
+}
+
+uint32_t ControlDevice::encode(uint8_t op) const {
+  // Commands newer than 6.1 exist only in the ioctl encoding.
+  if (ioctl_encode_ || op >= uapi::kCmdGetFeatures) return uapi::ctrl_op_ioctl(op);
+  return op;
+}
+
+Result<int> ControlDevice::run(uint8_t op, uint32_t dev_id, void* buf, uint16_t len,
+                               uint64_t data0, milliseconds timeout) {
+  const std::string what = ctrl_op_name(op);
+  io_uring_sqe* sqe = ring_.get_sqe();
+  if (sqe == nullptr) return Error(EBUSY, what + ": control ring full");
+
+  uapi::CtrlCmd cmd{};
+  cmd.dev_id = dev_id;
+  cmd.queue_id = UINT16_MAX;
+  cmd.len = len;
+  cmd.addr = reinterpret_cast<uintptr_t>(buf);
+  cmd.data[0] = data0;
+  prep_uring_cmd(sqe, fd_.get(), encode(op), cmd);
+  // The driver may sleep inside a command (START_DEV until every fetch is in,
+  // DEL_DEV until the last reference drops). IOSQE_ASYNC makes io_uring run
+  // it on a worker thread, so io_uring_enter itself never blocks and our
+  // deadline below always holds.
+  sqe->flags |= IOSQE_ASYNC;
+  const uint64_t id = next_user_data_++;
+  sqe->user_data = id;
+  if (auto r = ring_.submit_all(); !r) return r.error().wrap(what);
+
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  bool cancelled = false;
+  for (;;) {
+    auto left = std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() < 0) left = milliseconds(0);
+    auto cqe = ring_.wait_cqe(left);
+    if (cqe) {
+      const uint64_t ud = (*cqe)->user_data;
+      const int res = (*cqe)->res;
+      io_uring_cqe_seen(ring_.get(), *cqe);
+      // Completions of earlier cancels, or of commands given up on, are
+      // stale: skip them.
+      if (ud != id) continue;
+      // A command that finished just as it was cancelled did happen: report
+      // what the kernel did, not the race.
+      if (cancelled && res < 0)
+        return Error(ETIMEDOUT, what + " timed out after " + std::to_string(timeout.count()) + " ms");
+      if (res < 0) return Error(res, what);
+      return res;
+    }
+    if (cqe.error().code() != ETIME) return cqe.error().wrap(what);
+    if (cancelled) {
+      // The kernel did not give the command back even after a cancel. Its
+      // buffer (always owned by the caller's heap block, see callers) may
+      // still be written later, so callers leak it rather than free it.
+      return Error(ETIMEDOUT, what + " timed out after " + std::to_string(timeout.count()) +
+                                  " ms and could not be cancelled");
+    }
+    io_uring_sqe* c = ring_.get_sqe();
+    if (c == nullptr) return Error(ETIMEDOUT, what + " timed out (no room to cancel)");
+    io_uring_prep_cancel64(c, id, 0);
+    c->user_data = 0;
+    if (auto r = ring_.submit_all(); !r) return r.error().wrap(what + " cancel");
+    cancelled = true;
+    deadline = std::chrono::steady_clock::now() + kCancelGrace;
+  }
+}
+
+Result<uint64_t> ControlDevice::probe_features(milliseconds timeout) {
+  // Heap-held so a command that outlives its deadline writes to memory that
+  // is still ours (it is leaked in that case).
+  auto features = std::make_unique<uint64_t>(0);
+  ioctl_encode_ = true;
+  auto r = run(uapi::kCmdGetFeatures, kAutoDevId, features.get(), sizeof(uint64_t), 0, timeout);
+  if (!r) {
+    if (r.error().code() == ETIMEDOUT) {
+      (void)features.release();
+      return r.error();
+    }
+    // Kernels before 6.5 know neither GET_FEATURES nor the ioctl encoding.
+    if (r.error().code() == EINVAL || r.error().code() == EOPNOTSUPP ||
+        r.error().code() == ENOTTY) {
+      ioctl_encode_ = false;
+      return uint64_t{0};
+    }
+    return r.error();
+  }
+  ioctl_encode_ = (*features & uapi::kFeatCmdIoctlEncode) != 0;
+  return *features;
+}
+
+Result<uapi::CtrlDevInfo> ControlDevice::add_dev(const uapi::CtrlDevInfo& wanted,
+                                                 milliseconds timeout) {
+  auto info = std::make_unique<uapi::CtrlDevInfo>(wanted);
+  auto r = run(uapi::kCmdAddDev, wanted.dev_id, info.get(), sizeof(*info), 0, timeout);
+  if (!r) {
+    if (r.error().code() == ETIMEDOUT) (void)info.release();
+    return r.error();
+  }
+  return *info;
+}
+
+Result<void> ControlDevice::set_params(uint32_t dev_id, const uapi::Params& params,
+                                       milliseconds timeout) {
+  auto p = std::make_unique<uapi::Params>(params);
+  p->len = sizeof(uapi::Params);
+  auto r = run(uapi::kCmdSetParams, dev_id, p.get(), sizeof(*p), 0, timeout);
+  if (!r) {
+    if (r.error().code() == ETIMEDOUT) (void)p.release();
+    return r.error();
+  }
+  return {};
+}
+
+Result<void> ControlDevice::start_dev(uint32_t dev_id, pid_t server_pid, milliseconds timeout) {
+  auto r = run(uapi::kCmdStartDev, dev_id, nullptr, 0, static_cast<uint64_t>(server_pid), timeout);
+  if (!r) return r.error();
+  return {};
+}
+
+Result<void> ControlDevice::stop_dev(uint32_t dev_id, milliseconds timeout) {
+  auto r = run(uapi::kCmdStopDev, dev_id, nullptr, 0, 0, timeout);
+  if (!r) return r.error();
+  return {};
+}
+
+Result<void> ControlDevice::del_dev(uint32_t dev_id, milliseconds timeout) {
+  auto r = run(uapi::kCmdDelDev, dev_id, nullptr, 0, 0, timeout);
+  if (!r) return r.error();
+  return {};
+}
+
+Result<uapi::CtrlDevInfo> ControlDevice::get_dev_info(uint32_t dev_id, milliseconds timeout) {
+  auto info = std::make_unique<uapi::CtrlDevInfo>();
+  auto r = run(uapi::kCmdGetDevInfo, dev_id, info.get(), sizeof(*info), 0, timeout);
+  if (!r) {
+    if (r.error().code() == ETIMEDOUT) (void)info.release();
+    return r.error();
+  }
+  return *info;
+}
+
+}  // namespace ublkd

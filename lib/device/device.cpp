@@ -1,1 +1,252 @@
-// placeholder
+#include "device/device.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <bit>
+#include <thread>
+
+namespace ublkd {
+
+using std::chrono::milliseconds;
+using std::chrono::steady_clock;
+
+namespace {
+
+// How long a queue gets to drain after STOP_DEV before it is told to quit.
+constexpr milliseconds kQueueDrainTimeout{5'000};
+// How long a queue gets to quit once told to.
+constexpr milliseconds kQueueQuitTimeout{2'000};
+// udev may hold the new char device open for a moment after ADD_DEV.
+constexpr milliseconds kCharOpenTimeout{3'000};
+
+std::string join_lines(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) {
+    if (!out.empty()) out += "; ";
+    out += s;
+  }
+  return out;
+}
+
+}  // namespace
+
+Device::Device(DeviceConfig config, std::unique_ptr<Backend> backend,
+               StateMachine::Listener listener, QueueExitHook on_queue_exit)
+    : config_(std::move(config)),
+      backend_(std::move(backend)),
+      sm_(std::move(listener)),
+      on_queue_exit_(std::move(on_queue_exit)) {}
+
+Device::~Device() {
+  // A device dropped while still attached to the kernel is stopped here so
+  // nothing is left behind; the owner normally did this already.
+  if (!is_terminal(state()) && state() != DeviceState::kNew) (void)stop();
+}
+
+std::string Device::block_device() const {
+  return dev_id_ ? "/dev/ublkb" + std::to_string(*dev_id_) : std::string();
+}
+
+std::string Device::char_device() const {
+  return dev_id_ ? "/dev/ublkc" + std::to_string(*dev_id_) : std::string();
+}
+
+Result<void> Device::start() {
+  if (state() != DeviceState::kNew) return Error(EALREADY, "device was already started once");
+  Result<void> r = bring_up();
+  if (r) return {};
+  std::vector<std::string> problems = teardown(/*graceful=*/false);
+  std::string reason = r.error().to_string();
+  if (!problems.empty()) reason += " (cleanup: " + join_lines(problems) + ")";
+  (void)sm_.transition(DeviceState::kFailed, reason);
+  return Error(r.error().code(), reason);
+}
+
+uapi::Params Device::build_params() const {
+  const BackendFeatures f = backend_->features();
+  const auto lbs_shift = static_cast<uint8_t>(std::countr_zero(config_.logical_block_size));
+  uapi::Params p{};
+  p.types = uapi::kParamTypeBasic;
+  p.basic.attrs = (config_.read_only ? uapi::kAttrReadOnly : 0u) |
+                  (f.volatile_cache ? uapi::kAttrVolatileCache : 0u);
+  p.basic.logical_bs_shift = lbs_shift;
+  p.basic.physical_bs_shift = std::max<uint8_t>(lbs_shift, 12);
+  p.basic.io_min_shift = lbs_shift;
+  p.basic.io_opt_shift = std::max<uint8_t>(lbs_shift, 12);
+  p.basic.max_sectors = info_.max_io_buf_bytes >> 9;
+  p.basic.dev_sectors = backend_->size() >> 9;
+  if ((f.discard || f.write_zeroes) && !config_.read_only) {
+    p.types |= uapi::kParamTypeDiscard;
+    // Ranges are capped so that a byte count fits the 32-bit request size.
+    constexpr uint32_t kMaxRangeSectors = UINT32_MAX >> 9;
+    p.discard.discard_granularity =
+        std::max(config_.logical_block_size, f.discard_granularity);
+    p.discard.max_discard_sectors = f.discard ? kMaxRangeSectors : 0;
+    p.discard.max_write_zeroes_sectors = f.write_zeroes ? kMaxRangeSectors : 0;
+    p.discard.max_discard_segments = 1;
+  }
+  return p;
+}
+
+Result<UniqueFd> Device::open_char_device(steady_clock::time_point deadline) const {
+  const std::string path = char_device();
+  for (milliseconds pause{1};; pause = std::min(pause * 2, milliseconds(50))) {
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (fd) return fd;
+    const int err = errno;
+    if ((err != ENOENT && err != EBUSY) || steady_clock::now() + pause > deadline)
+      return Error(err, "open " + path);
+    std::this_thread::sleep_for(pause);
+  }
+}
+
+Result<void> Device::bring_up() {
+  auto ctrl = ControlDevice::open(config_.control_path);
+  if (!ctrl) return ctrl.error();
+  ctrl_.emplace(std::move(ctrl).value());
+  ctrl_->set_ioctl_encoding((config_.kernel_features & uapi::kFeatCmdIoctlEncode) != 0);
+
+  uapi::CtrlDevInfo want{};
+  want.nr_hw_queues = config_.queues;
+  want.queue_depth = config_.queue_depth;
+  want.max_io_buf_bytes = config_.max_io_buf_bytes;
+  want.dev_id = ControlDevice::kAutoDevId;
+  want.ublksrv_pid = ::getpid();
+  want.flags = config_.kernel_features &
+               (uapi::kFeatCmdIoctlEncode | uapi::kFeatUringCmdCompInTask);
+  auto added = ctrl_->add_dev(want, config_.command_timeout);
+  if (!added) return added.error();
+  // From here on only what the kernel accepted counts: it may have granted
+  // fewer queues (capped at the CPU count) and rewritten the flags.
+  info_ = *added;
+  dev_id_ = info_.dev_id;
+  if (auto r = sm_.transition(DeviceState::kAdded); !r) return r.error();
+  if (info_.queue_depth == 0 || info_.nr_hw_queues == 0 ||
+      info_.max_io_buf_bytes < config_.logical_block_size) {
+    return Error(EPROTO, "ADD_DEV returned an unusable geometry");
+  }
+  // The io commands follow the encoding of the device, as returned.
+  const bool io_ioctl = (info_.flags & uapi::kFeatCmdIoctlEncode) != 0;
+
+  if (auto r = ctrl_->set_params(*dev_id_, build_params(), config_.command_timeout); !r)
+    return r.error();
+  if (auto r = sm_.transition(DeviceState::kParamsSet); !r) return r.error();
+
+  const auto start_deadline = steady_clock::now() + config_.start_timeout;
+  auto fd = open_char_device(steady_clock::now() + kCharOpenTimeout);
+  if (!fd) return fd.error();
+  char_fd_ = std::move(fd).value();
+
+  for (uint16_t q = 0; q < info_.nr_hw_queues; ++q) {
+    QueueConfig qc;
+    qc.dev_id = *dev_id_;
+    qc.queue_id = q;
+    qc.depth = info_.queue_depth;
+    qc.buf_bytes = info_.max_io_buf_bytes;
+    qc.char_fd = char_fd_.get();
+    qc.ioctl_encoding = io_ioctl;
+    if (config_.unprimed_tag && config_.unprimed_tag->first == q)
+      qc.unprimed_tag = config_.unprimed_tag->second;
+    auto hook = [this](uint16_t) {
+      if (on_queue_exit_) on_queue_exit_();
+    };
+    workers_.push_back(std::make_unique<QueueWorker>(qc, *backend_, hook));
+    if (auto r = workers_.back()->start(); !r) return r.error();
+  }
+  for (auto& w : workers_) {
+    if (auto r = w->wait_primed(start_deadline); !r)
+      return r.error().wrap("queue " + std::to_string(w->queue_id()));
+  }
+  if (auto r = sm_.transition(DeviceState::kQueuesPrimed); !r) return r.error();
+
+  // Only now: START_DEV sleeps in the kernel until every tag has a fetch
+  // outstanding, so sending it earlier could never complete.
+  if (auto r = sm_.transition(DeviceState::kStartPending); !r) return r.error();
+  auto left = std::chrono::duration_cast<milliseconds>(start_deadline - steady_clock::now());
+  if (left < milliseconds(1)) left = milliseconds(1);
+  if (auto r = ctrl_->start_dev(*dev_id_, ::getpid(), left); !r) {
+    if (r.error().code() == ETIMEDOUT) {
+      return Error(ETIMEDOUT, "START_DEV timed out after " +
+                                  std::to_string(config_.start_timeout.count()) + " ms");
+    }
+    return r.error();
+  }
+  for (auto& w : workers_) {
+    if (w->exited())
+      return Error(EIO, "queue " + std::to_string(w->queue_id()) + " exited during start");
+  }
+  return sm_.transition(DeviceState::kLive);
+}
+
+std::vector<std::string> Device::teardown(bool graceful) {
+  std::vector<std::string> problems;
+  if (dev_id_ && ctrl_) {
+    // STOP_DEV removes the disk and hands every outstanding fetch back with
+    // UBLK_IO_RES_ABORT, which is what lets the queue threads finish.
+    if (auto r = ctrl_->stop_dev(*dev_id_, config_.command_timeout); !r)
+      problems.push_back(r.error().to_string());
+  }
+  if (graceful) {
+    const auto deadline = steady_clock::now() + kQueueDrainTimeout;
+    for (auto& w : workers_) (void)w->join(deadline);
+  }
+  for (auto& w : workers_) w->request_stop();
+  const auto deadline = steady_clock::now() + kQueueQuitTimeout;
+  for (auto& w : workers_) {
+    if (!w->join(deadline)) {
+      problems.push_back("queue " + std::to_string(w->queue_id()) + " did not exit");
+    } else if (auto e = w->exit_error(); e && graceful) {
+      problems.push_back("queue " + std::to_string(w->queue_id()) + ": " + e->to_string());
+    }
+  }
+  // The threads that did not exit still use the char fd and their mappings;
+  // the QueueWorker destructor joins them, after which the fd may close.
+  workers_.clear();
+  char_fd_.reset();
+  if (dev_id_ && ctrl_) {
+    // DEL_DEV waits until the last reference to the device is gone, which is
+    // why every fd, mapping and registered file is released first.
+    if (auto r = ctrl_->del_dev(*dev_id_, config_.command_timeout); !r)
+      problems.push_back(r.error().to_string());
+  }
+  return problems;
+}
+
+Result<void> Device::stop() {
+  const DeviceState s = state();
+  if (is_terminal(s)) return {};
+  if (s == DeviceState::kNew) return sm_.transition(DeviceState::kRemoved);
+  if (auto r = sm_.transition(DeviceState::kStopping); !r) return r.error();
+  std::vector<std::string> problems = teardown(/*graceful=*/true);
+  if (problems.empty()) return sm_.transition(DeviceState::kRemoved);
+  const std::string reason = "stop: " + join_lines(problems);
+  (void)sm_.transition(DeviceState::kFailed, reason);
+  return Error(EIO, reason);
+}
+
+void Device::fail(const std::string& reason) {
+  if (is_terminal(state())) return;
+  std::vector<std::string> problems = teardown(/*graceful=*/false);
+  std::string full = reason;
+  if (!problems.empty()) full += " (cleanup: " + join_lines(problems) + ")";
+  (void)sm_.transition(DeviceState::kFailed, full);
+}
+
+bool Device::queues_healthy() const {
+  for (const auto& w : workers_)
+    if (w->exited()) return false;
+  return true;
+}
+
+std::string Device::queue_failure() const {
+  for (const auto& w : workers_) {
+    if (!w->exited()) continue;
+    auto e = w->exit_error();
+    return "queue " + std::to_string(w->queue_id()) + " exited" +
+           (e ? ": " + e->to_string() : std::string(" unexpectedly"));
+  }
+  return {};
+}
+
+}  // namespace ublkd

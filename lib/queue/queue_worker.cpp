@@ -1,1 +1,209 @@
-// placeholder
+#include "queue/queue_worker.h"
+
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "base/mapping.h"
+#include "uapi/ublk.h"
+#include "uring/ring.h"
+
+namespace ublkd {
+
+namespace {
+
+// user_data layout: the low 16 bits carry the tag of a ublk io command; the
+// stop eventfd's read is told apart by a bit no tag can have.
+constexpr uint64_t kStopUserData = 1ull << 32;
+
+uint64_t round_up(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
+
+}  // namespace
+
+QueueWorker::QueueWorker(QueueConfig config, Backend& backend, ExitHook on_exit)
+    : config_(config), backend_(backend), on_exit_(std::move(on_exit)) {
+  primed_future_ = primed_.get_future();
+  done_future_ = done_.get_future();
+}
+
+QueueWorker::~QueueWorker() {
+  if (thread_.joinable()) {
+    request_stop();
+    thread_.join();
+  }
+}
+
+Result<void> QueueWorker::start() {
+  stop_fd_.reset(::eventfd(0, EFD_CLOEXEC));
+  if (!stop_fd_) return errno_error("eventfd for queue " + std::to_string(config_.queue_id));
+  try {
+    thread_ = std::thread([this] { run(); });
+  } catch (const std::system_error& e) {
+    return Error(e.code().value(), "start thread for queue " + std::to_string(config_.queue_id));
+  }
+  return {};
+}
+
+Result<void> QueueWorker::wait_primed(std::chrono::steady_clock::time_point deadline) {
+  if (primed_future_.wait_until(deadline) != std::future_status::ready) {
+    return Error(ETIMEDOUT, "queue " + std::to_string(config_.queue_id) +
+                                " did not submit its fetches in time");
+  }
+  return primed_future_.get();
+}
+
+void QueueWorker::request_stop() {
+  if (!stop_fd_) return;
+  const uint64_t one = 1;
+  // An eventfd write only fails if the counter would overflow, which a
+  // handful of stop requests cannot do.
+  (void)!::write(stop_fd_.get(), &one, sizeof(one));
+}
+
+bool QueueWorker::join(std::chrono::steady_clock::time_point deadline) {
+  if (!thread_.joinable()) return true;
+  if (done_future_.wait_until(deadline) != std::future_status::ready) return false;
+  thread_.join();
+  return true;
+}
+
+std::optional<Error> QueueWorker::exit_error() const {
+  if (!exited()) return std::nullopt;
+  return exit_error_;
+}
+
+void QueueWorker::run() {
+  char name[16];
+  snprintf(name, sizeof(name), "ublk%u-q%u", config_.dev_id, config_.queue_id);
+  pthread_setname_np(pthread_self(), name);
+
+  Result<void> r = serve();
+  if (!r) exit_error_ = r.error();
+  exited_.store(true, std::memory_order_release);
+  if (on_exit_) on_exit_(config_.queue_id);
+  done_.set_value();
+}
+
+Result<void> QueueWorker::serve() {
+  const QueueConfig& c = config_;
+  bool primed_reported = false;
+  auto fail = [&](Error e) -> Result<void> {
+    if (!primed_reported) {
+      primed_.set_value(e);
+      primed_reported = true;
+    }
+    return e;
+  };
+
+  // One SQE per tag (each tag has at most one command in flight) plus the
+  // stop eventfd read.
+  auto ring_r = Ring::create(c.depth + 1u, 0);
+  if (!ring_r) return fail(ring_r.error());
+  Ring ring = std::move(ring_r).value();
+  if (auto r = ring.register_files(&c.char_fd, 1); !r) return fail(r.error());
+
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const size_t desc_len = round_up(c.depth * sizeof(uapi::IoDesc), page);
+  void* desc_addr = ::mmap(nullptr, desc_len, PROT_READ, MAP_SHARED | MAP_POPULATE, c.char_fd,
+                           static_cast<off_t>(uapi::io_desc_mmap_offset(c.queue_id, page)));
+  if (desc_addr == MAP_FAILED) return fail(errno_error("mmap io descriptors"));
+  Mapping descs_map(desc_addr, desc_len);
+  const auto* descs = static_cast<const uapi::IoDesc*>(desc_addr);
+
+  // Buffers are reserved, not committed: a tag's pages are only backed once
+  // a request of that size has used them.
+  const size_t buf_len = static_cast<size_t>(c.depth) * c.buf_bytes;
+  void* buf_addr = ::mmap(nullptr, buf_len, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (buf_addr == MAP_FAILED) return fail(errno_error("mmap io buffers"));
+  Mapping bufs_map(buf_addr, buf_len);
+  auto buffer = [&](uint16_t tag) {
+    return static_cast<char*>(buf_addr) + static_cast<size_t>(tag) * c.buf_bytes;
+  };
+
+  const uint32_t fetch_op = c.ioctl_encoding ? uapi::io_op_ioctl(uapi::kIoFetchReq)
+                                             : uint32_t{uapi::kIoFetchReq};
+  const uint32_t commit_op = c.ioctl_encoding ? uapi::io_op_ioctl(uapi::kIoCommitAndFetchReq)
+                                              : uint32_t{uapi::kIoCommitAndFetchReq};
+  auto queue_cmd = [&](uint32_t op, uint16_t tag, int32_t result) -> bool {
+    io_uring_sqe* sqe = ring.get_sqe();
+    if (sqe == nullptr) return false;
+    uapi::IoCmd cmd{};
+    cmd.q_id = c.queue_id;
+    cmd.tag = tag;
+    cmd.result = result;
+    cmd.addr = reinterpret_cast<uintptr_t>(buffer(tag));
+    prep_uring_cmd(sqe, 0, op, cmd);  // fixed file 0 is the char device
+    sqe->flags |= IOSQE_FIXED_FILE;
+    sqe->user_data = tag;
+    return true;
+  };
+
+  uint64_t stop_value = 0;
+  io_uring_sqe* stop_sqe = ring.get_sqe();
+  if (stop_sqe == nullptr) return fail(Error(EBUSY, "queue ring has no room"));
+  io_uring_prep_read(stop_sqe, stop_fd_.get(), &stop_value, sizeof(stop_value), 0);
+  stop_sqe->user_data = kStopUserData;
+
+  uint32_t outstanding = 0;
+  for (uint16_t tag = 0; tag < c.depth; ++tag) {
+    if (c.unprimed_tag && *c.unprimed_tag == tag) continue;
+    if (!queue_cmd(fetch_op, tag, 0)) return fail(Error(EBUSY, "queue ring has no room"));
+    ++outstanding;
+  }
+  if (auto r = ring.submit_all(); !r) return fail(r.error().wrap("submit fetches"));
+  primed_.set_value({});
+  primed_reported = true;
+
+  std::optional<Error> first_error;
+  while (outstanding > 0) {
+    int ret = io_uring_submit_and_wait(ring.get(), 1);
+    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+      return Error(ret, "io_uring_enter");
+
+    bool stop = false;
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(ring.get(), head, cqe) {
+      ++seen;
+      if (cqe->user_data == kStopUserData) {
+        stop = true;
+        continue;
+      }
+      const auto tag = static_cast<uint16_t>(cqe->user_data);
+      if (cqe->res == uapi::kIoResOk) {
+        const uapi::IoDesc d = descs[tag];
+        int result;
+        const uint8_t op = uapi::io_desc_op(d);
+        const uint64_t len = static_cast<uint64_t>(d.nr_sectors) << 9;
+        if (op > uapi::kOpWriteZeroes || op == uapi::kOpWriteSame) {
+          result = -EOPNOTSUPP;
+        } else if ((op == uapi::kOpRead || op == uapi::kOpWrite) && len > c.buf_bytes) {
+          result = -EIO;  // cannot happen with max_sectors set from buf_bytes
+        } else {
+          IoRequest req{static_cast<IoOp>(op), uapi::io_desc_flags(d), d.start_sector << 9,
+                        static_cast<uint32_t>(len), buffer(tag), c.queue_id, tag};
+          result = backend_.handle(req);
+        }
+        if (!queue_cmd(commit_op, tag, result)) {
+          first_error = Error(EBUSY, "queue ring has no room for a commit");
+          stop = true;
+        }
+      } else {
+        // UBLK_IO_RES_ABORT: the device is stopping and hands the tag back.
+        // Anything else is a protocol error; the tag is gone either way.
+        --outstanding;
+        if (cqe->res != uapi::kIoResAbort && !first_error)
+          first_error = Error(cqe->res, "io command for tag " + std::to_string(tag));
+      }
+    }
+    io_uring_cq_advance(ring.get(), seen);
+    if (stop) break;
+  }
+  if (first_error) return *first_error;
+  return {};
+}
+
+}  // namespace ublkd

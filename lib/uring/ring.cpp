@@ -1,1 +1,60 @@
-// placeholder
+#include "uring/ring.h"
+
+namespace ublkd {
+
+Result<Ring> Ring::create(unsigned entries, unsigned flags) {
+  auto ring = std::make_unique<io_uring>();
+  io_uring_params params{};
+  params.flags = flags;
+  int ret = io_uring_queue_init_params(entries, ring.get(), &params);
+  if (ret < 0) return Error(ret, "io_uring setup (" + std::to_string(entries) + " entries)");
+  return Ring(std::move(ring));
+}
+
+Ring::~Ring() {
+  if (ring_) io_uring_queue_exit(ring_.get());
+}
+
+io_uring_sqe* Ring::get_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(ring_.get());
+  if (sqe == nullptr) {
+    if (io_uring_submit(ring_.get()) < 0) return nullptr;
+    sqe = io_uring_get_sqe(ring_.get());
+  }
+  return sqe;
+}
+
+Result<void> Ring::submit_all() {
+  while (io_uring_sq_ready(ring_.get()) > 0) {
+    int ret = io_uring_submit(ring_.get());
+    if (ret == -EINTR) continue;
+    if (ret < 0) return Error(ret, "io_uring submit");
+    if (ret == 0) return Error(EAGAIN, "io_uring submit made no progress");
+  }
+  return {};
+}
+
+Result<io_uring_cqe*> Ring::wait_cqe(std::chrono::milliseconds timeout) {
+  using namespace std::chrono;
+  const auto deadline = steady_clock::now() + timeout;
+  for (;;) {
+    auto left = duration_cast<nanoseconds>(deadline - steady_clock::now());
+    if (left.count() < 0) left = nanoseconds(0);
+    __kernel_timespec ts{};
+    ts.tv_sec = left.count() / 1'000'000'000;
+    ts.tv_nsec = left.count() % 1'000'000'000;
+    io_uring_cqe* cqe = nullptr;
+    int ret = io_uring_wait_cqe_timeout(ring_.get(), &cqe, &ts);
+    if (ret == 0) return cqe;
+    if (ret == -EINTR && steady_clock::now() < deadline) continue;
+    return Error(ret, "waiting for io_uring completion");
+  }
+}
+
+Result<void> Ring::register_files(const int* fds, unsigned count) {
+  int ret = io_uring_register_files(ring_.get(), fds, count);
+  if (ret < 0) return Error(ret, "io_uring register files");
+  return {};
+}
+
+}  // namespace ublkd

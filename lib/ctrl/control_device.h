@@ -1,0 +1,62 @@
+// The ublk control device (/dev/ublk-control) spoken through its own SQE128
+// io_uring. Every command has a deadline: the kernel may sleep in START_DEV
+// (until all fetches are in) and in DEL_DEV (until every reference is gone),
+// and a caller must be able to give up, cancel and report instead of hanging.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "base/error.h"
+#include "base/unique_fd.h"
+#include "uapi/ublk.h"
+#include "uring/ring.h"
+
+namespace ublkd {
+
+class ControlDevice {
+ public:
+  static constexpr const char* kDefaultPath = "/dev/ublk-control";
+  static constexpr uint32_t kAutoDevId = UINT32_MAX;
+
+  static Result<ControlDevice> open(const std::string& path = kDefaultPath);
+
+  // Probes GET_FEATURES (6.5+) and selects the command encoding: the ioctl
+  // encoding when the kernel offers UBLK_F_CMD_IOCTL_ENCODE, legacy numbers
+  // otherwise. A kernel without GET_FEATURES reports 0 and stays on legacy.
+  Result<uint64_t> probe_features(std::chrono::milliseconds timeout);
+  void set_ioctl_encoding(bool on) { ioctl_encode_ = on; }
+  bool ioctl_encoding() const { return ioctl_encode_; }
+
+  // Returns the dev_info the kernel accepted (id, flags, depth as granted).
+  Result<uapi::CtrlDevInfo> add_dev(const uapi::CtrlDevInfo& wanted,
+                                    std::chrono::milliseconds timeout);
+  Result<void> set_params(uint32_t dev_id, const uapi::Params& params,
+                          std::chrono::milliseconds timeout);
+  Result<void> start_dev(uint32_t dev_id, pid_t server_pid, std::chrono::milliseconds timeout);
+  Result<void> stop_dev(uint32_t dev_id, std::chrono::milliseconds timeout);
+  Result<void> del_dev(uint32_t dev_id, std::chrono::milliseconds timeout);
+  Result<uapi::CtrlDevInfo> get_dev_info(uint32_t dev_id, std::chrono::milliseconds timeout);
+
+ private:
+  ControlDevice(UniqueFd fd, Ring ring) : fd_(std::move(fd)), ring_(std::move(ring)) {}
+
+  // Runs one command. `buf`/`len` is the command's in/out buffer; it must
+  // stay valid until the kernel is done with it, see run() for how a timed
+  // out command is handled.
+  Result<int> run(uint8_t op, uint32_t dev_id, void* buf, uint16_t len, uint64_t data0,
+                  std::chrono::milliseconds timeout);
+  uint32_t encode(uint8_t op) const;
+
+  UniqueFd fd_;
+  Ring ring_;
+  uint64_t next_user_data_ = 1;
+  bool ioctl_encode_ = true;
+};
+
+std::string ctrl_op_name(uint8_t op);
+
+}  // namespace ublkd

@@ -1,0 +1,106 @@
+// One ublk device from ADD_DEV to DEL_DEV: drives the state machine, owns
+// the control device, the char device fd, the queue workers and the backend.
+// All methods except the observers are called from one control thread.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backend/backend.h"
+#include "base/error.h"
+#include "base/unique_fd.h"
+#include "ctrl/control_device.h"
+#include "device/state_machine.h"
+#include "queue/queue_worker.h"
+#include "uapi/ublk.h"
+
+namespace ublkd {
+
+struct DeviceConfig {
+  std::string name;
+  uint16_t queues = 1;
+  uint16_t queue_depth = 128;
+  uint32_t logical_block_size = 512;
+  bool read_only = false;
+  // Largest request the kernel may send; also each tag's buffer size.
+  uint32_t max_io_buf_bytes = 512 * 1024;
+  // Kernel feature bits from GET_FEATURES (0 if the kernel lacks it).
+  uint64_t kernel_features = 0;
+  // START_DEV, and the wait for primed queues before it.
+  std::chrono::milliseconds start_timeout{10'000};
+  // Every other control command, and each step of the shutdown.
+  std::chrono::milliseconds command_timeout{5'000};
+  std::string control_path = ControlDevice::kDefaultPath;
+  // Test-only fault injection: (queue, tag) that never gets a FETCH_REQ.
+  std::optional<std::pair<uint16_t, uint16_t>> unprimed_tag;
+};
+
+class Device {
+ public:
+  // A queue thread ended (on its own, or because the device stopped). Runs on
+  // that queue's thread; the owner should hop to its control thread and
+  // check queues_healthy().
+  using QueueExitHook = std::function<void()>;
+
+  Device(DeviceConfig config, std::unique_ptr<Backend> backend,
+         StateMachine::Listener listener = {}, QueueExitHook on_queue_exit = {});
+  ~Device();
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+
+  // new -> added -> params-set -> queues-primed -> start-pending -> live.
+  // On any error the device is stopped and deleted again, ends in failed,
+  // and the error says which step failed.
+  Result<void> start();
+
+  // live -> stopping -> removed: STOP_DEV, queue threads finish, fds and
+  // mappings released, DEL_DEV. Every step bounded; a step that fails ends
+  // the device in failed with the reason, but the later steps still run.
+  Result<void> stop();
+
+  // Tears a device down after a queue died under it; ends in failed.
+  void fail(const std::string& reason);
+
+  // False once a queue thread of a live device has exited.
+  bool queues_healthy() const;
+  // The first dead queue's story, for the log.
+  std::string queue_failure() const;
+
+  DeviceState state() const { return sm_.state(); }
+  std::string failure_reason() const { return sm_.failure_reason(); }
+  const DeviceConfig& config() const { return config_; }
+  const std::string& name() const { return config_.name; }
+  Backend& backend() { return *backend_; }
+  std::optional<uint32_t> dev_id() const { return dev_id_; }
+  // The kernel's view after ADD_DEV (granted queues, depth, flags).
+  const uapi::CtrlDevInfo& kernel_info() const { return info_; }
+  std::string block_device() const;
+  std::string char_device() const;
+
+ private:
+  Result<void> bring_up();
+  // Stops and deletes whatever bring_up() or the running device left, in the
+  // order the kernel needs; returns the problems met on the way.
+  std::vector<std::string> teardown(bool graceful);
+  uapi::Params build_params() const;
+  Result<UniqueFd> open_char_device(std::chrono::steady_clock::time_point deadline) const;
+
+  DeviceConfig config_;
+  std::unique_ptr<Backend> backend_;
+  StateMachine sm_;
+  QueueExitHook on_queue_exit_;
+  std::optional<ControlDevice> ctrl_;
+  std::optional<uint32_t> dev_id_;
+  uapi::CtrlDevInfo info_{};
+  UniqueFd char_fd_;
+  std::vector<std::unique_ptr<QueueWorker>> workers_;
+};
+
+}  // namespace ublkd

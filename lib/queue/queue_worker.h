@@ -1,0 +1,81 @@
+// One hardware queue of a ublk device, served by its own thread and its own
+// io_uring: the device's char fd registered as fixed file 0, the queue's io
+// descriptors mapped read-only, one buffer per tag, a FETCH_REQ per tag, then
+// the COMMIT_AND_FETCH_REQ loop until the kernel aborts the fetches (device
+// stopped) or the control plane asks the thread to quit.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "backend/backend.h"
+#include "base/error.h"
+#include "base/unique_fd.h"
+
+namespace ublkd {
+
+struct QueueConfig {
+  uint32_t dev_id = 0;
+  uint16_t queue_id = 0;
+  uint16_t depth = 0;
+  uint32_t buf_bytes = 0;  // per tag; the device's max_io_buf_bytes
+  int char_fd = -1;        // /dev/ublkcN, shared by all queues, owned by Device
+  bool ioctl_encoding = true;
+  // Test-only fault injection: this tag gets no FETCH_REQ although the queue
+  // still reports itself primed, which must make START_DEV time out.
+  std::optional<uint16_t> unprimed_tag;
+};
+
+class QueueWorker {
+ public:
+  // Called on the worker thread when it exits, for whatever reason.
+  using ExitHook = std::function<void(uint16_t queue_id)>;
+
+  QueueWorker(QueueConfig config, Backend& backend, ExitHook on_exit = {});
+  ~QueueWorker();
+  QueueWorker(const QueueWorker&) = delete;
+  QueueWorker& operator=(const QueueWorker&) = delete;
+
+  // Spawns the thread; it sets up its ring and submits the fetches.
+  Result<void> start();
+
+  // Waits, bounded, until every tag's FETCH_REQ has been submitted (primed)
+  // or setup failed.
+  Result<void> wait_primed(std::chrono::steady_clock::time_point deadline);
+
+  // Asks the thread to leave its loop now: it drops its ring, which makes the
+  // kernel cancel whatever it still had outstanding.
+  void request_stop();
+
+  // Waits, bounded, for the thread to finish; true if it did (and is joined).
+  bool join(std::chrono::steady_clock::time_point deadline);
+
+  bool exited() const { return exited_.load(std::memory_order_acquire); }
+  // Why the loop ended early, if it did; meaningful once exited().
+  std::optional<Error> exit_error() const;
+  uint16_t queue_id() const { return config_.queue_id; }
+
+ private:
+  void run();
+  Result<void> serve();
+
+  QueueConfig config_;
+  Backend& backend_;
+  ExitHook on_exit_;
+  UniqueFd stop_fd_;  // eventfd the control plane writes to stop the loop
+  std::thread thread_;
+  std::promise<Result<void>> primed_;
+  std::future<Result<void>> primed_future_;
+  std::promise<void> done_;
+  std::future<void> done_future_;
+  std::atomic<bool> exited_{false};
+  std::optional<Error> exit_error_;
+};
+
+}  // namespace ublkd
