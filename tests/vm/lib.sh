@@ -1,0 +1,280 @@
+# shellcheck shell=bash
+# Helper library for VM test cases (tests/vm/cases/*.sh). A case starts with
+#
+#   #!/bin/bash
+#   . "${BASH_SOURCE%/*}/../lib.sh"
+#
+# and then runs as root inside the test VM with `set -euo pipefail` in force.
+# Exit status: 0 pass, 1 fail, 77 skip (use fail/skip). Messages go to
+# stderr, so functions whose stdout is captured ($(wait_live ...)) still log.
+#
+# On exit, registered cleanups run (last first), then any ublkd the case
+# started and did not stop is killed; that turns a passing case into a
+# failing one, since stopping the daemon cleanly is part of every test.
+#
+# Do not call start_ublkd/stop_ublkd inside $(...) or a pipeline: they keep
+# their state in shell variables of the case.
+
+set -euo pipefail
+
+UBLKD=${UBLKD:-/usr/local/bin/ublkd}
+UBLKCTL=${UBLKCTL:-/usr/local/bin/ublkctl}
+CASE_NAME=${UBLKD_CASE:-$(basename "$0" .sh)}
+if [[ -z ${UBLKD_CASE_DIR:-} ]]; then
+    UBLKD_CASE_DIR=$(mktemp -d "/tmp/$CASE_NAME.XXXXXX")
+fi
+CASE_DIR=$UBLKD_CASE_DIR
+
+UBLKD_PID=       # the daemon started last
+UBLKD_LOG=       # its log file (stdout and stderr)
+_UBLKD_PIDS=()   # every daemon started by this case
+_UBLKD_LOGS=()
+_CLEANUPS=()
+_T0=${EPOCHREALTIME/./}
+
+# ---- messages -------------------------------------------------------------
+
+_elapsed() {
+    local us=$((${EPOCHREALTIME/./} - _T0))
+    printf '%d.%d' $((us / 1000000)) $((us / 100000 % 10))
+}
+
+# log MSG...: timestamped (seconds since the case started) to stderr.
+log() { printf '[%6ss] %s\n' "$(_elapsed)" "$*" >&2; }
+
+# fail MSG...: end the case as failed. The "FAIL: " line is what the harness
+# reports as the reason.
+fail() {
+    printf 'FAIL: %s\n' "$*" >&2
+    exit 1
+}
+
+# skip MSG...: end the case as skipped (exit 77), e.g. the kernel lacks a
+# feature.
+skip() {
+    printf 'SKIP: %s\n' "$*" >&2
+    exit 77
+}
+
+# add_cleanup CMD...: run CMD (through eval) when the case exits, before the
+# daemons are stopped; cleanups run in reverse order of registration.
+add_cleanup() { _CLEANUPS+=("$*"); }
+
+# ---- environment ----------------------------------------------------------
+
+# require_cmd CMD...: skip unless every command exists.
+require_cmd() {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null || skip "command '$c' not available"
+    done
+}
+
+# load_module NAME [PARAM=VALUE...]: modprobe a module or skip the case. The
+# harness unloads modules a case loaded once the case ends.
+load_module() {
+    modprobe "$@" || skip "cannot load kernel module $1"
+}
+
+# kernel_at_least MAJOR.MINOR: true when the running kernel is that or newer.
+kernel_at_least() {
+    local want_major=${1%%.*} want_minor=${1#*.} rel major minor
+    rel=$(uname -r)
+    major=${rel%%.*}
+    minor=${rel#*.}
+    minor=${minor%%[!0-9]*}
+    ((major > want_major || (major == want_major && minor >= want_minor)))
+}
+
+# dev_size DEV: size of a block device in bytes.
+dev_size() { blockdev --getsize64 "$1"; }
+
+# ---- daemon ---------------------------------------------------------------
+
+# write_spec DIR NAME JSON: write the device spec DIR/devices.d/NAME.json.
+write_spec() {
+    local dir=$1 name=$2 json=$3
+    mkdir -p "$dir/devices.d"
+    printf '%s\n' "$json" >"$dir/devices.d/$name.json"
+}
+
+# start_ublkd CONFIG_DIR [ARGS...]: start `ublkd --config-dir CONFIG_DIR
+# ARGS...` in the background. Sets UBLKD_PID and UBLKD_LOG.
+start_ublkd() {
+    local dir=$1
+    shift
+    [[ -x $UBLKD ]] || fail "ublkd not found at $UBLKD (is the build dir right?)"
+    UBLKD_LOG=$CASE_DIR/ublkd.${#_UBLKD_PIDS[@]}.log
+    log "starting ublkd --config-dir $dir $* (log $UBLKD_LOG)"
+    "$UBLKD" --config-dir "$dir" "$@" >"$UBLKD_LOG" 2>&1 &
+    UBLKD_PID=$!
+    _UBLKD_PIDS+=("$UBLKD_PID")
+    _UBLKD_LOGS+=("$UBLKD_LOG")
+}
+
+# ublkd_alive [PID]: true while the daemon runs. A zombie counts as gone: in
+# a subshell the exit is not reaped yet.
+ublkd_alive() {
+    local pid=${1:-$UBLKD_PID} stat
+    [[ -n $pid ]] && read -r stat 2>/dev/null <"/proc/$pid/stat" || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z ]]
+}
+
+# show_log [FILE] [LINES]: the end of a daemon log, into the case log.
+show_log() {
+    local file=${1:-$UBLKD_LOG} lines=${2:-40}
+    [[ -f $file ]] || return 0
+    echo "---- last $lines lines of $file:" >&2
+    tail -n "$lines" "$file" >&2
+    echo "----" >&2
+}
+
+# wait_for_log PATTERN TIMEOUT [FILE]: wait until a line of FILE (default the
+# current daemon's log) matches the extended regex PATTERN; prints that line.
+# Fails on timeout, or early when the daemon writing FILE has exited.
+wait_for_log() {
+    local pattern=$1 timeout=$2 file=${3:-$UBLKD_LOG}
+    local deadline=$((${EPOCHREALTIME/./} + timeout * 1000000)) line
+    local pid=
+    [[ $file == "$UBLKD_LOG" ]] && pid=$UBLKD_PID
+    while :; do
+        if line=$(grep -E -m1 -- "$pattern" "$file" 2>/dev/null); then
+            printf '%s\n' "$line"
+            return 0
+        fi
+        if [[ -n $pid ]] && ! ublkd_alive "$pid"; then
+            # One last look: the line may have come just before the exit.
+            if line=$(grep -E -m1 -- "$pattern" "$file" 2>/dev/null); then
+                printf '%s\n' "$line"
+                return 0
+            fi
+            show_log "$file"
+            fail "ublkd exited while waiting for /$pattern/ in $file"
+        fi
+        if ((${EPOCHREALTIME/./} > deadline)); then
+            show_log "$file"
+            fail "no line matching /$pattern/ in $file within ${timeout}s"
+        fi
+        sleep 0.1
+    done
+}
+
+# wait_live NAME TIMEOUT: wait for "device NAME live at /dev/ublkbN" from the
+# current daemon and for the block device node; prints /dev/ublkbN.
+wait_live() {
+    local name=$1 timeout=$2 line dev deadline
+    deadline=$((${EPOCHREALTIME/./} + timeout * 1000000))
+    line=$(wait_for_log "device $name live at /dev/ublkb[0-9]+" "$timeout")
+    dev=$(grep -oE '/dev/ublkb[0-9]+' <<<"$line" | head -n 1)
+    until [[ -b $dev ]]; do
+        ((${EPOCHREALTIME/./} < deadline)) || fail "$dev reported live but no block device node appeared"
+        sleep 0.05
+    done
+    log "device $name live at $dev"
+    printf '%s\n' "$dev"
+}
+
+# stop_ublkd [TIMEOUT] [PID]: SIGTERM the daemon (default: the current one)
+# and wait up to TIMEOUT seconds (default 30) for it to exit. Fails if it
+# does not exit in time (it is then SIGKILLed) or exits non-zero.
+stop_ublkd() {
+    local timeout=${1:-30} pid=${2:-$UBLKD_PID} rc=0 i log_file=$UBLKD_LOG
+    [[ -n $pid ]] || fail "stop_ublkd: no daemon started"
+    for i in "${!_UBLKD_PIDS[@]}"; do
+        [[ ${_UBLKD_PIDS[i]} == "$pid" ]] && log_file=${_UBLKD_LOGS[i]}
+    done
+    log "stopping ublkd (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((${EPOCHREALTIME/./} + timeout * 1000000))
+    while ublkd_alive "$pid"; do
+        if ((${EPOCHREALTIME/./} > deadline)); then
+            show_log "$log_file"
+            kill -KILL "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+            fail "ublkd (pid $pid) still running ${timeout}s after SIGTERM; killed"
+        fi
+        sleep 0.1
+    done
+    wait "$pid" 2>/dev/null || rc=$?
+    if ((rc != 0)); then
+        show_log "$log_file"
+        fail "ublkd (pid $pid) exited with status $rc"
+    fi
+    log "ublkd (pid $pid) exited cleanly"
+}
+
+# assert_no_ublk_devices [TIMEOUT]: no /dev/ublkb* and no /dev/ublkc* left,
+# allowing TIMEOUT seconds (default 5) for device nodes to go away.
+assert_no_ublk_devices() {
+    local timeout=${1:-5} left deadline
+    deadline=$((${EPOCHREALTIME/./} + timeout * 1000000))
+    while :; do
+        left=$(compgen -G '/dev/ublk[bc]*' | tr '\n' ' ' || true)
+        [[ -z $left ]] && return 0
+        ((${EPOCHREALTIME/./} < deadline)) || fail "ublk devices left: $left"
+        sleep 0.1
+    done
+}
+
+# ---- I/O ------------------------------------------------------------------
+
+# fio_verify DEV [FIO ARGS...]: random writes with crc32c verification over
+# the whole device (4 KiB, queue depth 32, io_uring, O_DIRECT). Extra
+# arguments come last and so override the defaults (--size=64M, --bs=...).
+fio_verify() {
+    local dev=$1 out rc=0
+    shift
+    out=$CASE_DIR/fio.$RANDOM.out
+    log "fio verify on $dev $*"
+    fio --name=v --filename="$dev" --direct=1 --ioengine=io_uring \
+        --rw=randwrite --bs=4k --iodepth=32 \
+        --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        "$@" >"$out" 2>&1 || rc=$?
+    if ((rc != 0)); then
+        cat "$out" >&2
+        fail "fio verify on $dev failed (status $rc)"
+    fi
+    # Only the summary lines: full fio output makes logs hard to read.
+    grep -E '^ *(write|read):|err=' "$out" >&2 || true
+}
+
+# ---- exit handling --------------------------------------------------------
+
+_lib_on_exit() {
+    local rc=$? i pid left=0
+    set +e
+    trap - EXIT
+    for ((i = ${#_CLEANUPS[@]} - 1; i >= 0; i--)); do
+        eval "${_CLEANUPS[i]}" || log "cleanup '${_CLEANUPS[i]}' failed"
+    done
+    for i in "${!_UBLKD_PIDS[@]}"; do
+        pid=${_UBLKD_PIDS[i]}
+        ublkd_alive "$pid" || continue
+        left=1
+        log "cleanup: ublkd (pid $pid) still running; sending SIGTERM"
+        kill -TERM "$pid" 2>/dev/null
+        for _ in {1..50}; do
+            ublkd_alive "$pid" || break
+            sleep 0.1
+        done
+        if ublkd_alive "$pid"; then
+            log "cleanup: ublkd (pid $pid) ignored SIGTERM for 5s; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null
+        fi
+        wait "$pid" 2>/dev/null
+    done
+    if ((rc != 0 && rc != 77)); then
+        for i in "${!_UBLKD_LOGS[@]}"; do
+            show_log "${_UBLKD_LOGS[i]}" 60
+        done
+    fi
+    if ((left && rc == 0)); then
+        printf 'FAIL: %s\n' "case ended with ublkd still running" >&2
+        rc=1
+    fi
+    exit "$rc"
+}
+trap _lib_on_exit EXIT
+# A signal (the harness's timeout sends SIGTERM) must still run the cleanup.
+trap 'log "terminated by signal"; exit 143' TERM INT HUP

@@ -1,0 +1,356 @@
+#!/usr/bin/env bash
+# Run the VM test cases (tests/vm/cases/*.sh) against real Debian kernels in
+# a throwaway qemu VM (TCG, no KVM needed). See tests/vm/README.md.
+set -euo pipefail
+export LC_ALL=C
+
+usage() {
+    cat <<'EOF'
+Usage: tests/vm/run.sh [OPTIONS] [CASE...]
+
+Boots each kernel once with an initramfs holding the project binaries and
+runs the cases inside, one after the other, each with its own timeout.
+
+Options:
+  --kernel K        6.12, 7.2 or all (default all); a comma list works too
+  --build-dir DIR   meson build directory with daemon/ublkd (default: build)
+  --timeout SECS    per-case timeout unless the case sets `# vm-timeout:`
+                    (default 300)
+  --vm-timeout SECS overall limit for one VM run (default: computed from the
+                    case timeouts)
+  --log-dir DIR     where logs go (default: BUILD/vm-logs); each kernel gets
+                    DIR/KERNEL/{console.log,CASE.log,...}, emptied per run
+  --memory SIZE     guest memory (default 2G)
+  --smp N           guest CPUs (default 2)
+  --verbose         stream the serial console to stderr while running
+  --list            list the cases with their timeouts and exit
+  --help            show this help
+
+CASE is a case name (00-kernel-smoke) or file; default: all cases.
+Exit status: 0 when nothing failed, 1 when a case failed, 2 on usage errors.
+The kernels are fetched and cached by fetch-kernel.sh
+(${UBLKD_VM_CACHE:-/var/cache/ublkd-vm}).
+EOF
+}
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+
+kernels_arg=all
+build_dir=$repo/build
+timeout=300
+vm_timeout=
+log_root=
+memory=2G
+smp=2
+verbose=0
+list=0
+case_args=()
+while (($#)); do
+    case $1 in
+        --kernel) kernels_arg=${2:?--kernel needs a value}; shift ;;
+        --build-dir) build_dir=${2:?--build-dir needs a value}; shift ;;
+        --timeout) timeout=${2:?--timeout needs a value}; shift ;;
+        --vm-timeout) vm_timeout=${2:?--vm-timeout needs a value}; shift ;;
+        --log-dir) log_root=${2:?--log-dir needs a value}; shift ;;
+        --memory) memory=${2:?--memory needs a value}; shift ;;
+        --smp) smp=${2:?--smp needs a value}; shift ;;
+        --verbose | -v) verbose=1 ;;
+        --list) list=1 ;;
+        -h | --help) usage; exit 0 ;;
+        -*) echo "run.sh: unknown option: $1" >&2; usage >&2; exit 2 ;;
+        *) case_args+=("$1") ;;
+    esac
+    shift
+done
+
+die() { echo "run.sh: error: $*" >&2; exit 2; }
+[[ $timeout =~ ^[0-9]+$ ]] || die "bad --timeout: $timeout"
+[[ -z $vm_timeout || $vm_timeout =~ ^[0-9]+$ ]] || die "bad --vm-timeout: $vm_timeout"
+
+case $kernels_arg in
+    all) kernels=(6.12 7.2) ;;
+    *) IFS=, read -r -a kernels <<<"$kernels_arg" ;;
+esac
+for k in "${kernels[@]}"; do
+    [[ $k == 6.12 || $k == 7.2 ]] || die "unsupported kernel '$k' (6.12, 7.2 or all)"
+done
+
+# ---- cases ------------------------------------------------------------------
+
+# case_timeout FILE: the `# vm-timeout: N` header (the VM's init reads the
+# same), else --timeout.
+case_timeout() {
+    local t
+    t=$(head -n 30 "$1" | sed -n 's/^# vm-timeout: *\([0-9][0-9]*\).*/\1/p' | head -n 1)
+    echo "${t:-$timeout}"
+}
+
+cases=()
+if ((${#case_args[@]} == 0)); then
+    for f in "$here"/cases/*.sh; do
+        [[ -e $f ]] || continue
+        n=${f##*/}
+        cases+=("${n%.sh}")
+    done
+else
+    for c in "${case_args[@]}"; do
+        n=${c##*/}
+        n=${n%.sh}
+        [[ -f $here/cases/$n.sh ]] || die "no such case: $c"
+        cases+=("$n")
+    done
+fi
+((${#cases[@]})) || die "no cases in $here/cases"
+
+if ((list)); then
+    for c in "${cases[@]}"; do
+        printf '%-40s %5ss\n' "$c" "$(case_timeout "$here/cases/$c.sh")"
+    done
+    exit 0
+fi
+
+# Slack on top of a case's timeout for the in-VM kill grace (10 s), cleanup,
+# dmesg and log transfer; past it the VM counts as hung.
+readonly CASE_GRACE=60
+# From start to the boot marker; TCG boots in a few seconds.
+readonly BOOT_TIMEOUT=120
+
+if [[ -z $vm_timeout ]]; then
+    vm_timeout=$BOOT_TIMEOUT
+    for c in "${cases[@]}"; do
+        vm_timeout=$((vm_timeout + $(case_timeout "$here/cases/$c.sh") + CASE_GRACE))
+    done
+fi
+
+for tool in qemu-system-x86_64 cpio; do
+    command -v "$tool" >/dev/null || die "'$tool' not found (run scripts/install-deps.sh)"
+done
+[[ -d $build_dir ]] || die "build directory $build_dir does not exist (meson setup $build_dir && ninja -C $build_dir)"
+build_dir=$(cd "$build_dir" && pwd)
+[[ -x $build_dir/daemon/ublkd ]] || echo "run.sh: warning: $build_dir/daemon/ublkd not built; cases needing the daemon will fail" >&2
+log_root=${log_root:-$build_dir/vm-logs}
+mkdir -p "$log_root"
+log_root=$(cd "$log_root" && pwd)
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ublkd-vm-run.XXXXXX")
+qemu_pid=
+tail_pid=
+cleanup() {
+    [[ -n $tail_pid ]] && kill "$tail_pid" 2>/dev/null
+    if [[ -n $qemu_pid ]] && kill -0 "$qemu_pid" 2>/dev/null; then
+        kill "$qemu_pid" 2>/dev/null
+        wait "$qemu_pid" 2>/dev/null
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'echo "run.sh: interrupted" >&2; exit 130' INT TERM
+
+now() { echo "${EPOCHREALTIME/./}"; } # microseconds
+secs_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
+
+# Results, keyed "kernel/case": verdict, seconds, reason.
+declare -A verdict=() seconds=() reason=()
+
+# ---- one VM run -------------------------------------------------------------
+
+# show_case_log FILE: a failed case's log on the terminal (its end, if long).
+show_case_log() {
+    local file=$1 lines
+    [[ -f $file ]] || { echo "    (no log transferred)"; return; }
+    lines=$(wc -l <"$file")
+    if ((lines > 150)); then
+        echo "    ... $((lines - 150)) earlier lines in $file"
+        tail -n 150 "$file" | sed 's/^/    | /'
+    else
+        sed 's/^/    | /' "$file"
+    fi
+}
+
+run_kernel() {
+    local k=$1 t0 kdir logdir initrd
+    logdir=$log_root/$k
+    rm -rf "$logdir"
+    mkdir -p "$logdir"
+
+    t0=$(now)
+    kdir=$("$here/fetch-kernel.sh" "$k") || {
+        for c in "${cases[@]}"; do
+            verdict[$k/$c]=FAIL seconds[$k/$c]=0 reason[$k/$c]="kernel $k could not be fetched"
+        done
+        return
+    }
+    # shellcheck disable=SC1091
+    local KVER
+    KVER=$(. "$kdir/kernel.env" && echo "$KVER")
+    echo "[$k] kernel $KVER ready ($(secs_since "$t0")s)"
+
+    t0=$(now)
+    initrd=$work/initramfs-$k.cpio
+    "$here/build-initramfs.sh" --kernel-dir "$kdir" --build-dir "$build_dir" \
+        --timeout "$timeout" --output "$initrd" "${cases[@]}"
+    echo "[$k] initramfs $(($(stat -c %s "$initrd") / 1048576)) MiB built ($(secs_since "$t0")s)"
+
+    local console=$logdir/console.log results=$logdir/results.raw
+    : >"$console"
+    : >"$results"
+    # ttyS0: console; ttyS1: the results channel written only by /init.
+    # -nic none: no network, and no option ROM to load. -cpu max gives the
+    # guest SSE4.2/CRC32 etc., which fio's crc32c verification uses.
+    local cmdline="console=ttyS0 panic=-1 loglevel=5 mitigations=off i8042.noaux i8042.nokbd i8042.nopnp"
+    t0=$(now)
+    qemu-system-x86_64 -accel tcg -cpu max -m "$memory" -smp "$smp" \
+        -nographic -no-reboot -nic none -monitor none \
+        -serial "file:$console" -serial "file:$results" \
+        -kernel "$kdir/vmlinux" -initrd "$initrd" -append "$cmdline" \
+        </dev/null >"$logdir/qemu.log" 2>&1 &
+    qemu_pid=$!
+    if ((verbose)); then
+        tail -n +1 -f "$console" >&2 &
+        tail_pid=$!
+    fi
+
+    # Parse the results channel as it grows. The offset counts bytes
+    # (LC_ALL=C makes ${#line} a byte count); only whole lines are consumed,
+    # a partial one waits for the next round.
+    local offset=0 size chunk=$work/chunk line len
+    local current= deadline=$((t0 + BOOT_TIMEOUT * 1000000)) end=$((t0 + vm_timeout * 1000000))
+    local booted=0 done=0 vm_problem= log_fd= log_case=
+    local -A seen=()
+    while :; do
+        local alive=1
+        kill -0 "$qemu_pid" 2>/dev/null || alive=0
+        size=$(stat -c %s "$results")
+        if ((size > offset)); then
+            dd if="$results" of="$chunk" iflag=skip_bytes,count_bytes skip="$offset" \
+                count=$((size - offset)) status=none
+            while IFS= read -r line; do
+                len=${#line}
+                offset=$((offset + len + 1))
+                line=${line%$'\r'}
+                case $line in
+                    '|'*)
+                        [[ -n $log_fd ]] && printf '%s\n' "${line:1}" >&"$log_fd"
+                        ;;
+                    '@@UBLKD-BOOT '*)
+                        booted=1
+                        read -r _ _ bstatus bdetail <<<"$line"
+                        echo "[$k] booted $KVER in $(secs_since "$t0")s${bdetail:+ ($bstatus: $bdetail)}"
+                        deadline=$(($(now) + CASE_GRACE * 1000000))
+                        ;;
+                    '@@UBLKD-BEGIN '*)
+                        read -r _ current ctimeout <<<"$line"
+                        deadline=$(($(now) + (ctimeout + CASE_GRACE) * 1000000))
+                        ;;
+                    '@@UBLKD-LOG-BEGIN '*)
+                        log_case=${line#@@UBLKD-LOG-BEGIN }
+                        [[ $log_case == _boot ]] && log_case=boot-dmesg
+                        exec {log_fd}>"$logdir/$log_case.log"
+                        ;;
+                    '@@UBLKD-LOG-END '*)
+                        [[ -n $log_fd ]] && exec {log_fd}>&-
+                        log_fd=
+                        ;;
+                    '@@UBLKD-RESULT '*)
+                        local rcase rverdict rsecs rreason
+                        read -r _ rcase rverdict rsecs rreason <<<"$line"
+                        verdict[$k/$rcase]=$rverdict seconds[$k/$rcase]=$rsecs reason[$k/$rcase]=$rreason
+                        seen[$rcase]=1
+                        printf '[%s] %-36s %s %6ss%s\n' "$k" "$rcase" "$rverdict" "$rsecs" "${rreason:+  $rreason}"
+                        if [[ $rverdict == FAIL ]]; then
+                            show_case_log "$logdir/$rcase.log"
+                        fi
+                        current=
+                        deadline=$(($(now) + CASE_GRACE * 1000000))
+                        ;;
+                    '@@UBLKD-DONE'*)
+                        done=1
+                        deadline=$(($(now) + 30 * 1000000))
+                        ;;
+                esac
+            done <"$chunk" # read fails on a final unterminated line: left for later
+        fi
+        ((alive)) || break
+        if (($(now) > deadline)); then
+            if ((done)); then
+                vm_problem="VM did not power off"
+            elif ((!booted)); then
+                vm_problem="VM did not boot within ${BOOT_TIMEOUT}s"
+            elif [[ -n $current ]]; then
+                vm_problem="VM unresponsive: no result ${CASE_GRACE}s past the case timeout"
+            else
+                vm_problem="VM unresponsive between cases"
+            fi
+        elif (($(now) > end)); then
+            vm_problem="VM run exceeded --vm-timeout ${vm_timeout}s"
+        fi
+        if [[ -n $vm_problem ]]; then
+            kill "$qemu_pid" 2>/dev/null
+            sleep 1
+            kill -KILL "$qemu_pid" 2>/dev/null
+            break
+        fi
+        sleep 0.25
+    done
+    wait "$qemu_pid" 2>/dev/null || true
+    qemu_pid=
+    [[ -n $log_fd ]] && exec {log_fd}>&-
+    if [[ -n $tail_pid ]]; then
+        kill "$tail_pid" 2>/dev/null
+        wait "$tail_pid" 2>/dev/null || true
+        tail_pid=
+    fi
+
+    if ((!done)); then
+        [[ -n $vm_problem ]] || vm_problem="VM died"
+        echo "[$k] $vm_problem after $(secs_since "$t0")s; last console lines:"
+        tail -n 40 "$console" | sed 's/^/    # /'
+        [[ -s $logdir/qemu.log ]] && sed 's/^/    qemu: /' "$logdir/qemu.log"
+    fi
+    for c in "${cases[@]}"; do
+        [[ -n ${seen[$c]:-} ]] && continue
+        if [[ $c == "$current" ]]; then
+            reason[$k/$c]="$vm_problem during the case"
+            show_case_log "$logdir/$c.log"
+        else
+            reason[$k/$c]="not run: ${vm_problem:-VM ended early}"
+        fi
+        verdict[$k/$c]=FAIL seconds[$k/$c]=0
+        printf '[%s] %-36s %s %6ss  %s\n' "$k" "$c" FAIL 0 "${reason[$k/$c]}"
+    done
+    echo "[$k] VM run took $(secs_since "$t0")s; logs in $logdir"
+}
+
+for k in "${kernels[@]}"; do
+    run_kernel "$k"
+done
+
+# ---- summary ----------------------------------------------------------------
+
+passed=0 failed=0 skipped=0
+summary=$log_root/summary.txt
+{
+    echo
+    printf '%-40s' case
+    for k in "${kernels[@]}"; do printf ' %-14s' "$k"; done
+    echo
+    for c in "${cases[@]}"; do
+        printf '%-40s' "$c"
+        for k in "${kernels[@]}"; do
+            v=${verdict[$k/$c]:-FAIL}
+            printf ' %s %6ss     ' "$v" "${seconds[$k/$c]:-0}"
+            case $v in
+                PASS) passed=$((passed + 1)) ;;
+                SKIP) skipped=$((skipped + 1)) ;;
+                *) failed=$((failed + 1)) ;;
+            esac
+        done
+        echo
+    done
+    echo
+    # The closing line CI and scripts/run-tests.sh read.
+    echo "$passed passed, $failed failed, $skipped skipped"
+} >"$summary"
+cat "$summary"
+((failed == 0))
