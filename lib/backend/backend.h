@@ -3,11 +3,16 @@
 // the queue thread that received them. A new backend is one new file.
 #pragma once
 
+#include <cerrno>
 #include <cstdint>
 #include <memory>
 #include <string_view>
 
 #include "base/error.h"
+
+struct io_uring;
+struct io_uring_sqe;
+struct io_uring_cqe;
 
 namespace ublkd {
 
@@ -41,6 +46,37 @@ struct BackendFeatures {
   uint32_t discard_granularity = 0;  // bytes; 0 = logical block size
 };
 
+// What a queue thread lends an asynchronous backend: its io_uring, on which
+// the backend queues its own SQEs. The worker routes their completions back
+// to Backend::complete() and submits everything queued in one io_uring_enter
+// per loop pass.
+class QueueContext {
+ public:
+  virtual ~QueueContext() = default;
+  virtual uint16_t queue_id() const = 0;
+  virtual uint16_t depth() const = 0;
+  // A zeroed SQE on the queue's ring (never nullptr: the ring has room for
+  // one backend SQE per tag). Set its user_data with backend_user_data().
+  virtual io_uring_sqe* get_sqe() = 0;
+  // Fixed-file index of the fd the backend gave as attach_fd(), for
+  // IOSQE_FIXED_FILE; -1 if it gave none.
+  virtual int backend_file_index() const = 0;
+  // Per-queue state of the backend, set in attach() (owned by the backend).
+  void* backend_data = nullptr;
+
+  // user_data for a backend SQE serving `tag`; `cookie` is the backend's own.
+  static constexpr uint64_t kBackendBit = 1ull << 33;
+  static uint64_t backend_user_data(uint16_t tag, uint16_t cookie) {
+    return kBackendBit | (uint64_t{cookie} << 16) | tag;
+  }
+  static uint16_t tag_of(uint64_t user_data) { return static_cast<uint16_t>(user_data); }
+  static uint16_t cookie_of(uint64_t user_data) { return static_cast<uint16_t>(user_data >> 16); }
+};
+
+// Returned by Backend::submit() when the request's result will come later,
+// through complete().
+inline constexpr int kIoQueued = 1 << 30;
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -55,6 +91,24 @@ class Backend {
   // several queue threads at once and must not block on anything but the
   // backing storage itself.
   virtual int handle(const IoRequest& req) noexcept = 0;
+
+  // ---- asynchronous backends (optional) ----
+  // An fd the queue rings should register as a fixed file (index given by
+  // QueueContext::backend_file_index()), or -1.
+  virtual int attach_fd() const { return -1; }
+  // Called on each queue thread before its first request.
+  virtual Result<void> attach(QueueContext& /*q*/) { return {}; }
+  // Called on each queue thread after its last request.
+  virtual void detach(QueueContext& /*q*/) noexcept {}
+  // Serves a request: either a result as handle() returns it, or kIoQueued
+  // after queueing SQEs on q's ring whose completions go to complete().
+  virtual int submit(QueueContext& /*q*/, const IoRequest& req) noexcept { return handle(req); }
+  // A completion of one of this backend's SQEs. Returns the request's final
+  // result, or kIoQueued while more of its SQEs are outstanding (e.g. the
+  // rest of a short write was resubmitted).
+  virtual int complete(QueueContext& /*q*/, const io_uring_cqe& /*cqe*/) noexcept {
+    return -EIO;
+  }
 };
 
 }  // namespace ublkd

@@ -85,6 +85,26 @@ void QueueWorker::run() {
   done_.set_value();
 }
 
+namespace {
+
+class WorkerContext final : public QueueContext {
+ public:
+  WorkerContext(Ring& ring, uint16_t queue_id, uint16_t depth, int file_index)
+      : ring_(ring), queue_id_(queue_id), depth_(depth), file_index_(file_index) {}
+  uint16_t queue_id() const override { return queue_id_; }
+  uint16_t depth() const override { return depth_; }
+  io_uring_sqe* get_sqe() override { return ring_.get_sqe(); }
+  int backend_file_index() const override { return file_index_; }
+
+ private:
+  Ring& ring_;
+  uint16_t queue_id_;
+  uint16_t depth_;
+  int file_index_;
+};
+
+}  // namespace
+
 Result<void> QueueWorker::serve() {
   const QueueConfig& c = config_;
   bool primed_reported = false;
@@ -96,13 +116,21 @@ Result<void> QueueWorker::serve() {
     return e;
   };
 
-  // One SQE per tag (each tag has at most one command in flight) plus the
-  // stop eventfd read.
-  auto ring_r = Ring::create(c.depth + 1u, 0);
+  // Per tag at most one ublk command and one backend SQE are queued at once,
+  // plus the stop eventfd read.
+  auto ring_r = Ring::create(2u * c.depth + 1u, 0);
   if (!ring_r) return fail(ring_r.error());
   Ring ring = std::move(ring_r).value();
-  if (auto r = ring.register_files(&c.char_fd, 1); !r) return fail(r.error());
-
+  const int backend_fd = backend_.attach_fd();
+  const int files[2] = {c.char_fd, backend_fd};
+  if (auto r = ring.register_files(files, backend_fd >= 0 ? 2 : 1); !r) return fail(r.error());
+  WorkerContext ctx(ring, c.queue_id, c.depth, backend_fd >= 0 ? 1 : -1);
+  if (auto r = backend_.attach(ctx); !r) return fail(r.error().wrap("backend"));
+  struct Detach {
+    Backend& b;
+    QueueContext& q;
+    ~Detach() { b.detach(q); }
+  } detach{backend_, ctx};
   const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   const size_t desc_len = round_up(c.depth * sizeof(uapi::IoDesc), page);
   void* desc_addr = ::mmap(nullptr, desc_len, PROT_READ, MAP_SHARED | MAP_POPULATE, c.char_fd,
@@ -173,6 +201,14 @@ Result<void> QueueWorker::serve() {
         continue;
       }
       const auto tag = static_cast<uint16_t>(cqe->user_data);
+      if (cqe->user_data & QueueContext::kBackendBit) {
+        const int result = backend_.complete(ctx, *cqe);
+        if (result != kIoQueued && !queue_cmd(commit_op, tag, result)) {
+          first_error = Error(EBUSY, "queue ring has no room for a commit");
+          stop = true;
+        }
+        continue;
+      }
       if (cqe->res == uapi::kIoResOk) {
         const uapi::IoDesc d = descs[tag];
         int result;
@@ -185,8 +221,9 @@ Result<void> QueueWorker::serve() {
         } else {
           IoRequest req{static_cast<IoOp>(op), uapi::io_desc_flags(d), d.start_sector << 9,
                         static_cast<uint32_t>(len), buffer(tag), c.queue_id, tag};
-          result = backend_.handle(req);
+          result = backend_.submit(ctx, req);
         }
+        if (result == kIoQueued) continue;
         if (!queue_cmd(commit_op, tag, result)) {
           first_error = Error(EBUSY, "queue ring has no room for a commit");
           stop = true;
