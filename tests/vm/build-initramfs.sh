@@ -15,16 +15,18 @@ set -euo pipefail
 usage() {
     cat <<'EOF'
 Usage: tests/vm/build-initramfs.sh --kernel-dir DIR --output FILE
-                                   [--build-dir DIR] [--timeout SECS] [CASE...]
+                                   [--build-dir DIR] [--cases-dir DIR]
+                                   [--timeout SECS] [CASE...]
 
   --kernel-dir DIR  prepared kernel directory (output of fetch-kernel.sh)
   --output FILE     initramfs to write (uncompressed cpio, newc format)
   --build-dir DIR   meson build directory with daemon/ublkd (and optionally
                     daemon/ublkctl); default: build in the source tree
+  --cases-dir DIR   where the cases are (default tests/vm/cases)
   --timeout SECS    default per-case timeout inside the VM (default 300);
                     a case may set its own with a `# vm-timeout: SECS` line
   CASE...           cases to run at boot, by name (00-kernel-smoke) or file;
-                    default: every tests/vm/cases/*.sh in name order
+                    default: every *.sh of the cases directory, in name order
   --help            show this help
 
 The archive is uncompressed on purpose: under TCG the guest decompresses
@@ -39,6 +41,7 @@ repo=$(cd "$here/../.." && pwd)
 kernel_dir=
 output=
 build_dir=$repo/build
+cases_dir=$here/cases
 timeout=300
 cases=()
 while (($#)); do
@@ -46,6 +49,7 @@ while (($#)); do
         --kernel-dir) kernel_dir=${2:?}; shift ;;
         --output) output=${2:?}; shift ;;
         --build-dir) build_dir=${2:?}; shift ;;
+        --cases-dir) cases_dir=${2:?}; shift ;;
         --timeout) timeout=${2:?}; shift ;;
         -h | --help) usage; exit 0 ;;
         -*) echo "build-initramfs: unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -69,7 +73,7 @@ flock 8
 
 # Case names: accept "00-x", "00-x.sh" or a path; they must exist.
 if ((${#cases[@]} == 0)); then
-    for f in "$here"/cases/*.sh; do
+    for f in "$cases_dir"/*.sh; do
         [[ -e $f ]] && cases+=("$f")
     done
 fi
@@ -77,7 +81,7 @@ names=()
 for c in "${cases[@]}"; do
     n=${c##*/}
     n=${n%.sh}
-    [[ -f $here/cases/$n.sh ]] || die "no such case: $c (looked for tests/vm/cases/$n.sh)"
+    [[ -f $cases_dir/$n.sh ]] || die "no such case: $c (looked for $cases_dir/$n.sh)"
     names+=("$n")
 done
 
@@ -258,7 +262,7 @@ rm "$stage/lib" "$stage/lib64"
 
 # Tests, laid out as in the tree so cases can source ../lib.sh.
 cp "$here/lib.sh" "$stage/ublkd-tests/"
-cp "$here"/cases/*.sh "$stage/ublkd-tests/cases/"
+cp "$cases_dir"/*.sh "$stage/ublkd-tests/cases/"
 cp "$here/init.sh" "$stage/init"
 chmod 755 "$stage/init"
 

@@ -4,12 +4,14 @@
 # Runs as PID 1: sets up a minimal system, loads ublk_drv, runs the cases
 # listed in /etc/ublkd-vm/run.conf one by one and powers the VM off.
 #
-# Two serial lines: ttyS0 is the console (kernel messages and short progress
-# lines for people); ttyS1 carries only what this script writes, so the host
-# can parse it without kernel messages interleaved:
-#   @@UBLKD-BOOT <kernel release> <ok|error> [details]
+# Two channels to the host: ttyS0 is the console (kernel messages and short
+# progress lines for people); the virtio serial port "ublkd.results" (ttyS1
+# when there is none) carries only what this script writes, so the host can
+# parse it without kernel messages interleaved:
+#   @@UBLKD-BOOT <kernel release> <guest uptime> <ok|error> [details]
 #   @@UBLKD-BEGIN <case> <timeout seconds>
-#   @@UBLKD-LOG-BEGIN <case>   then the case log, each line prefixed by '|'
+#   @@UBLKD-LOG-BEGIN <case>   then the case log as it is written, each line
+#                              prefixed by '|', then the harness's trailer
 #   @@UBLKD-LOG-END <case>
 #   @@UBLKD-RESULT <case> <PASS|FAIL|SKIP> <seconds> [reason]
 #   @@UBLKD-DONE
@@ -17,6 +19,7 @@
 # No `set -e` here: PID 1 exiting panics the kernel, so every step handles
 # its own failure.
 set -uo pipefail
+shopt -s nullglob
 
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TERM=dumb LANG=C.UTF-8
@@ -49,17 +52,31 @@ ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 
 exec </dev/console >/dev/console 2>&1
 
-# Results channel. Raw mode: no CR insertion, no echo.
-if [[ -c /dev/ttyS1 ]]; then
-    stty -F /dev/ttyS1 raw -echo 115200 2>/dev/null
-    exec 3>/dev/ttyS1
+# Results channel: the virtio serial port the host named "ublkd.results"
+# (fast: no trap per byte like the emulated 8250), else ttyS1, else the
+# console.
+results_dev=
+for p in /sys/class/virtio-ports/*; do
+    [[ $(cat "$p/name" 2>/dev/null) == ublkd.results ]] && results_dev=/dev/${p##*/}
+done
+if [[ -z $results_dev && -c /dev/ttyS1 ]]; then
+    results_dev=/dev/ttyS1
+    stty -F /dev/ttyS1 raw -echo 115200 2>/dev/null # no CR insertion, no echo
+fi
+if [[ -n $results_dev ]]; then
+    exec 3>"$results_dev"
 else
-    echo "init: no /dev/ttyS1; results go to the console" >&2
+    echo "init: no results channel; results go to the console" >&2
     exec 3>&1
 fi
 
 emit() { printf '%s\n' "$*" >&3; }
 uptime_s() { local up _; read -r up _ </proc/uptime; echo "$up"; }
+# uptime_cs: uptime in hundredths of a second, for arithmetic.
+uptime_cs() { local up _; read -r up _ </proc/uptime; echo $((10#${up/./})); }
+# say MSG: a progress line on the console, stamped with the guest uptime
+# like kernel messages, so the console log shows where time goes.
+say() { local up _; read -r up _ </proc/uptime; printf '[%12s] %s\n' "$up" "$*"; }
 
 # shellcheck disable=SC1091
 . /etc/ublkd-vm/run.conf
@@ -74,30 +91,93 @@ if ! modprobe ublk_drv 2>"$LOGS/modprobe.err"; then
     boot_detail="modprobe ublk_drv failed: $(tr '\n' ' ' <"$LOGS/modprobe.err")"
 fi
 # udev is not running, so nothing else holds /dev/ublkcN after ADD_DEV.
-echo "init: kernel $kver, ublk_drv: $boot_status $boot_detail"
-emit "@@UBLKD-BOOT $kver $boot_status $boot_detail"
+say "init: kernel $kver, ublk_drv: $boot_status $boot_detail"
+emit "@@UBLKD-BOOT $kver $(uptime_s) $boot_status $boot_detail"
 dmesg >"$LOGS/boot-dmesg.log" 2>&1
+if grep -qE "$SPLAT_RE" "$LOGS/boot-dmesg.log"; then
+    say "init: kernel splat during boot (before any case):"
+    grep -E "$SPLAT_RE" "$LOGS/boot-dmesg.log"
+fi
+
+# Wakes the log forwarder of a case once the case is over. Opened read-write
+# so that neither side blocks in open().
+mkfifo "$LOGS/.wake"
+exec {wake_fd}<>"$LOGS/.wake"
+
+# Process spawns are slow under TCG, so the per-case bookkeeping below uses
+# bash builtins where it can.
+
+# mount_points: the mount points in /proc/mounts, one per line.
+mount_points() {
+    local _src mp _rest
+    while read -r _src mp _rest; do echo "$mp"; done </proc/mounts
+}
+# loaded_modules: the loaded modules, one per line.
+loaded_modules() {
+    local name _rest
+    while read -r name _rest; do echo "$name"; done </proc/modules
+}
+# pids_named NAME: pids of processes whose command name is NAME.
+pids_named() {
+    local d comm
+    for d in /proc/[0-9]*; do
+        read -r comm 2>/dev/null <"$d/comm" && [[ $comm == "$1" ]] && echo "${d#/proc/}"
+    done
+    return 0
+}
 
 # What the system looks like before any case; anything beyond it afterwards
 # was left behind by the case.
-baseline_mounts=$(awk '{print $2}' /proc/mounts | sort)
-baseline_modules=$(awk '{print $1}' /proc/modules | sort)
+declare -A baseline_mounts=() baseline_modules=()
+while read -r m; do baseline_mounts[$m]=1; done < <(mount_points)
+while read -r m; do baseline_modules[$m]=1; done < <(loaded_modules)
 
-# send_log CASE FILE: the case log over the results channel; very long logs
-# are cut to their end, which is where failures are.
-send_log() {
-    local name=$1 file=$2 max=5000 lines
-    lines=$(wc -l <"$file")
-    emit "@@UBLKD-LOG-BEGIN $name"
-    {
-        if ((lines > max)); then
-            echo "[log cut: first $((lines - max)) of $lines lines not transferred]"
-            tail -n "$max" "$file"
-        else
-            cat "$file"
+# forward_log FILE: copy FILE's lines to the results channel as they are
+# written, each prefixed with '|', so the host has a case's output even when
+# the VM dies during the case. Stops after a last pass when woken through
+# the wake-up fifo (fd $wake_fd). Builtins only: a poll loop that forks would
+# take CPU from the case under TCG. Past 8 MiB only the end of the log is
+# sent, at the last pass: the serial line is slow and the end is where
+# failures show.
+forward_log() {
+    local file=$1 line buf pending= sent=0 final=0 capped=0 rfd
+    local LC_ALL=C # ${#line} counts bytes
+    exec {rfd}<"$file"
+    while :; do
+        # Lines are batched: one write per 64 KiB instead of one per line.
+        buf=
+        while IFS= read -r -u "$rfd" line; do
+            ((capped)) && continue
+            buf+="|$pending$line"$'\n'
+            pending=
+            if ((${#buf} > 65536)); then
+                printf '%s' "$buf" >&3
+                sent=$((sent + ${#buf}))
+                buf=
+                if ((sent > 8 * 1048576)); then
+                    capped=1
+                    printf '|[... output beyond 8 MiB not sent during the case ...]\n' >&3
+                fi
+            fi
+        done
+        [[ -n $buf ]] && printf '%s' "$buf" >&3
+        sent=$((sent + ${#buf}))
+        # read stops at the end of the file; a partial last line is kept
+        # until its newline arrives.
+        pending+=$line
+        if ((final)); then
+            if ((capped)); then
+                printf '|[... end of the log:]\n' >&3
+                tail -n 300 "$file" | sed 's/^/|/' >&3
+            elif [[ -n $pending ]]; then
+                printf '|%s\n' "$pending" >&3
+            fi
+            break
         fi
-    } | sed 's/^/|/' >&3
-    emit "@@UBLKD-LOG-END $name"
+        # Sleep up to 0.3 s, or until run_case says the case is over.
+        read -r -t 0.3 -u "$wake_fd" _ && final=1
+    done
+    exec {rfd}<&-
 }
 
 # case_timeout FILE: the `# vm-timeout: N` header of a case, else the default.
@@ -107,32 +187,35 @@ case_timeout() {
     echo "${t:-$UBLKD_VM_DEFAULT_TIMEOUT}"
 }
 
-# cleanup_after_case: put the system back to the baseline. Prints what was
-# left behind (one item per line) for the verdict.
+# cleanup_after_case PGID: put the system back to the baseline. Prints what
+# was left behind (one item per line) for the verdict.
 cleanup_after_case() {
-    local pgid=$1 pid m
+    local pgid=$1 pid m killed=0
+    local -a pids mounts devs mods
     # Daemons still running: named before they are killed with the group.
-    for pid in $(pidof ublkd 2>/dev/null); do
+    mapfile -t pids < <(pids_named ublkd)
+    for pid in "${pids[@]}"; do
         echo "ublkd pid $pid still running"
     done
-    kill -KILL -- "-$pgid" 2>/dev/null
-    for pid in $(pidof ublkd 2>/dev/null); do
-        kill -KILL "$pid" 2>/dev/null
-    done
-    sleep 0.2
+    kill -KILL -- "-$pgid" 2>/dev/null && killed=1
+    ((${#pids[@]})) && kill -KILL "${pids[@]}" 2>/dev/null && killed=1
+    # Let the kernel finish tearing down what the killed processes held.
+    ((killed)) && sleep 0.2
 
-    # Mounts made by the case, innermost first.
-    for m in $(comm -13 <(echo "$baseline_mounts") <(awk '{print $2}' /proc/mounts | sort) | sort -r); do
+    # Mounts made by the case, innermost (last mounted) first.
+    mapfile -t mounts < <(mount_points)
+    for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
+        m=${mounts[i]}
+        [[ -n ${baseline_mounts[$m]:-} ]] && continue
         echo "mount $m left"
         umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
     done
 
     # ublk devices outlive a killed server until DEL_DEV. Unloading the
     # module deletes them, so the next case starts with none.
-    local devs
-    devs=$(ls -d /dev/ublkb* /dev/ublkc* 2>/dev/null | tr '\n' ' ')
-    if [[ -n $devs ]]; then
-        echo "ublk devices left: $devs"
+    devs=(/dev/ublkb* /dev/ublkc*)
+    if ((${#devs[@]})); then
+        echo "ublk devices left: ${devs[*]}"
         if ! rmmod ublk_drv 2>/dev/null; then
             sleep 1
             rmmod ublk_drv 2>/dev/null || echo "could not unload ublk_drv to remove them"
@@ -141,12 +224,11 @@ cleanup_after_case() {
     [[ -d /sys/module/ublk_drv ]] || modprobe ublk_drv || echo "could not reload ublk_drv"
 
     # Modules the case loaded (brd, null_blk, ...): unloaded so the next
-    # case gets them with its own parameters. Not a failure.
-    for m in $(comm -13 <(echo "$baseline_modules") <(awk '{print $1}' /proc/modules | sort)); do
-        rmmod "$m" 2>/dev/null
-    done
-    for m in $(comm -13 <(echo "$baseline_modules") <(awk '{print $1}' /proc/modules | sort)); do
-        rmmod "$m" 2>/dev/null
+    # case gets them with its own parameters. Not a failure. /proc/modules
+    # lists the newest first, so users go before what they depend on.
+    mapfile -t mods < <(loaded_modules)
+    for m in "${mods[@]}"; do
+        [[ -n ${baseline_modules[$m]:-} ]] || rmmod "$m" 2>/dev/null
     done
     return 0
 }
@@ -154,17 +236,21 @@ cleanup_after_case() {
 run_case() {
     local name=$1 file=$TESTS/cases/$1.sh
     local log=$LOGS/$name.log dir=/tmp/cases/$name
-    local timeout start end secs rc verdict reason leftovers splats pid
+    local timeout start end secs rc verdict reason leftovers splats pid fwd
 
     timeout=$(case_timeout "$file")
     rm -rf "$dir"
     mkdir -p "$dir"
-    echo "=== $name (timeout ${timeout}s)"
+    say "=== $name (timeout ${timeout}s)"
     emit "@@UBLKD-BEGIN $name $timeout"
+    emit "@@UBLKD-LOG-BEGIN $name"
+    : >"$log"
+    forward_log "$log" &
+    fwd=$!
 
     echo "$HUNG_TASK_SECS" >/proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
     dmesg -C
-    start=$(uptime_s)
+    start=$(uptime_cs)
     # timeout puts the case in its own process group and signals the whole
     # group; -k: SIGKILL if SIGTERM was not enough.
     (
@@ -172,12 +258,12 @@ run_case() {
         export UBLKD_VM=1 UBLKD_VM_KSERIES=$kseries UBLKD_CASE=$name UBLKD_CASE_DIR=$dir
         export UBLKD=/usr/local/bin/ublkd UBLKCTL=/usr/local/bin/ublkctl
         exec timeout -k 10 "$timeout" bash "$file"
-    ) </dev/null >"$log" 2>&1 &
+    ) </dev/null >>"$log" 2>&1 &
     pid=$!
     wait "$pid"
     rc=$?
-    end=$(uptime_s)
-    secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+    end=$(uptime_cs)
+    secs=$(((end - start) / 100)).$(((end - start) / 10 % 10))
 
     leftovers=$(cleanup_after_case "$pid")
     dmesg >"$LOGS/$name.dmesg" 2>&1
@@ -186,7 +272,17 @@ run_case() {
     case $rc in
         0) verdict=PASS reason= ;;
         77) verdict=SKIP reason=$(grep -m1 '^SKIP: ' "$log" | cut -c7- || true) ;;
-        124 | 137) verdict=FAIL reason="timed out after ${timeout}s" ;;
+        124) verdict=FAIL reason="timed out after ${timeout}s" ;;
+        137)
+            # timeout -k: the case ignored SIGTERM and was killed; or
+            # something else (the OOM killer) killed it early.
+            verdict=FAIL
+            if (((end - start) / 100 >= timeout)); then
+                reason="timed out after ${timeout}s (needed SIGKILL)"
+            else
+                reason="killed by SIGKILL"
+            fi
+            ;;
         *)
             verdict=FAIL
             reason="exit status $rc"
@@ -214,12 +310,13 @@ run_case() {
         cat "$LOGS/$name.dmesg"
     } >>"$log"
 
-    send_log "$name" "$log"
+    echo stop >&"$wake_fd"
+    wait "$fwd"
+    emit "@@UBLKD-LOG-END $name"
     emit "@@UBLKD-RESULT $name $verdict $secs${reason:+ $reason}"
-    echo "=== $name: $verdict ${secs}s${reason:+ ($reason)}"
+    say "=== $name: $verdict ${secs}s${reason:+ ($reason)}"
 }
 
-send_log _boot "$LOGS/boot-dmesg.log"
 for c in "${UBLKD_VM_CASES[@]}"; do
     if [[ -f $TESTS/cases/$c.sh ]]; then
         run_case "$c"

@@ -18,6 +18,9 @@ Options:
                     (default 300)
   --vm-timeout SECS overall limit for one VM run (default: computed from the
                     case timeouts)
+  --cases-dir DIR   take the cases from DIR instead of tests/vm/cases (for
+                    cases kept out of the tree; they source ../lib.sh, which
+                    the VM provides next to them)
   --log-dir DIR     where logs go (default: BUILD/vm-logs); each kernel gets
                     DIR/KERNEL/{console.log,CASE.log,...}, emptied per run
   --memory SIZE     guest memory (default 2G)
@@ -41,6 +44,7 @@ build_dir=$repo/build
 timeout=300
 vm_timeout=
 log_root=
+cases_dir=$here/cases
 memory=2G
 smp=2
 verbose=0
@@ -53,6 +57,7 @@ while (($#)); do
         --timeout) timeout=${2:?--timeout needs a value}; shift ;;
         --vm-timeout) vm_timeout=${2:?--vm-timeout needs a value}; shift ;;
         --log-dir) log_root=${2:?--log-dir needs a value}; shift ;;
+        --cases-dir) cases_dir=${2:?--cases-dir needs a value}; shift ;;
         --memory) memory=${2:?--memory needs a value}; shift ;;
         --smp) smp=${2:?--smp needs a value}; shift ;;
         --verbose | -v) verbose=1 ;;
@@ -67,6 +72,9 @@ done
 die() { echo "run.sh: error: $*" >&2; exit 2; }
 [[ $timeout =~ ^[0-9]+$ ]] || die "bad --timeout: $timeout"
 [[ -z $vm_timeout || $vm_timeout =~ ^[0-9]+$ ]] || die "bad --vm-timeout: $vm_timeout"
+
+[[ -d $cases_dir ]] || die "no such directory: $cases_dir"
+cases_dir=$(cd "$cases_dir" && pwd)
 
 case $kernels_arg in
     all) kernels=(6.12 7.2) ;;
@@ -88,7 +96,7 @@ case_timeout() {
 
 cases=()
 if ((${#case_args[@]} == 0)); then
-    for f in "$here"/cases/*.sh; do
+    for f in "$cases_dir"/*.sh; do
         [[ -e $f ]] || continue
         n=${f##*/}
         cases+=("${n%.sh}")
@@ -97,15 +105,15 @@ else
     for c in "${case_args[@]}"; do
         n=${c##*/}
         n=${n%.sh}
-        [[ -f $here/cases/$n.sh ]] || die "no such case: $c"
+        [[ -f $cases_dir/$n.sh ]] || die "no such case: $c"
         cases+=("$n")
     done
 fi
-((${#cases[@]})) || die "no cases in $here/cases"
+((${#cases[@]})) || die "no cases in $cases_dir"
 
 if ((list)); then
     for c in "${cases[@]}"; do
-        printf '%-40s %5ss\n' "$c" "$(case_timeout "$here/cases/$c.sh")"
+        printf '%-40s %5ss\n' "$c" "$(case_timeout "$cases_dir/$c.sh")"
     done
     exit 0
 fi
@@ -119,7 +127,7 @@ readonly BOOT_TIMEOUT=120
 if [[ -z $vm_timeout ]]; then
     vm_timeout=$BOOT_TIMEOUT
     for c in "${cases[@]}"; do
-        vm_timeout=$((vm_timeout + $(case_timeout "$here/cases/$c.sh") + CASE_GRACE))
+        vm_timeout=$((vm_timeout + $(case_timeout "$cases_dir/$c.sh") + CASE_GRACE))
     done
 fi
 
@@ -189,20 +197,25 @@ run_kernel() {
     t0=$(now)
     initrd=$work/initramfs-$k.cpio
     "$here/build-initramfs.sh" --kernel-dir "$kdir" --build-dir "$build_dir" \
-        --timeout "$timeout" --output "$initrd" "${cases[@]}"
+        --cases-dir "$cases_dir" --timeout "$timeout" --output "$initrd" "${cases[@]}"
     echo "[$k] initramfs $(($(stat -c %s "$initrd") / 1048576)) MiB built ($(secs_since "$t0")s)"
 
     local console=$logdir/console.log results=$logdir/results.raw
     : >"$console"
     : >"$results"
-    # ttyS0: console; ttyS1: the results channel written only by /init.
+    # ttyS0: console. The virtio serial port "ublkd.results": the channel
+    # written only by /init (virtio: the emulated 8250 traps on every byte).
     # -nic none: no network, and no option ROM to load. -cpu max gives the
     # guest SSE4.2/CRC32 etc., which fio's crc32c verification uses.
+    # mitigations=off: speculation workarounds only cost time in a test VM.
+    # i8042.*: no PS/2 probing, which only waits for timeouts.
     local cmdline="console=ttyS0 panic=-1 loglevel=5 mitigations=off i8042.noaux i8042.nokbd i8042.nopnp"
     t0=$(now)
     qemu-system-x86_64 -accel tcg -cpu max -m "$memory" -smp "$smp" \
         -nographic -no-reboot -nic none -monitor none \
-        -serial "file:$console" -serial "file:$results" \
+        -serial "file:$console" \
+        -device virtio-serial-pci,id=vser -chardev "file,id=results,path=$results" \
+        -device virtserialport,bus=vser.0,chardev=results,name=ublkd.results \
         -kernel "$kdir/vmlinux" -initrd "$initrd" -append "$cmdline" \
         </dev/null >"$logdir/qemu.log" 2>&1 &
     qemu_pid=$!
@@ -235,8 +248,9 @@ run_kernel() {
                         ;;
                     '@@UBLKD-BOOT '*)
                         booted=1
-                        read -r _ _ bstatus bdetail <<<"$line"
-                        echo "[$k] booted $KVER in $(secs_since "$t0")s${bdetail:+ ($bstatus: $bdetail)}"
+                        local buptime bstatus bdetail
+                        read -r _ _ buptime bstatus bdetail <<<"$line"
+                        echo "[$k] booted $KVER in $(secs_since "$t0")s (guest uptime ${buptime}s)${bdetail:+ $bstatus: $bdetail}"
                         deadline=$(($(now) + CASE_GRACE * 1000000))
                         ;;
                     '@@UBLKD-BEGIN '*)
@@ -303,7 +317,13 @@ run_kernel() {
     fi
 
     if ((!done)); then
-        [[ -n $vm_problem ]] || vm_problem="VM died"
+        if [[ -z $vm_problem ]]; then
+            vm_problem="VM died"
+            # A panic says why; keep its first line for the summary.
+            local panic
+            panic=$(grep -m1 -o 'Kernel panic.*' "$console" | tr -d '\r' || true)
+            [[ -n $panic ]] && vm_problem+=" ($panic)"
+        fi
         echo "[$k] $vm_problem after $(secs_since "$t0")s; last console lines:"
         tail -n 40 "$console" | sed 's/^/    # /'
         [[ -s $logdir/qemu.log ]] && sed 's/^/    qemu: /' "$logdir/qemu.log"
@@ -339,7 +359,7 @@ summary=$log_root/summary.txt
         printf '%-40s' "$c"
         for k in "${kernels[@]}"; do
             v=${verdict[$k/$c]:-FAIL}
-            printf ' %s %6ss     ' "$v" "${seconds[$k/$c]:-0}"
+            printf ' %-14s' "$(printf '%-4s %7ss' "$v" "${seconds[$k/$c]:-0}")"
             case $v in
                 PASS) passed=$((passed + 1)) ;;
                 SKIP) skipped=$((skipped + 1)) ;;
