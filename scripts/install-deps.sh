@@ -41,11 +41,15 @@ while (($#)); do
     shift
 done
 
+# One dpkg-query for all packages: spawning one per package is slow.
 missing_packages() {
+    local -A installed=()
     local pkg status
+    while read -r pkg status; do
+        [[ $status == "install ok installed" ]] && installed[${pkg%%:*}]=1
+    done < <(dpkg-query -W -f='${Package} ${Status}\n' "${PACKAGES[@]}" 2>/dev/null || true)
     for pkg in "${PACKAGES[@]}"; do
-        status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-        [[ $status == "install ok installed" ]] || echo "$pkg"
+        [[ -n ${installed[$pkg]:-} ]] || echo "$pkg"
     done
 }
 

@@ -169,7 +169,8 @@ find_packages() {
 
 if [[ $version == 7.2 ]]; then
     setup_sid_apt
-    [[ -n $(ls -A "$sid_dir/state/lists" 2>/dev/null | grep -v -e '^partial$' -e '^lock$') ]] || apt_update
+    # No Packages index yet: first use of this cache.
+    compgen -G "$sid_dir/state/lists/*_Packages*" >/dev/null || apt_update
 fi
 
 find_packages

@@ -140,7 +140,7 @@ while read -r m; do baseline_modules[$m]=1; done < <(loaded_modules)
 # sent, at the last pass: the serial line is slow and the end is where
 # failures show.
 forward_log() {
-    local file=$1 line buf pending= sent=0 final=0 capped=0 rfd
+    local file=$1 line buf pending='' sent=0 final=0 capped=0 rfd
     local LC_ALL=C # ${#line} counts bytes
     exec {rfd}<"$file"
     while :; do

@@ -189,8 +189,8 @@ run_kernel() {
         done
         return
     }
-    # shellcheck disable=SC1091
     local KVER
+    # shellcheck disable=SC1091
     KVER=$(. "$kdir/kernel.env" && echo "$KVER")
     echo "[$k] kernel $KVER ready ($(secs_since "$t0")s)"
 
@@ -228,8 +228,8 @@ run_kernel() {
     # (LC_ALL=C makes ${#line} a byte count); only whole lines are consumed,
     # a partial one waits for the next round.
     local offset=0 size chunk=$work/chunk line len
-    local current= deadline=$((t0 + BOOT_TIMEOUT * 1000000)) end=$((t0 + vm_timeout * 1000000))
-    local booted=0 done=0 vm_problem= log_fd= log_case=
+    local current='' deadline=$((t0 + BOOT_TIMEOUT * 1000000)) end=$((t0 + vm_timeout * 1000000))
+    local booted=0 done=0 vm_problem='' log_fd='' log_case=''
     local -A seen=()
     while :; do
         local alive=1

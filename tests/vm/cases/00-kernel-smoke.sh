@@ -4,6 +4,7 @@
 # with io_uring, mkfs.ext4, e2fsck, blkdiscard, dd, sha256sum) run. Needs no
 # daemon, so it proves the harness on its own.
 # vm-timeout: 120
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "${BASH_SOURCE%/*}/../lib.sh"
 
 log "kernel $(uname -r)"
