@@ -167,32 +167,61 @@ find_packages() {
     esac
 }
 
+updated=0 # package lists updated by this run
 if [[ $version == 7.2 ]]; then
     setup_sid_apt
     # No Packages index yet: first use of this cache.
-    compgen -G "$sid_dir/state/lists/*_Packages*" >/dev/null || apt_update
+    if ! compgen -G "$sid_dir/state/lists/*_Packages*" >/dev/null; then
+        apt_update
+        updated=1
+    fi
 fi
 
-find_packages
-if [[ -z $main_pkg ]] || ((refresh)); then
+# resolve_packages: sets pkgs (names), pkg_specs (name=version) and
+# main_version from the current package lists.
+resolve_packages() {
+    local p v
+    find_packages
+    [[ -n $main_pkg ]] || return 1
+    pkgs=("$main_pkg" "${extra_pkgs[@]}")
+    pkg_specs=()
+    for p in "${pkgs[@]}"; do
+        v=$(candidate_version "$p")
+        if [[ -z $v || $v == "(none)" ]]; then
+            # linux-base exists only for the split packaging; the rest is required.
+            [[ $p == linux-base-* ]] && { msg "no $p; continuing without it"; continue; }
+            die "package $p has no install candidate"
+        fi
+        pkg_specs+=("$p=$v")
+    done
+    main_version=$(candidate_version "$main_pkg")
+}
+
+# download_packages: sets debs to the .deb files of pkg_specs, downloading
+# those not in the cache yet. Fails if a download fails.
+download_packages() {
+    local spec p v deb
+    debs=()
+    for spec in "${pkg_specs[@]}"; do
+        p=${spec%%=*}
+        v=${spec#*=}
+        # Kernel packages have no epoch, so the file name is plain.
+        deb=$cache/debs/${p}_${v}_amd64.deb
+        if [[ ! -s $deb ]]; then
+            msg "downloading $spec"
+            (cd "$cache/debs" && apt_cmd apt-get download -qq "$spec" >/dev/null) || return 1
+            [[ -s $deb ]] || die "download of $spec did not produce $deb"
+        fi
+        debs+=("$deb")
+    done
+}
+
+if ((refresh && !updated)) || ! resolve_packages; then
     # Lists missing or possibly stale: update once and look again.
     apt_update
-    find_packages
+    updated=1
+    resolve_packages || die "no kernel package for $version found in the package lists"
 fi
-[[ -n $main_pkg ]] || die "no kernel package for $version found in the package lists"
-
-pkgs=("$main_pkg" "${extra_pkgs[@]}")
-pkg_specs=()
-for p in "${pkgs[@]}"; do
-    v=$(candidate_version "$p")
-    if [[ -z $v || $v == "(none)" ]]; then
-        # linux-base exists only for the split packaging; the rest is required.
-        [[ $p == linux-base-* ]] && { msg "no $p; continuing without it"; continue; }
-        die "package $p has no install candidate"
-    fi
-    pkg_specs+=("$p=$v")
-done
-main_version=$(candidate_version "$main_pkg")
 
 if ((refresh)) && is_prepared; then
     # shellcheck disable=SC1091
@@ -206,20 +235,15 @@ fi
 
 # --- download ---------------------------------------------------------------
 
-debs=()
-for spec in "${pkg_specs[@]}"; do
-    p=${spec%%=*}
-    v=${spec#*=}
-    # Debian file names encode ':' in epochs as %3a; kernels have no epoch.
-    deb=$cache/debs/${p}_${v}_amd64.deb
-    if [[ ! -s $deb ]]; then
-        msg "downloading $spec"
-        (cd "$cache/debs" && apt_cmd apt-get download -qq "$spec" >/dev/null) ||
-            die "download of $spec failed"
-        [[ -s $deb ]] || die "download of $spec did not produce $deb"
-    fi
-    debs+=("$deb")
-done
+if ! download_packages; then
+    # Old lists name versions the archive has dropped (the security archive
+    # keeps only the latest): update and try the then newest once more.
+    ((updated)) && die "download of ${pkg_specs[*]} failed"
+    msg "download failed; updating the package lists and retrying"
+    apt_update
+    resolve_packages || die "no kernel package for $version found in the package lists"
+    download_packages || die "download of ${pkg_specs[*]} failed"
+fi
 
 # --- preparation ------------------------------------------------------------
 

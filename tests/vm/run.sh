@@ -196,8 +196,13 @@ run_kernel() {
 
     t0=$(now)
     initrd=$work/initramfs-$k.cpio
-    "$here/build-initramfs.sh" --kernel-dir "$kdir" --build-dir "$build_dir" \
-        --cases-dir "$cases_dir" --timeout "$timeout" --output "$initrd" "${cases[@]}"
+    if ! "$here/build-initramfs.sh" --kernel-dir "$kdir" --build-dir "$build_dir" \
+        --cases-dir "$cases_dir" --timeout "$timeout" --output "$initrd" "${cases[@]}"; then
+        for c in "${cases[@]}"; do
+            verdict[$k/$c]=FAIL seconds[$k/$c]=0 reason[$k/$c]="initramfs for $k could not be built"
+        done
+        return
+    fi
     echo "[$k] initramfs $(($(stat -c %s "$initrd") / 1048576)) MiB built ($(secs_since "$t0")s)"
 
     local console=$logdir/console.log results=$logdir/results.raw
