@@ -1,6 +1,8 @@
 #include "manager.h"
 
+#include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,13 +16,13 @@ namespace ublkd {
 
 using std::chrono::milliseconds;
 
-Result<std::unique_ptr<Backend>> make_backend(const BackendSpec& spec) {
-  if (spec.type == "mem") {
-    auto b = MemBackend::create(spec.size);
+Result<std::unique_ptr<Backend>> make_backend(const DeviceSpec& spec) {
+  if (spec.backend.type == "mem") {
+    auto b = MemBackend::create(spec.backend.size);
     if (!b) return b.error();
     return std::unique_ptr<Backend>(std::move(b).value());
   }
-  return Error(EINVAL, "unknown backend type '" + spec.type + "'");
+  return Error(EINVAL, "unknown backend type '" + spec.backend.type + "'");
 }
 
 std::string describe_features(uint64_t features) {
@@ -36,41 +38,108 @@ std::string describe_features(uint64_t features) {
   return out.empty() ? "none" : out;
 }
 
-Manager::Manager(ManagerOptions options) : options_(std::move(options)) {
-  event_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+nlohmann::json to_json(const DeviceSnapshot& d) {
+  nlohmann::json backend = {{"type", d.backend.type}};
+  nlohmann::json j = {
+      {"name", d.name},
+      {"id", d.id ? nlohmann::json(*d.id) : nlohmann::json(nullptr)},
+      {"state", std::string(to_string(d.state))},
+      {"backend", backend},
+      {"size", d.size},
+      {"queues", d.queues},
+      {"queue_depth", d.queue_depth},
+      {"logical_block_size", d.logical_block_size},
+      {"read_only", d.read_only},
+      {"block_device", d.block_device.empty() ? nlohmann::json(nullptr)
+                                              : nlohmann::json(d.block_device)},
+      {"persistent", d.persistent},
+      {"source", d.source.empty() ? nlohmann::json(nullptr) : nlohmann::json(d.source)},
+  };
+  if (d.state == DeviceState::kFailed) j["error"] = d.error;
+  return j;
 }
 
-Manager::~Manager() { stop_all(); }
+Manager::Manager(EventLoop& loop, ManagerOptions options)
+    : loop_(loop), options_(std::move(options)) {}
+
+Manager::~Manager() {
+  // Normally shutdown() has run. Otherwise stop what is left, bounded, so no
+  // device outlives the daemon.
+  for (auto& [name, e] : entries_) {
+    if (e->op.joinable()) e->op.join();
+  }
+  if (queue_exit_fd_) loop_.remove(queue_exit_fd_.get());
+  entries_.clear();
+}
 
 Result<void> Manager::probe() {
-  if (!event_fd_) return errno_error("eventfd");
+  queue_exit_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!queue_exit_fd_) return errno_error("eventfd");
+  if (auto r = loop_.add(queue_exit_fd_.get(), EPOLLIN, [this](uint32_t) { on_queue_exit(); }); !r)
+    return r;
   auto ctrl = ControlDevice::open(options_.control_path);
   if (!ctrl) return ctrl.error();
   auto f = ctrl->probe_features(milliseconds(5'000));
   if (!f) return f.error().wrap("GET_FEATURES");
   features_ = *f;
+  ioctl_encoding_ = ctrl->ioctl_encoding();
   spdlog::info("kernel ublk features 0x{:x}: {}; control commands use the {} encoding", features_,
-               describe_features(features_), ctrl->ioctl_encoding() ? "ioctl" : "legacy");
+               describe_features(features_), ioctl_encoding_ ? "ioctl" : "legacy");
   return {};
 }
 
-Result<void> Manager::add(const DeviceSpec& spec) {
-  if (devices_.count(spec.name) != 0) {
-    const Device& d = *devices_.at(spec.name);
-    if (!is_terminal(d.state()))
-      return Error(EEXIST, "device " + spec.name + " already exists");
-    devices_.erase(spec.name);
-    std::erase(order_, spec.name);
+std::filesystem::path Manager::dropin_path(const std::string& name) const {
+  return options_.config_dir / std::string(kDevicesDir) / (name + ".json");
+}
+
+void Manager::start_op(const std::string& name, std::function<void()> work,
+                       std::function<void()> then) {
+  Entry& e = *entries_.at(name);
+  ++ops_running_;
+  e.op = std::thread([this, name, work = std::move(work), then = std::move(then)]() mutable {
+    work();
+    loop_.post([this, name, then = std::move(then)]() mutable { finish_op(name, std::move(then)); });
+  });
+}
+
+void Manager::finish_op(const std::string& name, std::function<void()> then) {
+  auto it = entries_.find(name);
+  if (it != entries_.end() && it->second->op.joinable()) it->second->op.join();
+  --ops_running_;
+  then();
+  // A queue that died while the operation ran was not looked at then.
+  on_queue_exit();
+  maybe_finish_shutdown();
+}
+
+void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
+  const std::string name = spec.name;
+  if (shutting_down_) return done(OpError{Failure::kShuttingDown, "ublkd is shutting down"});
+  if (auto it = entries_.find(name); it != entries_.end()) {
+    Entry& old = *it->second;
+    if (old.op.joinable())
+      return done(OpError{Failure::kBusy, "device " + name + " is busy (" +
+                                              std::string(to_string(old.dev->state())) + ")"});
+    if (!is_terminal(old.dev->state()))
+      return done(OpError{Failure::kExists, "device " + name + " already exists"});
+    entries_.erase(it);  // a failed device of that name is replaced
   }
-  auto backend = make_backend(spec.backend);
+  if (persist) {
+    std::error_code ec;
+    const auto path = dropin_path(name);
+    if (std::filesystem::exists(path, ec))
+      return done(OpError{Failure::kExists, "drop-in " + path.string() + " already exists"});
+  }
+  auto backend = make_backend(spec);
   if (!backend) {
-    Error e = backend.error().wrap("device " + spec.name + ": backend " + spec.backend.type);
-    spdlog::error("{}", e.to_string());
-    return e;
+    std::string msg = "device " + name + ": backend " + spec.backend.type + ": " +
+                      backend.error().to_string();
+    spdlog::error("{}", msg);
+    return done(OpError{Failure::kBackend, std::move(msg)});
   }
 
   DeviceConfig cfg;
-  cfg.name = spec.name;
+  cfg.name = name;
   cfg.queues = static_cast<uint16_t>(spec.queues);
   cfg.queue_depth = static_cast<uint16_t>(spec.queue_depth);
   cfg.logical_block_size = spec.logical_block_size;
@@ -78,13 +147,11 @@ Result<void> Manager::add(const DeviceSpec& spec) {
   cfg.kernel_features = features_;
   cfg.start_timeout = options_.start_timeout;
   cfg.control_path = options_.control_path;
-  if (!options_.unprimed_tag_device.empty() && options_.unprimed_tag_device == spec.name) {
+  if (!options_.unprimed_tag_device.empty() && options_.unprimed_tag_device == name) {
     cfg.unprimed_tag = std::make_pair(uint16_t{0}, static_cast<uint16_t>(spec.queue_depth - 1));
-    spdlog::warn("device {}: test hook active: queue 0 tag {} gets no FETCH_REQ", spec.name,
+    spdlog::warn("device {}: test hook active: queue 0 tag {} gets no FETCH_REQ", name,
                  spec.queue_depth - 1);
   }
-
-  const std::string name = spec.name;
   auto listener = [name](DeviceState from, DeviceState to, const std::string& reason) {
     if (to == DeviceState::kFailed) {
       spdlog::error("device {}: state {} -> failed: {}", name, to_string(from), reason);
@@ -92,68 +159,253 @@ Result<void> Manager::add(const DeviceSpec& spec) {
       spdlog::info("device {}: state {} -> {}", name, to_string(from), to_string(to));
     }
   };
-  const int efd = event_fd_.get();
+  const int efd = queue_exit_fd_.get();
   auto on_queue_exit = [efd] {
     const uint64_t one = 1;
     (void)!::write(efd, &one, sizeof(one));
   };
-  auto dev = std::make_unique<Device>(cfg, std::move(backend).value(), listener, on_queue_exit);
-  Device& d = *dev;
-  devices_[name] = std::move(dev);
-  order_.push_back(name);
 
-  if (auto r = d.start(); !r) return r.error().wrap("device " + name);
-  const auto& info = d.kernel_info();
-  if (info.nr_hw_queues != spec.queues || info.queue_depth != spec.queue_depth) {
-    spdlog::warn("device {}: kernel granted {} queues of depth {} (asked {} of {})", name,
-                 info.nr_hw_queues, info.queue_depth, spec.queues, spec.queue_depth);
+  auto entry = std::make_unique<Entry>();
+  entry->spec = spec;
+  entry->dev = std::make_unique<Device>(cfg, std::move(backend).value(), listener, on_queue_exit);
+  entry->persistent = persist || !spec.source.empty();
+  entry->from_api = spec.source.empty();
+  Device* dev = entry->dev.get();
+  entries_[name] = std::move(entry);
+
+  auto failure = std::make_shared<std::optional<OpError>>();
+  auto work = [this, dev, persist, spec, failure] {
+    if (auto r = dev->start(); !r) {
+      const Failure kind = r.error().code() == ETIMEDOUT ? Failure::kTimeout : Failure::kKernel;
+      *failure = OpError{kind, "device " + spec.name + ": " + r.error().message()};
+      return;
+    }
+    if (persist) {
+      if (auto w = write_dropin(spec); !w) {
+        *failure = OpError{Failure::kIo, "device " + spec.name + ": persist: " +
+                                             w.error().to_string() + " (device removed again)"};
+        (void)dev->stop();
+      }
+    }
+  };
+  auto then = [this, name, persist, failure, done = std::move(done)] {
+    auto it = entries_.find(name);
+    Entry& e = *it->second;
+    if (*failure) {
+      if ((*failure)->kind == Failure::kIo) spdlog::error("{}", (*failure)->message);
+      // The client was told; a failed API device is not kept for `list`.
+      if (e.from_api) entries_.erase(it);
+      return done(**failure);
+    }
+    const auto& info = e.dev->kernel_info();
+    if (info.nr_hw_queues != e.spec.queues || info.queue_depth != e.spec.queue_depth) {
+      spdlog::warn("device {}: kernel granted {} queues of depth {} (asked {} of {})", name,
+                   info.nr_hw_queues, info.queue_depth, e.spec.queues, e.spec.queue_depth);
+    }
+    if (persist) {
+      e.spec.source = dropin_path(name).string();
+      spdlog::info("device {}: spec persisted to {}", name, e.spec.source);
+    }
+    spdlog::info("device {} live at {}", name, e.dev->block_device());
+    done(snapshot(e));
+  };
+  start_op(name, std::move(work), std::move(then));
+}
+
+void Manager::remove(const std::string& name, DelDone done) {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return done(OpError{Failure::kNotFound, "no device named " + name});
+  Entry& e = *it->second;
+  if (e.op.joinable())
+    return done(OpError{Failure::kBusy, "device " + name + " is busy (" +
+                                            std::string(to_string(e.dev->state())) + ")"});
+  if (shutting_down_) return done(OpError{Failure::kShuttingDown, "ublkd is shutting down"});
+  if (is_terminal(e.dev->state())) {
+    entries_.erase(it);
+    spdlog::info("device {} removed (it had failed)", name);
+    return done(std::nullopt);
   }
-  spdlog::info("device {} live at {}", name, d.block_device());
-  return {};
+  auto failure = std::make_shared<std::optional<OpError>>();
+  Device* dev = e.dev.get();
+  auto work = [dev, name, failure] {
+    if (auto r = dev->stop(); !r)
+      *failure = OpError{Failure::kKernel, "device " + name + ": " + r.error().message()};
+  };
+  auto then = [this, name, failure, done = std::move(done)] {
+    entries_.erase(name);
+    if (*failure) return done(**failure);
+    spdlog::info("device {} removed", name);
+    done(std::nullopt);
+  };
+  start_op(name, std::move(work), std::move(then));
 }
 
-Result<void> Manager::remove(const std::string& name) {
-  auto it = devices_.find(name);
-  if (it == devices_.end()) return Error(ENOENT, "no device named " + name);
-  Result<void> r = it->second->stop();
-  devices_.erase(it);
-  std::erase(order_, name);
-  if (!r) return r.error().wrap("device " + name);
-  spdlog::info("device {} removed", name);
-  return {};
-}
-
-void Manager::stop_all() {
-  for (auto it = order_.rbegin(); it != order_.rend(); ++it) {
-    auto d = devices_.find(*it);
-    if (d == devices_.end()) continue;
-    if (is_terminal(d->second->state())) continue;
-    if (auto r = d->second->stop(); r) spdlog::info("device {} removed", *it);
-  }
-  devices_.clear();
-  order_.clear();
-}
-
-void Manager::check_queues() {
+void Manager::on_queue_exit() {
   uint64_t count;
-  (void)!::read(event_fd_.get(), &count, sizeof(count));
-  for (auto& [name, dev] : devices_) {
-    if (dev->state() != DeviceState::kLive || dev->queues_healthy()) continue;
+  (void)!::read(queue_exit_fd_.get(), &count, sizeof(count));
+  for (auto& [name, e] : entries_) {
+    if (e->op.joinable() || e->dev->state() != DeviceState::kLive || e->dev->queues_healthy())
+      continue;
     // A live device whose queue thread ended cannot serve that queue's I/O
     // any more: take it down so users see errors, not a hang.
-    dev->fail(dev->queue_failure());
+    const std::string reason = e->dev->queue_failure();
+    Device* dev = e->dev.get();
+    start_op(name, [dev, reason] { dev->fail(reason); }, [] {});
   }
+}
+
+void Manager::maybe_finish_shutdown() {
+  if (!shutting_down_ || ops_running_ > 0) return;
+  bool launched = false;
+  for (auto& [name, e] : entries_) {
+    if (is_terminal(e->dev->state()) || e->dev->state() == DeviceState::kNew) continue;
+    Device* dev = e->dev.get();
+    const std::string n = name;
+    start_op(
+        n, [dev] { (void)dev->stop(); },
+        [n, dev] {
+          if (dev->state() == DeviceState::kRemoved) spdlog::info("device {} removed", n);
+        });
+    launched = true;
+  }
+  if (launched) return;
+  entries_.clear();
+  if (auto f = std::exchange(shutdown_done_, nullptr)) f();
+}
+
+void Manager::shutdown(std::function<void()> done) {
+  shutting_down_ = true;
+  shutdown_done_ = std::move(done);
+  maybe_finish_shutdown();
+}
+
+void Manager::reload(const LoadedConfig& config, std::function<void(ReloadReport)> done) {
+  auto report = std::make_shared<ReloadReport>();
+  for (const ConfigProblem& p : config.problems) report->problems.push_back(p.to_string());
+
+  std::vector<DeviceSpec> to_add;
+  for (const DeviceSpec& spec : config.devices) {
+    auto it = entries_.find(spec.name);
+    if (it != entries_.end() && !is_terminal(it->second->dev->state())) {
+      Entry& e = *it->second;
+      e.persistent = true;
+      if (!(e.spec == spec)) {
+        report->changed.push_back(spec.name);
+        spdlog::warn("device {}: {} changed; restart the device to apply", spec.name,
+                     spec.source);
+      }
+      continue;
+    }
+    if (spec.autostart) to_add.push_back(spec);
+  }
+  for (auto& [name, e] : entries_) {
+    if (!e->persistent || is_terminal(e->dev->state())) continue;
+    const bool still = std::any_of(config.devices.begin(), config.devices.end(),
+                                   [&](const DeviceSpec& s) { return s.name == name; });
+    if (!still) {
+      report->orphaned.push_back(name);
+      e->persistent = false;
+      spdlog::warn("device {}: its drop-in is gone; it keeps running until deleted", name);
+    }
+  }
+  if (to_add.empty()) return done(std::move(*report));
+  auto pending = std::make_shared<size_t>(to_add.size());
+  auto finish = std::make_shared<std::function<void(ReloadReport)>>(std::move(done));
+  for (const DeviceSpec& spec : to_add) {
+    add(spec, false, [report, pending, finish, name = spec.name](auto result) {
+      if (auto* err = std::get_if<OpError>(&result))
+        report->failed.emplace_back(name, err->message);
+      else
+        report->started.push_back(name);
+      if (--*pending == 0) (*finish)(std::move(*report));
+    });
+  }
+}
+
+DeviceSnapshot Manager::snapshot(const Entry& e) const {
+  DeviceSnapshot d;
+  d.name = e.spec.name;
+  // The state is read first: fields the device sets before it leaves `new`
+  // are only read once the state says they are there.
+  d.state = e.dev->state();
+  d.backend = e.spec.backend;
+  d.size = e.dev->backend().size();
+  d.queues = e.spec.queues;
+  d.queue_depth = e.spec.queue_depth;
+  d.logical_block_size = e.spec.logical_block_size;
+  d.read_only = e.spec.read_only;
+  d.persistent = e.persistent;
+  d.source = e.persistent ? e.spec.source : std::string();
+  if (d.state != DeviceState::kNew && e.dev->dev_id()) {
+    d.id = e.dev->dev_id();
+    d.queues = e.dev->kernel_info().nr_hw_queues;
+    d.queue_depth = e.dev->kernel_info().queue_depth;
+    d.kernel_flags = e.dev->kernel_info().flags;
+    if (!is_terminal(d.state)) d.block_device = e.dev->block_device();
+  }
+  if (d.state == DeviceState::kFailed) d.error = e.dev->failure_reason();
+  return d;
+}
+
+std::vector<DeviceSnapshot> Manager::list() const {
+  std::vector<DeviceSnapshot> out;
+  for (const auto& [name, e] : entries_) out.push_back(snapshot(*e));
+  return out;
+}
+
+std::optional<DeviceSnapshot> Manager::info(const std::string& name) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return std::nullopt;
+  return snapshot(*it->second);
 }
 
 size_t Manager::live_count() const {
-  return static_cast<size_t>(std::count_if(devices_.begin(), devices_.end(), [](const auto& kv) {
-    return kv.second->state() == DeviceState::kLive;
+  return static_cast<size_t>(std::count_if(entries_.begin(), entries_.end(), [](const auto& kv) {
+    return kv.second->dev->state() == DeviceState::kLive;
   }));
 }
 
-const Device* Manager::find(const std::string& name) const {
-  auto it = devices_.find(name);
-  return it == devices_.end() ? nullptr : it->second.get();
+Result<void> Manager::write_dropin(const DeviceSpec& spec) const {
+  namespace fs = std::filesystem;
+  const fs::path dir = options_.config_dir / std::string(kDevicesDir);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Error(ec.value(), "create " + dir.string());
+  const fs::path final_path = dir / (spec.name + ".json");
+  const fs::path tmp = dir / ("." + spec.name + ".json.tmp" + std::to_string(::getpid()));
+  DeviceSpec clean = spec;
+  clean.source.clear();
+  const std::string text = to_json(clean).dump(2) + "\n";
+  {
+    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!fd) return errno_error("create " + tmp.string());
+    size_t off = 0;
+    while (off < text.size()) {
+      const ssize_t n = ::write(fd.get(), text.data() + off, text.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        Error e = errno_error("write " + tmp.string());
+        ::unlink(tmp.c_str());
+        return e;
+      }
+      off += static_cast<size_t>(n);
+    }
+    // The rename below must not expose a file whose contents are not yet on
+    // disk, or a crash could leave an empty drop-in behind.
+    if (::fsync(fd.get()) != 0) {
+      Error e = errno_error("fsync " + tmp.string());
+      ::unlink(tmp.c_str());
+      return e;
+    }
+  }
+  if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
+    Error e = errno_error("rename " + tmp.string() + " to " + final_path.string());
+    ::unlink(tmp.c_str());
+    return e;
+  }
+  UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dfd || ::fsync(dfd.get()) != 0) return errno_error("fsync " + dir.string());
+  return {};
 }
 
 }  // namespace ublkd

@@ -1,66 +1,153 @@
-// The daemon's set of devices: builds a backend and a Device from a spec,
-// brings it live, logs every state transition once with the device's name,
-// notices queues that die, and stops everything at shutdown. Runs on the
-// daemon's control thread.
+// The daemon's set of devices. Lives on the control thread's event loop:
+// every public method is called there, and answers through a callback there.
+// Slow work (bringing a device up, taking it down) runs on a short-lived
+// thread per operation, so the loop — and with it the admin socket — never
+// waits for the kernel. Every state transition is logged once, with the
+// device's name.
 #pragma once
 
 #include <chrono>
+#include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
+#include <variant>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "base/error.h"
-#include "base/unique_fd.h"
+#include "config/config_dir.h"
 #include "config/device_spec.h"
 #include "device/device.h"
+#include "event_loop.h"
 
 namespace ublkd {
 
 struct ManagerOptions {
   std::chrono::milliseconds start_timeout{10'000};
   std::string control_path = ControlDevice::kDefaultPath;
+  // Where `persist` writes drop-ins: DIR/devices.d.
+  std::filesystem::path config_dir;
   // Test hook (UBLKD_TEST_UNPRIMED_TAG): the device of this name leaves the
   // last tag of queue 0 without a FETCH_REQ, so its START_DEV must time out.
   std::string unprimed_tag_device;
 };
 
+// Why an operation failed, in the terms the admin API reports.
+enum class Failure {
+  kInvalidSpec,
+  kExists,
+  kNotFound,
+  kBusy,
+  kBackend,
+  kKernel,
+  kTimeout,
+  kIo,
+  kShuttingDown,
+};
+
+struct OpError {
+  Failure kind;
+  std::string message;
+};
+
+// A device as `list` and `info` show it.
+struct DeviceSnapshot {
+  std::string name;
+  std::optional<uint32_t> id;
+  DeviceState state = DeviceState::kNew;
+  BackendSpec backend;
+  uint64_t size = 0;
+  uint32_t queues = 0;
+  uint32_t queue_depth = 0;
+  uint32_t logical_block_size = 0;
+  bool read_only = false;
+  std::string block_device;
+  bool persistent = false;
+  std::string source;
+  std::string error;
+  uint64_t kernel_flags = 0;
+};
+
+nlohmann::json to_json(const DeviceSnapshot& d);
+
+struct ReloadReport {
+  std::vector<std::string> started;
+  std::vector<std::pair<std::string, std::string>> failed;  // name, error
+  std::vector<std::string> changed;
+  std::vector<std::string> orphaned;
+  std::vector<std::string> problems;
+};
+
 class Manager {
  public:
-  explicit Manager(ManagerOptions options);
+  using AddDone = std::function<void(std::variant<DeviceSnapshot, OpError>)>;
+  using DelDone = std::function<void(std::optional<OpError>)>;
+
+  Manager(EventLoop& loop, ManagerOptions options);
   ~Manager();
 
   // Opens the control device and reads the kernel's ublk features.
   Result<void> probe();
   uint64_t kernel_features() const { return features_; }
+  bool ioctl_encoding() const { return ioctl_encoding_; }
 
-  // Brings the device live. On failure nothing of it is left in the kernel
-  // and the error carries the reason (already logged).
-  Result<void> add(const DeviceSpec& spec);
-  Result<void> remove(const std::string& name);
-  // Stops every device, in reverse order of creation.
-  void stop_all();
+  // Brings a device live; `done` runs on the loop thread when it is live or
+  // torn down again. With persist, its drop-in is written once it is live.
+  void add(DeviceSpec spec, bool persist, AddDone done);
+  // Stops and deletes a device.
+  void remove(const std::string& name, DelDone done);
 
-  // Readable when some queue thread has exited; then call check_queues().
-  int event_fd() const { return event_fd_.get(); }
-  void check_queues();
+  std::vector<DeviceSnapshot> list() const;
+  std::optional<DeviceSnapshot> info(const std::string& name) const;
+
+  // Applies a freshly loaded configuration: brings up new autostart drop-ins,
+  // reports live devices whose spec changed or whose drop-in is gone.
+  void reload(const LoadedConfig& config, std::function<void(ReloadReport)> done);
+
+  // Refuses new work, waits for what is under way, stops every device (in
+  // parallel, each bounded), then calls done.
+  void shutdown(std::function<void()> done);
 
   size_t live_count() const;
-  const Device* find(const std::string& name) const;
 
  private:
+  struct Entry {
+    DeviceSpec spec;
+    std::unique_ptr<Device> dev;
+    bool persistent = false;  // described by a drop-in in devices.d
+    bool from_api = false;    // added through the admin API
+    std::thread op;           // the add/remove/fail under way, if any
+  };
+
+  void start_op(const std::string& name, std::function<void()> work,
+                std::function<void()> then);
+  void finish_op(const std::string& name, std::function<void()> then);
+  void on_queue_exit();
+  void maybe_finish_shutdown();
+  DeviceSnapshot snapshot(const Entry& e) const;
+  Result<void> write_dropin(const DeviceSpec& spec) const;
+  std::filesystem::path dropin_path(const std::string& name) const;
+
+  EventLoop& loop_;
   ManagerOptions options_;
   uint64_t features_ = 0;
-  UniqueFd event_fd_;
-  std::map<std::string, std::unique_ptr<Device>> devices_;
-  std::vector<std::string> order_;  // creation order, for a reverse stop
+  bool ioctl_encoding_ = true;
+  UniqueFd queue_exit_fd_;
+  std::map<std::string, std::unique_ptr<Entry>> entries_;
+  size_t ops_running_ = 0;
+  bool shutting_down_ = false;
+  std::function<void()> shutdown_done_;
 };
 
 // A backend for the spec, or why not.
-Result<std::unique_ptr<Backend>> make_backend(const BackendSpec& spec);
+Result<std::unique_ptr<Backend>> make_backend(const DeviceSpec& spec);
 
-// "ZERO_COPY|USER_RECOVERY|...|bit 40" for logs.
+// "ZERO_COPY|USER_RECOVERY|...|bit40" for logs.
 std::string describe_features(uint64_t features);
 
 }  // namespace ublkd

@@ -1,11 +1,9 @@
-// ublkd: serves ublk block devices described by JSON drop-ins. Foreground,
-// never forks; SIGTERM/SIGINT stop and delete every device, then exit 0.
+// ublkd: serves ublk block devices described by JSON drop-ins and managed
+// through an admin socket. Foreground, never forks; SIGTERM/SIGINT stop and
+// delete every device, then exit 0.
 #include <getopt.h>
-#include <sys/epoll.h>
-#include <sys/signalfd.h>
-#include <unistd.h>
 
-#include <csignal>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -14,7 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "config/config_dir.h"
-#include "manager.h"
+#include "daemon.h"
 #include "ublkd_version.h"
 
 namespace {
@@ -22,15 +20,20 @@ namespace {
 using namespace ublkd;
 
 constexpr const char* kDefaultConfigDir = "/etc/ublkd";
+constexpr const char* kDefaultStateDir = "/run/ublkd";
 
 void usage(FILE* out) {
   std::fprintf(out,
                "Usage: ublkd [OPTIONS]\n"
-               "Serve ublk block devices (/dev/ublkbN) described by DIR/devices.d/*.json.\n"
+               "Serve ublk block devices (/dev/ublkbN) described by DIR/devices.d/*.json and\n"
+               "managed at run time with ublkctl.\n"
                "\n"
                "  -c, --config-dir DIR     configuration directory (default %s)\n"
                "      --check-config       validate the configuration, print every problem,\n"
                "                           exit non-zero if there is one; touches no device\n"
+               "  -s, --socket PATH        admin socket (default: ublkd.json's socket, else\n"
+               "                           STATE_DIR/ublkd.sock)\n"
+               "      --state-dir DIR      runtime state directory (default %s)\n"
                "  -l, --log-level LEVEL    trace|debug|info|warn|error (default: ublkd.json's\n"
                "                           log_level, else info)\n"
                "      --start-timeout SECS how long a device may take to go live (default:\n"
@@ -38,8 +41,9 @@ void usage(FILE* out) {
                "  -h, --help               show this help\n"
                "  -V, --version            show the version\n"
                "\n"
-               "Runs in the foreground. SIGTERM or SIGINT stops and deletes every device.\n",
-               kDefaultConfigDir);
+               "Runs in the foreground. SIGTERM or SIGINT stops and deletes every device;\n"
+               "SIGHUP re-reads the drop-ins and brings up new ones.\n",
+               kDefaultConfigDir, kDefaultStateDir);
 }
 
 spdlog::level::level_enum to_spdlog(LogLevel l) {
@@ -54,33 +58,40 @@ spdlog::level::level_enum to_spdlog(LogLevel l) {
 }
 
 struct Options {
-  std::string config_dir = kDefaultConfigDir;
+  DaemonOptions daemon;
   bool check_only = false;
+  bool socket_given = false;
   std::optional<LogLevel> log_level;
-  std::optional<std::chrono::milliseconds> start_timeout;
 };
 
 // Returns the exit code to leave with, or -1 to run.
 int parse_args(int argc, char** argv, Options& o) {
-  enum { kCheckConfig = 256, kStartTimeout };
+  enum { kCheckConfig = 256, kStartTimeout, kStateDir };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, 'c'},
       {"check-config", no_argument, nullptr, kCheckConfig},
+      {"socket", required_argument, nullptr, 's'},
+      {"state-dir", required_argument, nullptr, kStateDir},
       {"log-level", required_argument, nullptr, 'l'},
       {"start-timeout", required_argument, nullptr, kStartTimeout},
       {"help", no_argument, nullptr, 'h'},
       {"version", no_argument, nullptr, 'V'},
       {nullptr, 0, nullptr, 0},
   };
+  o.daemon.config_dir = kDefaultConfigDir;
+  o.daemon.state_dir = kDefaultStateDir;
   int c;
-  while ((c = getopt_long(argc, argv, "c:l:hV", longopts, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, "c:s:l:hV", longopts, nullptr)) != -1) {
     switch (c) {
-      case 'c': o.config_dir = optarg; break;
+      case 'c': o.daemon.config_dir = optarg; break;
       case kCheckConfig: o.check_only = true; break;
+      case 's': o.daemon.socket = optarg; break;
+      case kStateDir: o.daemon.state_dir = optarg; break;
       case 'l':
         o.log_level = parse_log_level(optarg);
         if (!o.log_level) {
-          std::fprintf(stderr, "ublkd: --log-level: '%s' is not one of trace, debug, info, warn, error\n",
+          std::fprintf(stderr,
+                       "ublkd: --log-level: '%s' is not one of trace, debug, info, warn, error\n",
                        optarg);
           return 2;
         }
@@ -90,11 +101,12 @@ int parse_args(int argc, char** argv, Options& o) {
         errno = 0;
         const double secs = std::strtod(optarg, &end);
         if (errno != 0 || end == optarg || *end != '\0' || !(secs > 0) || secs > 300) {
-          std::fprintf(stderr, "ublkd: --start-timeout: '%s' is not a number of seconds in (0, 300]\n",
+          std::fprintf(stderr,
+                       "ublkd: --start-timeout: '%s' is not a number of seconds in (0, 300]\n",
                        optarg);
           return 2;
         }
-        o.start_timeout = std::chrono::milliseconds(static_cast<int64_t>(secs * 1000));
+        o.daemon.start_timeout = std::chrono::milliseconds(static_cast<int64_t>(secs * 1000));
         break;
       }
       case 'h': usage(stdout); return 0;
@@ -109,101 +121,6 @@ int parse_args(int argc, char** argv, Options& o) {
   return -1;
 }
 
-int run(const Options& opts) {
-  auto loaded = load_config_dir(opts.config_dir);
-  if (!loaded) {
-    spdlog::error("{}", loaded.error().to_string());
-    return 1;
-  }
-  LoadedConfig& cfg = *loaded;
-  spdlog::set_level(to_spdlog(opts.log_level.value_or(cfg.daemon.log_level)));
-  for (const ConfigProblem& p : cfg.problems) spdlog::error("config: {}", p.to_string());
-
-  if (opts.check_only) {
-    std::printf("%zu device%s valid, %zu problem%s\n", cfg.devices.size(),
-                cfg.devices.size() == 1 ? "" : "s", cfg.problems.size(),
-                cfg.problems.size() == 1 ? "" : "s");
-    return cfg.problems.empty() ? 0 : 1;
-  }
-
-  // Signals are taken through a signalfd; blocking them before any thread
-  // exists keeps them away from the queue threads.
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGTERM);
-  sigaddset(&mask, SIGINT);
-  sigaddset(&mask, SIGHUP);
-  if (pthread_sigmask(SIG_BLOCK, &mask, nullptr) != 0) {
-    spdlog::error("cannot block signals");
-    return 1;
-  }
-  UniqueFd sfd(::signalfd(-1, &mask, SFD_CLOEXEC));
-  if (!sfd) {
-    spdlog::error("{}", errno_error("signalfd").to_string());
-    return 1;
-  }
-
-  ManagerOptions mo;
-  mo.start_timeout = opts.start_timeout.value_or(cfg.daemon.start_timeout);
-  if (const char* hook = std::getenv("UBLKD_TEST_UNPRIMED_TAG")) mo.unprimed_tag_device = hook;
-  Manager manager(mo);
-  if (auto r = manager.probe(); !r) {
-    spdlog::error("{}", r.error().to_string());
-    return 1;
-  }
-
-  for (const DeviceSpec& spec : cfg.devices) {
-    if (!spec.autostart) continue;
-    // A device that cannot go live is logged and torn down by add(); the
-    // others still come up.
-    (void)manager.add(spec);
-  }
-  spdlog::info("ublkd {} running: {} device(s) live", UBLKD_VERSION, manager.live_count());
-
-  UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
-  if (!ep) {
-    spdlog::error("{}", errno_error("epoll_create1").to_string());
-    return 1;
-  }
-  for (int fd : {sfd.get(), manager.event_fd()}) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
-      spdlog::error("{}", errno_error("epoll_ctl").to_string());
-      return 1;
-    }
-  }
-
-  for (bool running = true; running;) {
-    epoll_event evs[4];
-    int n = ::epoll_wait(ep.get(), evs, 4, -1);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      spdlog::error("{}", errno_error("epoll_wait").to_string());
-      break;
-    }
-    for (int i = 0; i < n; ++i) {
-      if (evs[i].data.fd == manager.event_fd()) {
-        manager.check_queues();
-        continue;
-      }
-      signalfd_siginfo si{};
-      if (::read(sfd.get(), &si, sizeof(si)) != sizeof(si)) continue;
-      if (si.ssi_signo == SIGHUP) {
-        spdlog::warn("SIGHUP: configuration reload is not supported yet; ignored");
-        continue;
-      }
-      spdlog::info("{} received: stopping {} device(s)", strsignal(static_cast<int>(si.ssi_signo)),
-                   manager.live_count());
-      running = false;
-    }
-  }
-  manager.stop_all();
-  spdlog::info("ublkd exiting");
-  return 0;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -214,5 +131,25 @@ int main(int argc, char** argv) {
   logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
   spdlog::set_default_logger(logger);
   spdlog::set_level(to_spdlog(opts.log_level.value_or(LogLevel::kInfo)));
-  return run(opts);
+
+  auto loaded = load_config_dir(opts.daemon.config_dir);
+  if (!loaded) {
+    spdlog::error("{}", loaded.error().to_string());
+    return 1;
+  }
+  const LoadedConfig& cfg = *loaded;
+  spdlog::set_level(to_spdlog(opts.log_level.value_or(cfg.daemon.log_level)));
+
+  if (opts.check_only) {
+    for (const ConfigProblem& p : cfg.problems) std::fprintf(stderr, "%s\n", p.to_string().c_str());
+    std::printf("%zu device%s valid, %zu problem%s\n", cfg.devices.size(),
+                cfg.devices.size() == 1 ? "" : "s", cfg.problems.size(),
+                cfg.problems.size() == 1 ? "" : "s");
+    return cfg.problems.empty() ? 0 : 1;
+  }
+  // Without an explicit socket, the state dir decides where it lives unless
+  // ublkd.json names one.
+  if (!opts.daemon.socket && cfg.daemon.socket == std::string(kDefaultSocketPath))
+    opts.daemon.socket = (opts.daemon.state_dir / "ublkd.sock").string();
+  return run_daemon(opts.daemon, cfg);
 }

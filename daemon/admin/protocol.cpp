@@ -1,0 +1,116 @@
+#include "admin/protocol.h"
+
+#include <algorithm>
+
+namespace ublkd::admin {
+
+using nlohmann::json;
+
+namespace {
+
+// Line and column of a byte offset, for messages people can act on.
+std::string position(std::string_view text, size_t offset) {
+  offset = std::min(offset, text.size());
+  size_t line = 1, col = 1;
+  for (size_t i = 0; i < offset; ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      col = 1;
+    } else {
+      ++col;
+    }
+  }
+  return "line " + std::to_string(line) + ", column " + std::to_string(col);
+}
+
+const char* type_name(const json& v) {
+  switch (v.type()) {
+    case json::value_t::null: return "null";
+    case json::value_t::boolean: return "a boolean";
+    case json::value_t::string: return "a string";
+    case json::value_t::array: return "an array";
+    case json::value_t::object: return "an object";
+    case json::value_t::number_float: return "a number";
+    case json::value_t::number_integer:
+    case json::value_t::number_unsigned: return "an integer";
+    default: return "a value";
+  }
+}
+
+}  // namespace
+
+std::variant<Request, AdminError> parse_request(std::string_view line) {
+  if (line.size() >= kMaxRequestLine)
+    return AdminError{code::kRequestTooLarge, "request line exceeds 1 MiB"};
+  json doc;
+  try {
+    doc = json::parse(line.begin(), line.end());
+  } catch (const json::parse_error& e) {
+    // byte is 1-based and points just past the offending character.
+    const size_t at = e.byte > 0 ? e.byte - 1 : 0;
+    return AdminError{code::kInvalidJson, "request is not valid JSON at " + position(line, at)};
+  }
+  if (!doc.is_object())
+    return AdminError{code::kInvalidRequest,
+                      std::string("request must be a JSON object, not ") + type_name(doc)};
+  Request req;
+  if (auto it = doc.find("id"); it != doc.end()) req.id = *it;
+  auto op = doc.find("op");
+  if (op == doc.end()) return AdminError{code::kInvalidRequest, "request has no \"op\" field"};
+  if (!op->is_string())
+    return AdminError{code::kInvalidRequest,
+                      std::string("\"op\" must be a string, not ") + type_name(*op)};
+  req.op = op->get<std::string>();
+  req.doc = std::move(doc);
+  return req;
+}
+
+std::optional<AdminError> check_fields(const Request& req,
+                                       std::initializer_list<std::string_view> allowed,
+                                       std::initializer_list<std::string_view> required) {
+  for (const auto& [key, value] : req.doc.items()) {
+    if (key == "op" || key == "id") continue;
+    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
+      return AdminError{code::kInvalidRequest,
+                        "unknown field \"" + key + "\" for op \"" + req.op + "\""};
+  }
+  for (std::string_view f : required) {
+    if (!req.doc.contains(f))
+      return AdminError{code::kInvalidRequest,
+                        "op \"" + req.op + "\" needs the field \"" + std::string(f) + "\""};
+  }
+  return std::nullopt;
+}
+
+std::variant<std::string, AdminError> string_field(const Request& req, std::string_view field) {
+  auto it = req.doc.find(field);
+  if (it == req.doc.end())
+    return AdminError{code::kInvalidRequest,
+                      "op \"" + req.op + "\" needs the field \"" + std::string(field) + "\""};
+  if (!it->is_string())
+    return AdminError{code::kInvalidRequest, "\"" + std::string(field) + "\" must be a string, not " +
+                                                 type_name(*it)};
+  return it->get<std::string>();
+}
+
+json ok_response(const std::optional<json>& id, json result) {
+  json r = {{"ok", true}};
+  if (id) r["id"] = *id;
+  r["result"] = std::move(result);
+  return r;
+}
+
+json error_response(const std::optional<json>& id, const AdminError& e) {
+  json r = {{"ok", false}};
+  if (id) r["id"] = *id;
+  r["error"] = {{"code", e.code}, {"message", e.message}};
+  return r;
+}
+
+std::string to_line(const json& response) {
+  std::string s = response.dump(-1, ' ', false, json::error_handler_t::replace);
+  s += '\n';
+  return s;
+}
+
+}  // namespace ublkd::admin

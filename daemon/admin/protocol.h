@@ -1,0 +1,70 @@
+// The admin protocol's framing and envelopes (docs/admin-api.md): parsing
+// one request line into an op and its fields, and building the response
+// objects. Pure functions, so every rule is unit-tested without a socket.
+#pragma once
+
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include <nlohmann/json.hpp>
+
+namespace ublkd::admin {
+
+inline constexpr size_t kMaxRequestLine = 1 << 20;  // bytes, newline included
+inline constexpr int kApiVersion = 1;
+
+// Error codes of docs/admin-api.md.
+namespace code {
+inline constexpr const char* kInvalidJson = "invalid-json";
+inline constexpr const char* kInvalidRequest = "invalid-request";
+inline constexpr const char* kRequestTooLarge = "request-too-large";
+inline constexpr const char* kUnknownOp = "unknown-op";
+inline constexpr const char* kPermissionDenied = "permission-denied";
+inline constexpr const char* kInvalidSpec = "invalid-spec";
+inline constexpr const char* kExists = "exists";
+inline constexpr const char* kNotFound = "not-found";
+inline constexpr const char* kBusy = "busy";
+inline constexpr const char* kBackendError = "backend-error";
+inline constexpr const char* kKernelError = "kernel-error";
+inline constexpr const char* kTimeout = "timeout";
+inline constexpr const char* kIoError = "io-error";
+inline constexpr const char* kShuttingDown = "shutting-down";
+inline constexpr const char* kInternal = "internal";
+}  // namespace code
+
+struct AdminError {
+  std::string code;
+  std::string message;
+};
+
+struct Request {
+  std::string op;
+  nlohmann::json doc;                // the whole request object
+  std::optional<nlohmann::json> id;  // echoed back when present
+};
+
+// Parses one line (without its newline). Checks only the envelope: a JSON
+// object with a string "op"; the op's own fields are checked by its handler
+// with require_fields().
+std::variant<Request, AdminError> parse_request(std::string_view line);
+
+// Every field of the request other than op and id must be in `allowed`;
+// fields in `required` must be present. Returns the first violation.
+std::optional<AdminError> check_fields(const Request& req,
+                                       std::initializer_list<std::string_view> allowed,
+                                       std::initializer_list<std::string_view> required = {});
+
+// A field's value of the expected JSON type, or the error naming it.
+std::variant<std::string, AdminError> string_field(const Request& req, std::string_view field);
+
+nlohmann::json ok_response(const std::optional<nlohmann::json>& id, nlohmann::json result);
+nlohmann::json error_response(const std::optional<nlohmann::json>& id, const AdminError& e);
+
+// The response as one line, newline included. Invalid UTF-8 from a client
+// (echoed in a message) is replaced rather than failing the response.
+std::string to_line(const nlohmann::json& response);
+
+}  // namespace ublkd::admin

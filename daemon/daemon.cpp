@@ -1,0 +1,276 @@
+#include "daemon.h"
+
+#include <grp.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "ublkd_version.h"
+
+namespace ublkd {
+
+using admin::AdminError;
+using admin::Request;
+using nlohmann::json;
+namespace code = admin::code;
+
+AdminError to_admin_error(const OpError& e) {
+  switch (e.kind) {
+    case Failure::kInvalidSpec: return {code::kInvalidSpec, e.message};
+    case Failure::kExists: return {code::kExists, e.message};
+    case Failure::kNotFound: return {code::kNotFound, e.message};
+    case Failure::kBusy: return {code::kBusy, e.message};
+    case Failure::kBackend: return {code::kBackendError, e.message};
+    case Failure::kKernel: return {code::kKernelError, e.message};
+    case Failure::kTimeout: return {code::kTimeout, e.message};
+    case Failure::kIo: return {code::kIoError, e.message};
+    case Failure::kShuttingDown: return {code::kShuttingDown, e.message};
+  }
+  return {code::kInternal, e.message};
+}
+
+json to_json(const ReloadReport& r) {
+  json failed = json::array();
+  for (const auto& [name, err] : r.failed) failed.push_back({{"name", name}, {"error", err}});
+  json changed = json::array();
+  for (const auto& name : r.changed)
+    changed.push_back({{"name", name}, {"message", "spec changed; restart the device to apply"}});
+  return {{"started", r.started},
+          {"failed", failed},
+          {"changed", changed},
+          {"orphaned", r.orphaned},
+          {"problems", r.problems}};
+}
+
+namespace {
+
+json features_json(uint64_t value, bool ioctl) {
+  json known = json::array();
+  json unknown = json::array();
+  for (unsigned bit = 0; bit < 64; ++bit) {
+    if ((value & (1ull << bit)) == 0) continue;
+    if (bit < std::size(uapi::kFeatureNames))
+      known.push_back({{"bit", bit}, {"name", uapi::kFeatureNames[bit]}});
+    else
+      unknown.push_back(bit);
+  }
+  char hex[32];
+  std::snprintf(hex, sizeof(hex), "0x%llx", static_cast<unsigned long long>(value));
+  return {{"value", value},
+          {"hex", hex},
+          {"known", known},
+          {"unknown_bits", unknown},
+          {"ioctl_encoding", ioctl}};
+}
+
+json flag_names(uint64_t flags) {
+  json names = json::array();
+  for (unsigned bit = 0; bit < 64; ++bit) {
+    if ((flags & (1ull << bit)) == 0) continue;
+    names.push_back(bit < std::size(uapi::kFeatureNames) ? std::string(uapi::kFeatureNames[bit])
+                                                         : "bit" + std::to_string(bit));
+  }
+  return names;
+}
+
+Result<gid_t> lookup_group(const std::string& name) {
+  std::vector<char> buf(16384);
+  for (;;) {
+    struct group gr {};
+    struct group* found = nullptr;
+    const int rc = ::getgrnam_r(name.c_str(), &gr, buf.data(), buf.size(), &found);
+    if (rc == ERANGE && buf.size() < (1u << 20)) {
+      buf.resize(buf.size() * 2);
+      continue;
+    }
+    if (rc != 0) return Error(rc, "look up group");
+    if (found == nullptr) return Error(ENOENT, "no such group");
+    return found->gr_gid;
+  }
+}
+
+void log_reload(const ReloadReport& r) {
+  for (const auto& p : r.problems) spdlog::error("config: {}", p);
+  spdlog::info("reload: {} started, {} failed, {} changed, {} orphaned, {} problems",
+               r.started.size(), r.failed.size(), r.changed.size(), r.orphaned.size(),
+               r.problems.size());
+}
+
+}  // namespace
+
+void AdminHandler::handle(const Request& req, const admin::Server::Reply& reply) {
+  const auto& id = req.id;
+  auto fail = [&](const AdminError& e) { reply(admin::error_response(id, e)); };
+  auto ok = [&](json result) { reply(admin::ok_response(id, std::move(result))); };
+
+  if (req.op == "version") {
+    if (auto e = admin::check_fields(req, {})) return fail(*e);
+    return ok({{"version", UBLKD_VERSION}, {"api", admin::kApiVersion}});
+  }
+  if (req.op == "list") {
+    if (auto e = admin::check_fields(req, {})) return fail(*e);
+    json devices = json::array();
+    for (const auto& d : manager_.list()) devices.push_back(to_json(d));
+    return ok({{"devices", devices}});
+  }
+  if (req.op == "info") {
+    if (auto e = admin::check_fields(req, {"name"}, {"name"})) return fail(*e);
+    auto name = admin::string_field(req, "name");
+    if (auto* e = std::get_if<AdminError>(&name)) return fail(*e);
+    auto d = manager_.info(std::get<std::string>(name));
+    if (!d) return fail({code::kNotFound, "no device named " + std::get<std::string>(name)});
+    json j = to_json(*d);
+    j["kernel_flags"] = d->kernel_flags;
+    j["kernel_flag_names"] = flag_names(d->kernel_flags);
+    return ok(std::move(j));
+  }
+  if (req.op == "features") {
+    if (auto e = admin::check_fields(req, {})) return fail(*e);
+    return ok(features_json(manager_.kernel_features(), manager_.ioctl_encoding()));
+  }
+  if (req.op == "del") {
+    if (auto e = admin::check_fields(req, {"name"}, {"name"})) return fail(*e);
+    auto name = admin::string_field(req, "name");
+    if (auto* e = std::get_if<AdminError>(&name)) return fail(*e);
+    const std::string n = std::get<std::string>(name);
+    return manager_.remove(n, [reply, id, n](std::optional<OpError> err) {
+      if (err) return reply(admin::error_response(id, to_admin_error(*err)));
+      reply(admin::ok_response(id, {{"name", n}}));
+    });
+  }
+  if (req.op == "add") {
+    if (auto e = admin::check_fields(req, {"spec", "persist"}, {"spec"})) return fail(*e);
+    const json& spec_doc = req.doc["spec"];
+    if (!spec_doc.is_object()) return fail({code::kInvalidRequest, "\"spec\" must be an object"});
+    bool persist = false;
+    if (auto it = req.doc.find("persist"); it != req.doc.end()) {
+      if (!it->is_boolean())
+        return fail({code::kInvalidRequest, "\"persist\" must be a boolean"});
+      persist = it->get<bool>();
+    }
+    std::vector<ConfigProblem> problems;
+    auto spec = check_device_spec(spec_doc, "", defaults_, problems);
+    if (!spec) {
+      std::string msg;
+      for (const auto& p : problems) msg += (msg.empty() ? "" : "; ") + p.to_string();
+      return fail({code::kInvalidSpec, "spec." + msg});
+    }
+    return manager_.add(*spec, persist, [reply, id](auto result) {
+      if (auto* err = std::get_if<OpError>(&result))
+        return reply(admin::error_response(id, to_admin_error(*err)));
+      reply(admin::ok_response(id, to_json(std::get<DeviceSnapshot>(result))));
+    });
+  }
+  if (req.op == "reload") {
+    if (auto e = admin::check_fields(req, {})) return fail(*e);
+    auto loaded = load_config_dir(config_dir_);
+    if (!loaded) return fail({code::kIoError, loaded.error().to_string()});
+    return manager_.reload(*loaded, [reply, id](ReloadReport r) {
+      log_reload(r);
+      reply(admin::ok_response(id, to_json(r)));
+    });
+  }
+  fail({code::kUnknownOp, "unknown op \"" + req.op +
+                              "\" (known: add, del, list, info, features, reload, version)"});
+}
+
+int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
+  // Signals are taken through a signalfd; blocking them before any thread
+  // exists keeps them away from the queue threads.
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGHUP);
+  if (pthread_sigmask(SIG_BLOCK, &mask, nullptr) != 0) {
+    spdlog::error("cannot block signals");
+    return 1;
+  }
+  UniqueFd sfd(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!sfd) {
+    spdlog::error("{}", errno_error("signalfd").to_string());
+    return 1;
+  }
+  auto loop_r = EventLoop::create();
+  if (!loop_r) {
+    spdlog::error("{}", loop_r.error().to_string());
+    return 1;
+  }
+  EventLoop& loop = **loop_r;
+
+  ManagerOptions mo;
+  mo.start_timeout = options.start_timeout.value_or(config.daemon.start_timeout);
+  mo.config_dir = options.config_dir;
+  if (const char* hook = std::getenv("UBLKD_TEST_UNPRIMED_TAG")) mo.unprimed_tag_device = hook;
+  Manager manager(loop, mo);
+  if (auto r = manager.probe(); !r) {
+    spdlog::error("{}", r.error().to_string());
+    return 1;
+  }
+
+  admin::ServerOptions so;
+  so.socket_path = options.socket.value_or(config.daemon.socket);
+  const std::string group = config.daemon.admin_group.empty() ? "root" : config.daemon.admin_group;
+  // root is gid 0 by definition; looking it up would make /etc/group a
+  // requirement even where nobody but root manages devices.
+  auto gid = group == "root" ? Result<gid_t>(gid_t{0}) : lookup_group(group);
+  if (!gid) {
+    spdlog::error("admin_group '{}': {}", group, gid.error().to_string());
+    return 1;
+  }
+  so.admin_gid = *gid;
+  AdminHandler handler(manager, options.config_dir, config.daemon.spec_defaults());
+  admin::Server server(loop, so, [&handler](const admin::Request& req, const admin::Peer&,
+                                            admin::Server::Reply reply) {
+    handler.handle(req, reply);
+  });
+  if (auto r = server.listen(); !r) {
+    spdlog::error("admin socket: {}", r.error().to_string());
+    return 1;
+  }
+  spdlog::info("admin socket {} (group {})", so.socket_path, group);
+
+  bool stopping = false;
+  auto begin_shutdown = [&](const char* why) {
+    if (stopping) return;
+    stopping = true;
+    spdlog::info("{}: stopping {} device(s)", why, manager.live_count());
+    manager.shutdown([&loop] { loop.stop(); });
+  };
+  (void)loop.add(sfd.get(), EPOLLIN, [&](uint32_t) {
+    signalfd_siginfo si{};
+    while (::read(sfd.get(), &si, sizeof(si)) == sizeof(si)) {
+      if (si.ssi_signo == SIGHUP) {
+        spdlog::info("SIGHUP: reloading {}", options.config_dir.string());
+        auto loaded = load_config_dir(options.config_dir);
+        if (!loaded) {
+          spdlog::error("reload: {}", loaded.error().to_string());
+          continue;
+        }
+        manager.reload(*loaded, log_reload);
+        continue;
+      }
+      begin_shutdown(strsignal(static_cast<int>(si.ssi_signo)));
+    }
+  });
+
+  for (const ConfigProblem& p : config.problems) spdlog::error("config: {}", p.to_string());
+  manager.reload(config, [&manager](const ReloadReport&) {
+    spdlog::info("ublkd {} running: {} device(s) live", UBLKD_VERSION, manager.live_count());
+  });
+
+  if (auto r = loop.run(); !r) {
+    spdlog::error("{}", r.error().to_string());
+    return 1;
+  }
+  spdlog::info("ublkd exiting");
+  return 0;
+}
+
+}  // namespace ublkd
