@@ -31,6 +31,9 @@ readonly LOGS=/tmp/vm-logs
 readonly HUNG_TASK_SECS=60
 # Kernel messages that make a case fail whatever its exit status. Only dmesg
 # is checked, never the case's own output.
+# A dmesg line without its timestamp; a case's timeout header.
+readonly DMESG_TS_RE='^\[[ 0-9.]*\] (.*)'
+readonly TIMEOUT_RE='^# vm-timeout: *([0-9]+)'
 readonly SPLAT_RE='WARNING:|BUG:|Oops|lockdep|possible circular locking|INFO: task .* blocked for more than|general protection fault|Call Trace:|kernel BUG at|UBSAN:|KASAN:|Kernel panic'
 
 mount -t proc -o nosuid,nodev,noexec proc /proc
@@ -70,13 +73,19 @@ else
     exec 3>&1
 fi
 
-emit() { printf '%s\n' "$*" >&3; }
+# say MSG: a line on the console, stamped with the guest uptime.
+say() { local up _; read -r up _ </proc/uptime; printf '[%12s] %s\n' "$up" "$*"; }
+# emit LINE: a marker line to the host. It goes to the console as well,
+# stamped with the guest uptime like kernel messages, so console.log reads on
+# its own and shows where time goes; the host parses only the results
+# channel, where kernel messages cannot break a line apart.
+emit() {
+    printf '%s\n' "$*" >&3
+    [[ $1 == @@UBLKD-LOG-* ]] || say "$*"
+}
 uptime_s() { local up _; read -r up _ </proc/uptime; echo "$up"; }
 # uptime_cs: uptime in hundredths of a second, for arithmetic.
 uptime_cs() { local up _; read -r up _ </proc/uptime; echo $((10#${up/./})); }
-# say MSG: a progress line on the console, stamped with the guest uptime
-# like kernel messages, so the console log shows where time goes.
-say() { local up _; read -r up _ </proc/uptime; printf '[%12s] %s\n' "$up" "$*"; }
 
 # shellcheck disable=SC1091
 . /etc/ublkd-vm/run.conf
@@ -91,7 +100,6 @@ if ! modprobe ublk_drv 2>"$LOGS/modprobe.err"; then
     boot_detail="modprobe ublk_drv failed: $(tr '\n' ' ' <"$LOGS/modprobe.err")"
 fi
 # udev is not running, so nothing else holds /dev/ublkcN after ADD_DEV.
-say "init: kernel $kver, ublk_drv: $boot_status $boot_detail"
 emit "@@UBLKD-BOOT $kver $(uptime_s) $boot_status $boot_detail"
 dmesg >"$LOGS/boot-dmesg.log" 2>&1
 if grep -qE "$SPLAT_RE" "$LOGS/boot-dmesg.log"; then
@@ -104,24 +112,28 @@ fi
 mkfifo "$LOGS/.wake"
 exec {wake_fd}<>"$LOGS/.wake"
 
-# Process spawns are slow under TCG, so the per-case bookkeeping below uses
-# bash builtins where it can.
+# Process spawns are slow under TCG (tenths of a second each on a busy
+# host), so the per-case bookkeeping uses bash builtins and fills global
+# arrays instead of printing into $(...) subshells.
 
-# mount_points: the mount points in /proc/mounts, one per line.
-mount_points() {
+# collect_mounts: MOUNTS=(mount points, in mount order).
+collect_mounts() {
     local _src mp _rest
-    while read -r _src mp _rest; do echo "$mp"; done </proc/mounts
+    MOUNTS=()
+    while read -r _src mp _rest; do MOUNTS+=("$mp"); done </proc/mounts
 }
-# loaded_modules: the loaded modules, one per line.
-loaded_modules() {
+# collect_modules: MODULES=(loaded modules, newest first).
+collect_modules() {
     local name _rest
-    while read -r name _rest; do echo "$name"; done </proc/modules
+    MODULES=()
+    while read -r name _rest; do MODULES+=("$name"); done </proc/modules
 }
-# pids_named NAME: pids of processes whose command name is NAME.
-pids_named() {
+# collect_pids NAME: PIDS=(processes whose command name is NAME).
+collect_pids() {
     local d comm
+    PIDS=()
     for d in /proc/[0-9]*; do
-        read -r comm 2>/dev/null <"$d/comm" && [[ $comm == "$1" ]] && echo "${d#/proc/}"
+        read -r comm 2>/dev/null <"$d/comm" && [[ $comm == "$1" ]] && PIDS+=("${d#/proc/}")
     done
     return 0
 }
@@ -129,8 +141,10 @@ pids_named() {
 # What the system looks like before any case; anything beyond it afterwards
 # was left behind by the case.
 declare -A baseline_mounts=() baseline_modules=()
-while read -r m; do baseline_mounts[$m]=1; done < <(mount_points)
-while read -r m; do baseline_modules[$m]=1; done < <(loaded_modules)
+collect_mounts
+for m in "${MOUNTS[@]}"; do baseline_mounts[$m]=1; done
+collect_modules
+for m in "${MODULES[@]}"; do baseline_modules[$m]=1; done
 
 # forward_log FILE: copy FILE's lines to the results channel as they are
 # written, each prefixed with '|', so the host has a case's output even when
@@ -180,34 +194,41 @@ forward_log() {
     exec {rfd}<&-
 }
 
-# case_timeout FILE: the `# vm-timeout: N` header of a case, else the default.
+# case_timeout FILE: CASE_TIMEOUT= the `# vm-timeout: N` header of a case
+# (first 30 lines), else the default.
 case_timeout() {
-    local t
-    t=$(head -n 30 "$1" | sed -n 's/^# vm-timeout: *\([0-9][0-9]*\).*/\1/p' | head -n 1)
-    echo "${t:-$UBLKD_VM_DEFAULT_TIMEOUT}"
+    local line n=0
+    CASE_TIMEOUT=$UBLKD_VM_DEFAULT_TIMEOUT
+    while IFS= read -r line && ((n++ < 30)); do
+        if [[ $line =~ $TIMEOUT_RE ]]; then
+            CASE_TIMEOUT=${BASH_REMATCH[1]}
+            break
+        fi
+    done <"$1"
 }
 
-# cleanup_after_case PGID: put the system back to the baseline. Prints what
-# was left behind (one item per line) for the verdict.
+# cleanup_after_case PGID: put the system back to the baseline. LEFTOVERS=(
+# what was left behind), for the verdict.
 cleanup_after_case() {
-    local pgid=$1 pid m killed=0
-    local -a pids mounts devs mods
+    local pgid=$1 pid m killed=0 i
+    local -a devs
+    LEFTOVERS=()
     # Daemons still running: named before they are killed with the group.
-    mapfile -t pids < <(pids_named ublkd)
-    for pid in "${pids[@]}"; do
-        echo "ublkd pid $pid still running"
+    collect_pids ublkd
+    for pid in "${PIDS[@]}"; do
+        LEFTOVERS+=("ublkd pid $pid still running")
     done
     kill -KILL -- "-$pgid" 2>/dev/null && killed=1
-    ((${#pids[@]})) && kill -KILL "${pids[@]}" 2>/dev/null && killed=1
+    ((${#PIDS[@]})) && kill -KILL "${PIDS[@]}" 2>/dev/null && killed=1
     # Let the kernel finish tearing down what the killed processes held.
     ((killed)) && sleep 0.2
 
     # Mounts made by the case, innermost (last mounted) first.
-    mapfile -t mounts < <(mount_points)
-    for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
-        m=${mounts[i]}
+    collect_mounts
+    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+        m=${MOUNTS[i]}
         [[ -n ${baseline_mounts[$m]:-} ]] && continue
-        echo "mount $m left"
+        LEFTOVERS+=("mount $m")
         umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
     done
 
@@ -215,19 +236,19 @@ cleanup_after_case() {
     # module deletes them, so the next case starts with none.
     devs=(/dev/ublkb* /dev/ublkc*)
     if ((${#devs[@]})); then
-        echo "ublk devices left: ${devs[*]}"
+        LEFTOVERS+=("ublk devices ${devs[*]}")
         if ! rmmod ublk_drv 2>/dev/null; then
             sleep 1
-            rmmod ublk_drv 2>/dev/null || echo "could not unload ublk_drv to remove them"
+            rmmod ublk_drv 2>/dev/null || LEFTOVERS+=("(could not unload ublk_drv to remove them)")
         fi
     fi
-    [[ -d /sys/module/ublk_drv ]] || modprobe ublk_drv || echo "could not reload ublk_drv"
+    [[ -d /sys/module/ublk_drv ]] || modprobe ublk_drv || LEFTOVERS+=("(could not reload ublk_drv)")
 
     # Modules the case loaded (brd, null_blk, ...): unloaded so the next
     # case gets them with its own parameters. Not a failure. /proc/modules
     # lists the newest first, so users go before what they depend on.
-    mapfile -t mods < <(loaded_modules)
-    for m in "${mods[@]}"; do
+    collect_modules
+    for m in "${MODULES[@]}"; do
         [[ -n ${baseline_modules[$m]:-} ]] || rmmod "$m" 2>/dev/null
     done
     return 0
@@ -236,12 +257,13 @@ cleanup_after_case() {
 run_case() {
     local name=$1 file=$TESTS/cases/$1.sh
     local log=$LOGS/$name.log dir=/tmp/cases/$name
-    local timeout start end secs rc verdict reason leftovers splats pid fwd
+    local timeout start end secs rc verdict reason pid fwd line why
+    local -a splats dmesg_lines
 
-    timeout=$(case_timeout "$file")
-    rm -rf "$dir"
+    case_timeout "$file"
+    timeout=$CASE_TIMEOUT
+    [[ -e $dir ]] && rm -rf "$dir"
     mkdir -p "$dir"
-    say "=== $name (timeout ${timeout}s)"
     emit "@@UBLKD-BEGIN $name $timeout"
     emit "@@UBLKD-LOG-BEGIN $name"
     : >"$log"
@@ -265,9 +287,15 @@ run_case() {
     end=$(uptime_cs)
     secs=$(((end - start) / 100)).$(((end - start) / 10 % 10))
 
-    leftovers=$(cleanup_after_case "$pid")
+    # Cleanup first: tearing down what the case left can itself make the
+    # kernel complain, and that belongs to this case.
+    cleanup_after_case "$pid"
     dmesg >"$LOGS/$name.dmesg" 2>&1
-    splats=$(grep -E "$SPLAT_RE" "$LOGS/$name.dmesg" | head -n 5)
+    mapfile -t dmesg_lines <"$LOGS/$name.dmesg"
+    splats=()
+    for line in "${dmesg_lines[@]}"; do
+        [[ $line =~ $SPLAT_RE ]] && splats+=("$line")
+    done
 
     case $rc in
         0) verdict=PASS reason= ;;
@@ -287,34 +315,40 @@ run_case() {
             verdict=FAIL
             reason="exit status $rc"
             # The case's own explanation, from fail() in lib.sh.
-            local why
             why=$(grep -m1 '^FAIL: ' "$log" | cut -c7- || true)
             [[ -n $why ]] && reason+=": $why"
             ;;
     esac
-    if [[ -n $leftovers && $verdict != FAIL ]]; then
+    if ((${#LEFTOVERS[@]})) && [[ $verdict != FAIL ]]; then
         verdict=FAIL
-        reason="left behind: $(echo "$leftovers" | paste -sd ';' -)"
+        reason="left behind: ${LEFTOVERS[*]}"
     fi
-    if [[ -n $splats ]]; then
+    if ((${#splats[@]})); then
         verdict=FAIL
-        reason="kernel splat in dmesg: $(echo "$splats" | head -n 1 | sed 's/^\[[ 0-9.]*\] //')"
+        line=${splats[0]}
+        [[ $line =~ $DMESG_TS_RE ]] && line=${BASH_REMATCH[1]}
+        reason="kernel splat in dmesg: $line"
     fi
 
     {
         echo
         echo "---- $name: exit status $rc after ${secs}s -> $verdict${reason:+ ($reason)}"
-        [[ -n $leftovers ]] && echo "---- left behind (cleaned up by the harness):" && echo "$leftovers"
-        [[ -n $splats ]] && echo "---- kernel splat lines:" && echo "$splats"
+        if ((${#LEFTOVERS[@]})); then
+            echo "---- left behind (cleaned up by the harness):"
+            printf '%s\n' "${LEFTOVERS[@]}"
+        fi
+        if ((${#splats[@]})); then
+            echo "---- kernel splat lines:"
+            printf '%s\n' "${splats[@]}"
+        fi
         echo "---- dmesg during the case:"
-        cat "$LOGS/$name.dmesg"
+        ((${#dmesg_lines[@]})) && printf '%s\n' "${dmesg_lines[@]}"
     } >>"$log"
 
     echo stop >&"$wake_fd"
     wait "$fwd"
     emit "@@UBLKD-LOG-END $name"
     emit "@@UBLKD-RESULT $name $verdict $secs${reason:+ $reason}"
-    say "=== $name: $verdict ${secs}s${reason:+ ($reason)}"
 }
 
 for c in "${UBLKD_VM_CASES[@]}"; do
