@@ -138,6 +138,30 @@ collect_pids() {
     return 0
 }
 
+# collect_user_procs EXCLUDE...: PROCS=("pid state comm" of every user-space
+# process but PID 1 and the excluded pids). Kernel threads have an empty
+# cmdline.
+collect_user_procs() {
+    local d pid arg0 stat rest comm ex skip
+    PROCS=()
+    for d in /proc/[0-9]*; do
+        pid=${d#/proc/}
+        ((pid == 1)) && continue
+        skip=0
+        for ex in "$@"; do [[ $pid == "$ex" ]] && skip=1; done
+        ((skip)) && continue
+        arg0=
+        read -r -d '' arg0 2>/dev/null <"$d/cmdline"
+        [[ -n $arg0 ]] || continue
+        read -r stat 2>/dev/null <"$d/stat" || continue
+        comm=${stat#*(}
+        comm=${comm%)*}
+        rest=${stat##*) }
+        PROCS+=("$pid ${rest%% *} $comm")
+    done
+    return 0
+}
+
 # What the system looks like before any case; anything beyond it afterwards
 # was left behind by the case.
 declare -A baseline_mounts=() baseline_modules=()
@@ -207,10 +231,10 @@ case_timeout() {
     done <"$1"
 }
 
-# cleanup_after_case PGID: put the system back to the baseline. LEFTOVERS=(
-# what was left behind), for the verdict.
+# cleanup_after_case PGID FORWARDER_PID: put the system back to the
+# baseline. LEFTOVERS=(what was left behind), for the verdict.
 cleanup_after_case() {
-    local pgid=$1 pid m killed=0 i
+    local pgid=$1 fwd=$2 pid m killed=0 i p state comm
     local -a devs
     LEFTOVERS=()
     # Daemons still running: named before they are killed with the group.
@@ -220,8 +244,27 @@ cleanup_after_case() {
     done
     kill -KILL -- "-$pgid" 2>/dev/null && killed=1
     ((${#PIDS[@]})) && kill -KILL "${PIDS[@]}" 2>/dev/null && killed=1
-    # Let the kernel finish tearing down what the killed processes held.
-    ((killed)) && sleep 0.2
+    # Anything else the case started outside its process group.
+    collect_user_procs "$fwd" "${PIDS[@]}"
+    for p in "${PROCS[@]}"; do
+        read -r pid state comm <<<"$p"
+        LEFTOVERS+=("process $pid ($comm) still running")
+        kill -KILL "$pid" 2>/dev/null && killed=1
+    done
+    # Let the kernel finish tearing down what the killed processes held. A
+    # process that stays in uninterruptible sleep (D) cannot be killed: it
+    # waits on I/O that never completes, which is worth knowing.
+    if ((killed)); then
+        for ((i = 0; i < 50; i++)); do
+            sleep 0.1
+            collect_user_procs "$fwd"
+            ((${#PROCS[@]})) || break
+        done
+        for p in "${PROCS[@]}"; do
+            read -r pid state comm <<<"$p"
+            LEFTOVERS+=("process $pid ($comm) unkillable, state $state")
+        done
+    fi
 
     # Mounts made by the case, innermost (last mounted) first.
     collect_mounts
@@ -289,7 +332,7 @@ run_case() {
 
     # Cleanup first: tearing down what the case left can itself make the
     # kernel complain, and that belongs to this case.
-    cleanup_after_case "$pid"
+    cleanup_after_case "$pid" "$fwd"
     dmesg >"$LOGS/$name.dmesg" 2>&1
     mapfile -t dmesg_lines <"$LOGS/$name.dmesg"
     splats=()
