@@ -1,1 +1,403 @@
-// placeholder
+#include <algorithm>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "config/device_spec.h"
+
+using ublkd::ConfigProblem;
+using ublkd::DeviceSpec;
+using ublkd::SpecDefaults;
+using Json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kOrigin = "/etc/ublkd/devices.d/10-mem0.json";
+
+// Deliberately not the built-in defaults, so a test can tell them apart.
+const SpecDefaults kDefaults{3, 64};
+
+Json valid_spec() {
+  return Json::parse(R"({
+    "name": "mem0",
+    "backend": { "type": "mem", "size": "256MiB" },
+    "queues": 2, "queue_depth": 128, "logical_block_size": 512,
+    "read_only": false, "autostart": true
+  })");
+}
+
+// The valid spec with `patch` merged in (RFC 7386: null removes a key).
+std::string patched(const Json& patch) {
+  Json doc = valid_spec();
+  doc.merge_patch(patch);
+  return doc.dump(2);
+}
+
+std::vector<ConfigProblem> problems_of(const std::string& text) {
+  std::vector<ConfigProblem> problems;
+  std::optional<DeviceSpec> spec = ublkd::check_device_spec(text, kOrigin, kDefaults, problems);
+  CHECK_FALSE(spec.has_value());
+  return problems;
+}
+
+}  // namespace
+
+TEST_CASE("device spec: every kind of mistake is rejected naming field and value", "[spec]") {
+  struct Case {
+    const char* what;
+    std::string text;
+    const char* field;              // JSON path the problem must name
+    std::vector<const char*> says;  // fragments of the message: the value, the rule
+  };
+  const std::string long_name(33, 'a');
+  const std::vector<Case> cases = {
+      // Syntax: the position is computed from the text, 1-based.
+      {"invalid JSON",
+       "{\n  \"name\": \"mem0\",\n  \"queues\": ,\n}",
+       "",
+       {"invalid JSON", "line 3, column 13", "unexpected ','"}},
+      {"truncated JSON", "{ \"name\": \"mem0\"", "", {"line 1, column 17", "end of input"}},
+      {"trailing garbage", "{}\n\n  x", "", {"line 3, column 3"}},
+      {"columns count characters", "{\"name\": \"\xc3\xa9\xc3\xa9\" x}", "", {"line 1, column 15"}},
+      {"empty document", " \n", "", {"empty"}},
+      {"not an object", "[1, 2]", "", {"expected an object", "array [1,2]"}},
+      {"string document", "\"mem0\"", "", {"expected an object", "string \"mem0\""}},
+
+      {"unknown key", patched({{"queue", 2}}), "queue", {"unknown key \"queue\""}},
+      {"unknown backend key",
+       patched({{"backend", {{"path", "/x"}}}}),
+       "backend.path",
+       {"unknown key \"path\"", "type, size"}},
+
+      {"missing name", patched({{"name", nullptr}}), "name", {"required field is missing"}},
+      {"missing backend",
+       patched({{"backend", nullptr}}),
+       "backend",
+       {"required field is missing"}},
+      {"missing backend type",
+       patched({{"backend", {{"type", nullptr}}}}),
+       "backend.type",
+       {"required field is missing"}},
+      {"missing size",
+       patched({{"backend", {{"size", nullptr}}}}),
+       "backend.size",
+       {"required field is missing"}},
+
+      {"name of wrong type", patched({{"name", 5}}), "name", {"expected a string", "number 5"}},
+      {"queues as string",
+       patched({{"queues", "4"}}),
+       "queues",
+       {"expected an integer", "string \"4\""}},
+      {"queues null",
+       "{\"name\": \"m\", \"backend\": {\"type\": \"mem\", \"size\": 4096}, "
+       "\"queues\": null}",
+       "queues",
+       {"expected an integer", "null"}},
+      {"fractional depth",
+       patched({{"queue_depth", 1.5}}),
+       "queue_depth",
+       {"expected an integer", "number 1.5"}},
+      {"block size as string",
+       patched({{"logical_block_size", "512"}}),
+       "logical_block_size",
+       {"expected an integer", "string \"512\""}},
+      {"read_only as string",
+       patched({{"read_only", "yes"}}),
+       "read_only",
+       {"expected true or false", "string \"yes\""}},
+      {"autostart as number",
+       patched({{"autostart", 1}}),
+       "autostart",
+       {"expected true or false", "number 1"}},
+      {"backend as string",
+       patched({{"backend", "mem"}}),
+       "backend",
+       {"expected an object", "string \"mem\""}},
+      {"backend type of wrong type",
+       patched({{"backend", {{"type", 1}}}}),
+       "backend.type",
+       {"expected a string", "number 1"}},
+      {"size as boolean",
+       patched({{"backend", {{"size", true}}}}),
+       "backend.size",
+       {"size string", "boolean true"}},
+      {"size as float",
+       patched({{"backend", {{"size", 1.5}}}}),
+       "backend.size",
+       {"size string", "number 1.5"}},
+
+      {"empty name", patched({{"name", ""}}), "name", {"invalid name \"\"", "1 to 32"}},
+      {"name with space", patched({{"name", "mem 0"}}), "name", {"invalid name \"mem 0\""}},
+      {"name with slash", patched({{"name", "dev/0"}}), "name", {"invalid name \"dev/0\""}},
+      {"name too long", patched({{"name", long_name}}), "name", {long_name.c_str(), "1 to 32"}},
+
+      {"size 0",
+       patched({{"backend", {{"size", 0}}}}),
+       "backend.size",
+       {"greater than 0", "got 0"}},
+      {"size \"0MiB\"",
+       patched({{"backend", {{"size", "0MiB"}}}}),
+       "backend.size",
+       {"greater than 0", "\"0MiB\""}},
+      {"negative size",
+       patched({{"backend", {{"size", -4096}}}}),
+       "backend.size",
+       {"negative", "-4096"}},
+      {"negative size string",
+       patched({{"backend", {{"size", "-4096"}}}}),
+       "backend.size",
+       {"negative", "\"-4096\""}},
+      {"fractional size",
+       patched({{"backend", {{"size", "1.5GiB"}}}}),
+       "backend.size",
+       {"whole number", "\"1.5GiB\""}},
+      {"size with junk",
+       patched({{"backend", {{"size", "1GiBs"}}}}),
+       "backend.size",
+       {"unknown unit", "\"1GiBs\""}},
+      {"size overflow",
+       patched({{"backend", {{"size", "99999999999999999999"}}}}),
+       "backend.size",
+       {"larger than", "\"99999999999999999999\""}},
+      {"size not a block multiple",
+       patched({{"backend", {{"size", 1000}}}}),
+       "backend.size",
+       {"1000", "not a multiple of the logical block size 512"}},
+      {"size string not a block multiple",
+       patched({{"logical_block_size", 4096}, {"backend", {{"size", "6KiB"}}}}),
+       "backend.size",
+       {"\"6KiB\"", "6144 bytes", "not a multiple of the logical block size 4096"}},
+
+      {"block size not a power of two",
+       patched({{"logical_block_size", 1000}}),
+       "logical_block_size",
+       {"1000 is not a power of two between 512 and 4096"}},
+      {"block size too small",
+       patched({{"logical_block_size", 256}}),
+       "logical_block_size",
+       {"256 is not a power of two between 512 and 4096"}},
+      {"block size too large",
+       patched({{"logical_block_size", 8192}}),
+       "logical_block_size",
+       {"8192 is not"}},
+      {"block size 0", patched({{"logical_block_size", 0}}), "logical_block_size", {"0 is not"}},
+      {"negative block size",
+       patched({{"logical_block_size", -512}}),
+       "logical_block_size",
+       {"-512 is not"}},
+
+      {"queues 0", patched({{"queues", 0}}), "queues", {"0 is out of range 1..64"}},
+      {"queues 65", patched({{"queues", 65}}), "queues", {"65 is out of range 1..64"}},
+      {"negative queues", patched({{"queues", -1}}), "queues", {"-1 is out of range 1..64"}},
+      {"depth 0", patched({{"queue_depth", 0}}), "queue_depth", {"0 is out of range 1..4096"}},
+      {"depth 4097",
+       patched({{"queue_depth", 4097}}),
+       "queue_depth",
+       {"4097 is out of range 1..4096"}},
+      {"huge depth",
+       patched({{"queue_depth", 18446744073709551615ull}}),
+       "queue_depth",
+       {"18446744073709551615 is out of range"}},
+
+      {"unknown backend type",
+       patched({{"backend", {{"type", "nbd"}}}}),
+       "backend.type",
+       {"unknown backend type \"nbd\"", "supported: mem"}},
+      {"backend type is case-sensitive",
+       patched({{"backend", {{"type", "Mem"}}}}),
+       "backend.type",
+       {"\"Mem\""}},
+  };
+
+  for (const Case& c : cases) {
+    INFO(c.what << "\n" << c.text);
+    std::vector<ConfigProblem> problems = problems_of(c.text);
+    REQUIRE(problems.size() == 1);
+    const ConfigProblem& p = problems[0];
+    INFO(p.to_string());
+    CHECK(p.origin == kOrigin);
+    CHECK(p.field == c.field);
+    for (const char* fragment : c.says) CHECK_THAT(p.message, Catch::Contains(fragment));
+    // The one-line form leads with the file, then the field.
+    const std::string prefix =
+        std::string(kOrigin) + ": " + (p.field.empty() ? "" : p.field + ": ");
+    CHECK(p.to_string() == prefix + p.message);
+  }
+}
+
+TEST_CASE("device spec: all problems of a document are reported together", "[spec]") {
+  const std::string text = R"({
+    "name": "bad name",
+    "extra": 1,
+    "queues": 0,
+    "queue_depth": 5000,
+    "logical_block_size": 1000,
+    "read_only": "no",
+    "autostart": null,
+    "backend": { "type": "mem", "size": 0, "sparse": true }
+  })";
+  std::vector<ConfigProblem> problems = problems_of(text);
+  std::vector<std::string> fields;
+  for (const ConfigProblem& p : problems) fields.push_back(p.field);
+  std::sort(fields.begin(), fields.end());
+  CHECK(fields == std::vector<std::string>{"autostart", "backend.size", "backend.sparse", "extra",
+                                           "logical_block_size", "name", "queue_depth", "queues",
+                                           "read_only"});
+
+  // The single-Error form lists the same problems, one per line.
+  auto r = ublkd::parse_device_spec(text, kOrigin, kDefaults);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code() == EINVAL);
+  std::string expected;
+  for (const ConfigProblem& p : problems)
+    expected += (expected.empty() ? "" : "\n") + p.to_string();
+  CHECK(r.error().message() == expected);
+}
+
+TEST_CASE("device spec: an invalid block size does not also fail the size check", "[spec]") {
+  // 1000 bytes is no multiple of 512, but the block size is what is wrong.
+  std::vector<ConfigProblem> problems =
+      problems_of(patched({{"logical_block_size", 1000}, {"backend", {{"size", 1000}}}}));
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].field == "logical_block_size");
+}
+
+TEST_CASE("device spec: problems accumulate across documents", "[spec]") {
+  std::vector<ConfigProblem> problems;
+  CHECK_FALSE(ublkd::check_device_spec(patched({{"queues", 0}}), "a.json", kDefaults, problems));
+  CHECK(ublkd::check_device_spec(patched(Json::object()), "b.json", kDefaults, problems));
+  CHECK_FALSE(ublkd::check_device_spec(patched({{"name", ""}}), "c.json", kDefaults, problems));
+  REQUIRE(problems.size() == 2);
+  CHECK(problems[0].origin == "a.json");
+  CHECK(problems[1].origin == "c.json");
+}
+
+TEST_CASE("device spec: a full spec is read as written", "[spec]") {
+  auto r = ublkd::parse_device_spec(valid_spec().dump(), kOrigin, kDefaults);
+  REQUIRE(r.ok());
+  const DeviceSpec& s = r.value();
+  CHECK(s.name == "mem0");
+  CHECK(s.backend.type == "mem");
+  CHECK(s.backend.size == 256ull << 20);
+  CHECK(s.queues == 2);
+  CHECK(s.queue_depth == 128);
+  CHECK(s.logical_block_size == 512);
+  CHECK(s.read_only == false);
+  CHECK(s.autostart == true);
+  CHECK(s.source == kOrigin);
+}
+
+TEST_CASE("device spec: omitted fields take the defaults", "[spec]") {
+  const std::string minimal = R"({"name": "m", "backend": {"type": "mem", "size": 1048576}})";
+  auto r = ublkd::parse_device_spec(minimal, "", kDefaults);
+  REQUIRE(r.ok());
+  CHECK(r->queues == 3);        // from SpecDefaults
+  CHECK(r->queue_depth == 64);  // from SpecDefaults
+  CHECK(r->logical_block_size == 512);
+  CHECK(r->read_only == false);
+  CHECK(r->autostart == true);
+  CHECK(r->source == "");
+
+  auto built_in = ublkd::parse_device_spec(minimal, "", SpecDefaults{});
+  REQUIRE(built_in.ok());
+  CHECK(built_in->queues == ublkd::default_queue_count());
+  CHECK(built_in->queue_depth == 128);
+}
+
+TEST_CASE("device spec: default queue count is the CPU count capped at 4", "[spec]") {
+  const uint32_t n = ublkd::default_queue_count();
+  CHECK(n >= 1);
+  CHECK(n <= 4);
+  const unsigned cpus = std::thread::hardware_concurrency();
+  if (cpus != 0) CHECK(n <= cpus);
+  if (cpus >= 4) CHECK(n == 4);  // unless affinity is restricted, which a test host rarely is
+}
+
+TEST_CASE("device spec: accepted values at the edges", "[spec]") {
+  struct Case {
+    Json patch;
+    uint64_t size;
+    uint32_t block_size;
+  };
+  const std::vector<Case> cases = {
+      {{{"backend", {{"size", 512}}}}, 512, 512},
+      {{{"backend", {{"size", "4096"}}}}, 4096, 512},
+      {{{"backend", {{"size", "1 GiB"}}}}, 1ull << 30, 512},
+      {{{"backend", {{"size", "2T"}}}}, 2ull << 40, 512},
+      {{{"logical_block_size", 1024}, {"backend", {{"size", "3KiB"}}}}, 3072, 1024},
+      {{{"logical_block_size", 2048}, {"backend", {{"size", "4K"}}}}, 4096, 2048},
+      {{{"logical_block_size", 4096}, {"backend", {{"size", "1M"}}}}, 1ull << 20, 4096},
+  };
+  for (const Case& c : cases) {
+    INFO(c.patch.dump());
+    auto r = ublkd::parse_device_spec(patched(c.patch), kOrigin, kDefaults);
+    REQUIRE(r.ok());
+    CHECK(r->backend.size == c.size);
+    CHECK(r->logical_block_size == c.block_size);
+  }
+
+  for (const char* name : {"a", "mem0", "A-Z_a.z-09", "0123456789abcdef0123456789abcdef"}) {
+    INFO(name);
+    auto r = ublkd::parse_device_spec(patched({{"name", name}}), kOrigin, kDefaults);
+    REQUIRE(r.ok());
+    CHECK(r->name == name);
+  }
+
+  auto limits = ublkd::parse_device_spec(
+      patched({{"queues", 64}, {"queue_depth", 4096}, {"read_only", true}, {"autostart", false}}),
+      kOrigin, kDefaults);
+  REQUIRE(limits.ok());
+  CHECK(limits->queues == 64);
+  CHECK(limits->queue_depth == 4096);
+  CHECK(limits->read_only);
+  CHECK_FALSE(limits->autostart);
+}
+
+TEST_CASE("device spec: parsed documents and to_json round-trip", "[spec]") {
+  // Built in code, so the integers are signed: they must read the same.
+  const Json doc = {{"name", "r1"},
+                    {"backend", {{"type", "mem"}, {"size", 8192}}},
+                    {"queues", 1},
+                    {"logical_block_size", 4096},
+                    {"read_only", true}};
+  auto r = ublkd::parse_device_spec(doc, "request", kDefaults);
+  REQUIRE(r.ok());
+  CHECK(r->backend.size == 8192);
+  CHECK(r->queue_depth == 64);
+  CHECK(r->source == "request");
+
+  const Json out = ublkd::to_json(r.value());
+  CHECK(out == Json::parse(R"({"name": "r1", "backend": {"type": "mem", "size": 8192},
+      "queues": 1, "queue_depth": 64, "logical_block_size": 4096,
+      "read_only": true, "autostart": true})"));
+
+  auto again = ublkd::parse_device_spec(out, "request", SpecDefaults{});
+  REQUIRE(again.ok());
+  CHECK(again.value() == r.value());
+
+  // A wrong parsed document reports like a wrong file, with the given origin.
+  std::vector<ConfigProblem> problems;
+  CHECK_FALSE(ublkd::check_device_spec(Json{{"name", 1}}, "request", kDefaults, problems));
+  REQUIRE(problems.size() == 2);
+  CHECK(problems[0].to_string() == "request: name: expected a string, got number 1");
+  CHECK(problems[1].to_string() == "request: backend: required field is missing");
+}
+
+TEST_CASE("device spec: problems without an origin omit it", "[spec]") {
+  ConfigProblem p{"", "queues", "0 is out of range 1..64"};
+  CHECK(p.to_string() == "queues: 0 is out of range 1..64");
+  ConfigProblem whole{"f.json", "", "invalid JSON"};
+  CHECK(whole.to_string() == "f.json: invalid JSON");
+}
+
+TEST_CASE("device spec: names", "[spec]") {
+  CHECK(ublkd::is_valid_device_name("mem0"));
+  CHECK(ublkd::is_valid_device_name(std::string(32, 'x')));
+  CHECK_FALSE(ublkd::is_valid_device_name(std::string(33, 'x')));
+  CHECK_FALSE(ublkd::is_valid_device_name(""));
+  CHECK_FALSE(ublkd::is_valid_device_name("m\xc3\xa9m"));
+  CHECK_FALSE(ublkd::is_valid_device_name("a:b"));
+}

@@ -1,0 +1,114 @@
+// A device as the administrator describes it in DIR/devices.d/NAME.json:
+//
+//   { "name": "mem0", "backend": { "type": "mem", "size": "256MiB" },
+//     "queues": 2, "queue_depth": 128, "logical_block_size": 512,
+//     "read_only": false, "autostart": true }
+//
+// Parsing checks the whole document and reports every problem it finds, each
+// naming the file, the field and the offending value.
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "config/config_problem.h"
+
+namespace ublkd {
+
+inline constexpr size_t kMaxDeviceNameLength = 32;
+inline constexpr uint32_t kMaxQueues = 64;
+inline constexpr uint32_t kMaxQueueDepth = 4096;
+inline constexpr uint32_t kDefaultQueueDepth = 128;
+inline constexpr uint32_t kMaxDefaultQueues = 4;
+inline constexpr uint32_t kMinLogicalBlockSize = 512;
+inline constexpr uint32_t kMaxLogicalBlockSize = 4096;
+inline constexpr uint32_t kDefaultLogicalBlockSize = 512;
+
+// What stores the data. Only "mem" exists today; each new type adds its own
+// fields here (a "file" backend: path, create, direct_io) and its own entry in
+// the parser's table of backend types, so unknown keys stay rejected per type.
+struct BackendSpec {
+  std::string type;   // "mem"
+  uint64_t size = 0;  // bytes; > 0 and a multiple of the logical block size
+
+  bool operator==(const BackendSpec&) const = default;
+};
+
+struct DeviceSpec {
+  std::string name;  // 1..32 characters of [A-Za-z0-9_.-]
+  BackendSpec backend;
+  uint32_t queues = 1;                                     // 1..64
+  uint32_t queue_depth = kDefaultQueueDepth;               // 1..4096
+  uint32_t logical_block_size = kDefaultLogicalBlockSize;  // power of two, 512..4096
+  bool read_only = false;
+  bool autostart = true;
+  std::string source;  // the file it came from (the parser's origin), or ""
+
+  bool operator==(const DeviceSpec&) const = default;
+};
+
+// min(CPUs this process may run on, 4), and at least 1. More queues than that
+// rarely help a userspace backend and each one costs a thread and memory.
+uint32_t default_queue_count();
+
+// Values for the fields a spec may leave out that the daemon configuration
+// can change (ublkd.json: default_queues, default_queue_depth).
+struct SpecDefaults {
+  uint32_t queues = default_queue_count();
+  uint32_t queue_depth = kDefaultQueueDepth;
+};
+
+bool is_valid_device_name(std::string_view name);
+
+namespace config {
+std::optional<DeviceSpec> check_device_spec_document(const nlohmann::json& doc,
+                                                     std::string_view origin,
+                                                     const SpecDefaults& defaults,
+                                                     std::vector<ConfigProblem>& problems);
+}  // namespace config
+
+// Appends every problem in the document to `problems` and returns the spec
+// only if there were none. `origin` names the document in the problems and
+// becomes DeviceSpec::source.
+std::optional<DeviceSpec> check_device_spec(std::string_view json_text, std::string_view origin,
+                                            const SpecDefaults& defaults,
+                                            std::vector<ConfigProblem>& problems);
+
+// The same for a document that is already parsed, e.g. part of a control
+// request. A template only so that a std::string or a literal, which convert
+// to nlohmann::json as readily as to std::string_view, picks the text
+// overload instead of being ambiguous.
+template <typename Json>
+requires std::same_as<Json, nlohmann::json> std::optional<DeviceSpec> check_device_spec(
+    const Json& doc, std::string_view origin, const SpecDefaults& defaults,
+    std::vector<ConfigProblem>& problems) {
+  return config::check_device_spec_document(doc, origin, defaults, problems);
+}
+
+// As check_device_spec(), for callers that want a single Error: EINVAL with
+// one problem per line of its message (print message(), not to_string()).
+Result<DeviceSpec> parse_device_spec(std::string_view json_text, std::string_view origin,
+                                     const SpecDefaults& defaults);
+
+template <typename Json>
+requires std::same_as<Json, nlohmann::json> Result<DeviceSpec> parse_device_spec(
+    const Json& doc, std::string_view origin, const SpecDefaults& defaults) {
+  std::vector<ConfigProblem> problems;
+  std::optional<DeviceSpec> spec =
+      config::check_device_spec_document(doc, origin, defaults, problems);
+  if (!spec) return problems_error(problems);
+  return std::move(*spec);
+}
+
+// Every field except `source`, with the size in bytes, so that parsing the
+// result gives the same spec back.
+nlohmann::json to_json(const DeviceSpec& spec);
+
+}  // namespace ublkd
