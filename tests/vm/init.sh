@@ -138,11 +138,11 @@ collect_pids() {
     return 0
 }
 
-# collect_user_procs EXCLUDE...: PROCS=("pid state comm" of every user-space
-# process but PID 1 and the excluded pids). Kernel threads have an empty
-# cmdline.
+# collect_user_procs EXCLUDE...: PROCS=("pid state pgrp comm" of every
+# user-space process but PID 1 and the excluded pids). Kernel threads have
+# an empty cmdline.
 collect_user_procs() {
-    local d pid arg0 stat rest comm ex skip
+    local d pid arg0 stat rest comm ex skip state pgrp
     PROCS=()
     for d in /proc/[0-9]*; do
         pid=${d#/proc/}
@@ -157,7 +157,8 @@ collect_user_procs() {
         comm=${stat#*(}
         comm=${comm%)*}
         rest=${stat##*) }
-        PROCS+=("$pid ${rest%% *} $comm")
+        read -r state _ pgrp _ <<<"$rest"
+        PROCS+=("$pid $state $pgrp $comm")
     done
     return 0
 }
@@ -234,7 +235,7 @@ case_timeout() {
 # cleanup_after_case PGID FORWARDER_PID: put the system back to the
 # baseline. LEFTOVERS=(what was left behind), for the verdict.
 cleanup_after_case() {
-    local pgid=$1 fwd=$2 pid m killed=0 i p state comm
+    local pgid=$1 fwd=$2 pid m killed=0 i p state pgrp comm
     local -a devs
     LEFTOVERS=()
     # Daemons still running: named before they are killed with the group.
@@ -242,12 +243,14 @@ cleanup_after_case() {
     for pid in "${PIDS[@]}"; do
         LEFTOVERS+=("ublkd pid $pid still running")
     done
+    # Anything else the case started outside its process group (what is
+    # still in the group is killed without counting against the case).
+    collect_user_procs "$fwd" "${PIDS[@]}"
     kill -KILL -- "-$pgid" 2>/dev/null && killed=1
     ((${#PIDS[@]})) && kill -KILL "${PIDS[@]}" 2>/dev/null && killed=1
-    # Anything else the case started outside its process group.
-    collect_user_procs "$fwd" "${PIDS[@]}"
     for p in "${PROCS[@]}"; do
-        read -r pid state comm <<<"$p"
+        read -r pid state pgrp comm <<<"$p"
+        ((pgrp == pgid)) && continue
         LEFTOVERS+=("process $pid ($comm) still running")
         kill -KILL "$pid" 2>/dev/null && killed=1
     done
@@ -261,7 +264,7 @@ cleanup_after_case() {
             ((${#PROCS[@]})) || break
         done
         for p in "${PROCS[@]}"; do
-            read -r pid state comm <<<"$p"
+            read -r pid state pgrp comm <<<"$p"
             LEFTOVERS+=("process $pid ($comm) unkillable, state $state")
         done
     fi
