@@ -134,8 +134,9 @@ apt_cmd() {
 
 apt_update() {
     msg "updating package lists"
-    # Unreachable third-party sources in the system configuration only warn.
-    apt_cmd apt-get update -qq >/dev/null 2>&1 || apt_cmd apt-get update -qq >/dev/null || true
+    # Not fatal: a third-party source in the system configuration may be
+    # unreachable while Debian's are fine; the lookup that follows decides.
+    apt_cmd apt-get update -qq >/dev/null || msg "warning: apt-get update failed"
 }
 
 # Newest package whose name matches the (extended) regex $1, by name: the
