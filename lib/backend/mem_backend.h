@@ -1,0 +1,70 @@
+// A RAM disk that only costs memory for what has been written. The data lives
+// in a memfd rather than anonymous memory so that the daemon can park the fd
+// (e.g. in systemd's fd store) and a restarted daemon can adopt() it with the
+// contents intact.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "backend/backend.h"
+#include "base/error.h"
+#include "base/mapping.h"
+#include "base/unique_fd.h"
+
+namespace ublkd {
+
+class MemBackend final : public Backend {
+ public:
+  // Unit of allocation tracking: a chunk is either known to be all zeros (and
+  // is never touched through the mapping) or may hold data. Whole chunks are
+  // what DISCARD / WRITE_ZEROES can hand back to the kernel.
+  static constexpr uint32_t kChunkSize = 64 * 1024;
+
+  // A new, all-zero device of `size` bytes (> 0, a multiple of 512).
+  static Result<std::unique_ptr<MemBackend>> create(uint64_t size);
+
+  // Takes over a memfd that an earlier MemBackend of the same size created
+  // (typically in a previous daemon process). Which chunks hold data is
+  // recovered from the memfd's holes, so the result behaves exactly like the
+  // backend that wrote it.
+  static Result<std::unique_ptr<MemBackend>> adopt(UniqueFd memfd, uint64_t size);
+
+  ~MemBackend() override = default;
+  MemBackend(const MemBackend&) = delete;
+  MemBackend& operator=(const MemBackend&) = delete;
+
+  std::string_view type() const override { return "mem"; }
+  uint64_t size() const override { return size_; }
+  BackendFeatures features() const override;
+  int handle(const IoRequest& req) noexcept override;
+
+  // The memfd holding the data; still owned by this backend. Callers that want
+  // it to outlive the backend must dup() it.
+  int memfd() const { return memfd_.get(); }
+
+ private:
+  MemBackend(UniqueFd memfd, Mapping data, Mapping bitmap, uint64_t size);
+
+  static Result<std::unique_ptr<MemBackend>> map(UniqueFd memfd, uint64_t size);
+  Result<void> rebuild_bitmap();
+
+  bool chunk_written(uint64_t chunk) const noexcept;
+  void mark_written(uint64_t first_chunk, uint64_t last_chunk) noexcept;
+
+  void read(uint64_t offset, uint32_t length, void* buffer) const noexcept;
+  void write(uint64_t offset, uint32_t length, const void* buffer) noexcept;
+  int zero(uint64_t offset, uint64_t length) noexcept;
+  void zero_partial(uint64_t begin, uint64_t end) noexcept;
+  int release_chunks(uint64_t first_chunk, uint64_t end_chunk) noexcept;
+
+  UniqueFd memfd_;
+  Mapping data_;
+  Mapping bitmap_;
+  uint64_t size_;
+  std::byte* base_;  // data_ as bytes
+  uint64_t* words_;  // bitmap_ as words; only accessed through atomic_ref
+};
+
+}  // namespace ublkd
