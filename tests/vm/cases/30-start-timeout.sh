@@ -4,8 +4,8 @@
 # completes. With --start-timeout 3, bad0 must end `failed` with the timeout
 # as the reason about 3 s after it started, be deleted from the kernel (no
 # /dev/ublkb or /dev/ublkc of it left), and not take the daemon down with
-# it: good0, added after bad0, goes live and serves a verified fio run, and
-# SIGTERM still stops everything and exits 0.
+# it: good0, in the same configuration, goes live and serves a verified fio
+# run, and SIGTERM still stops everything and exits 0.
 # vm-timeout: 90
 . "${BASH_SOURCE%/*}/../lib.sh"
 
@@ -30,8 +30,8 @@ span_ms() {
 }
 
 cfg=$CASE_DIR/config
-# Lexical order: bad0 is added first, so good0 also proves the daemon still
-# adds devices after a failed one.
+# bad0 sorts first: a daemon that brings devices up one at a time meets the
+# failure before it gets to good0.
 write_spec "$cfg" bad0 \
     '{"name":"bad0","backend":{"type":"mem","size":"64MiB"},"queues":1,"queue_depth":32}'
 write_spec "$cfg" good0 \
@@ -40,11 +40,12 @@ write_spec "$cfg" good0 \
 t_start=${EPOCHREALTIME/./}
 UBLKD_TEST_UNPRIMED_TAG=bad0 start_ublkd "$cfg" --start-timeout "$START_TIMEOUT"
 
-failed_line=$(wait_for_log 'device bad0: state [a-z-]+ -> failed: ' $((START_TIMEOUT + MARGIN + 2)))
+# Generous: the bound that matters is checked on the daemon's own clock
+# below; this one only has to survive a slow (sanitizer, loaded host) run.
+failed_line=$(wait_for_log 'device bad0: state [a-z-]+ -> failed: ' 30)
 t_failed=${EPOCHREALTIME/./}
 log "bad0: ${failed_line#* device bad0: }"
-wall_ms=$(((t_failed - t_start) / 1000))
-log "daemon start -> bad0 failed: ${wall_ms} ms"
+log "daemon start -> bad0 failed: $(((t_failed - t_start) / 1000)) ms"
 
 grep -q 'device bad0: test hook active' "$UBLKD_LOG" || fail "the test hook did not engage for bad0"
 # It failed where it should: waiting in START_DEV, for the timeout.
@@ -59,19 +60,20 @@ got=$(grep -oE 'device bad0: state [a-z-]+ -> [a-z-]+' "$UBLKD_LOG" | sed 's/^de
 [[ $got == "$want" ]] || fail "bad0 state transitions: got '$got', want '$want'"
 grep -q 'device bad0 live' "$UBLKD_LOG" && fail "bad0 was reported live"
 
-# Timing from the daemon's own timestamps: the START_DEV deadline starts
-# once the parameters are set; it must neither fire early nor be overrun.
+# Timing on the daemon's own clock. The START_DEV deadline starts once the
+# parameters are set: the failure must not come before it, and must come
+# within the margin after it (cancelling START_DEV, stopping the queues and
+# deleting the device included).
+added_line=$(grep -m1 'device bad0: state new -> added' "$UBLKD_LOG")
 params_line=$(grep -m1 'device bad0: state added -> params-set' "$UBLKD_LOG")
 took=$(span_ms "$params_line" "$failed_line")
-log "bad0 params-set -> failed: ${took} ms (timeout ${START_TIMEOUT}s)"
+total=$(span_ms "$added_line" "$failed_line")
+log "bad0 params-set -> failed: ${took} ms, added -> failed: ${total} ms (timeout ${START_TIMEOUT}s)"
 ((took >= START_TIMEOUT * 1000 - 50)) || fail "bad0 failed after ${took} ms, before the ${START_TIMEOUT}s timeout"
-((took <= (START_TIMEOUT + MARGIN) * 1000)) ||
-    fail "bad0 failed only after ${took} ms (timeout ${START_TIMEOUT}s + ${MARGIN}s margin)"
-((wall_ms <= (START_TIMEOUT + MARGIN + 1) * 1000)) ||
-    fail "bad0 reported failed ${wall_ms} ms after daemon start"
+((total <= (START_TIMEOUT + MARGIN) * 1000)) ||
+    fail "bad0 failed only ${total} ms after it was added (timeout ${START_TIMEOUT}s + ${MARGIN}s margin)"
 
-good=$(wait_live good0 15)
-wait_for_log 'running: 1 device\(s\) live' 10 >/dev/null
+good=$(wait_live good0 20)
 ublkd_alive || fail "ublkd exited after bad0 failed"
 
 # Exactly one ublk device in the kernel: good0's. bad0's was deleted.
