@@ -80,8 +80,9 @@ grep -E 'err=|error' "$fio_out" | head -n 5 >&2 || true
 # It cannot have run its 30 s: the device went away under it.
 ((fio_ms < 25000)) || fail "fio ran to its end instead of seeing the device go away"
 
-# The daemon's view: the signal, a clean removal, no failed teardown.
-grep -q 'received: stopping 1 device' "$UBLKD_LOG" || fail "ublkd did not log the signal"
+# The daemon's view: a clean stop and removal, no failed teardown.
+grep -q 'device load0: state live -> stopping' "$UBLKD_LOG" || fail "load0 never went live -> stopping"
+grep -q 'device load0: state stopping -> removed' "$UBLKD_LOG" || fail "load0 never went stopping -> removed"
 grep -q 'device load0 removed' "$UBLKD_LOG" || fail "no 'device load0 removed' in the log"
 if grep -E 'device load0: state [a-z-]+ -> failed' "$UBLKD_LOG" >&2; then
     fail "load0 failed while stopping under load"
