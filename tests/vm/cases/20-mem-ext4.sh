@@ -24,29 +24,29 @@ mount -t ext4 "$dev" "$mnt" || fail "mounting $dev failed"
 # A tree: nested directories, empty and tiny files, sizes around block and
 # page boundaries, and a few larger files that span many requests.
 sizes=(0 1 511 512 4095 4096 4097 65536 131071 1048576)
-n=0
+n=0 bytes=0
 for d in a a/b a/b/c d e/f/g; do
     mkdir -p "$mnt/$d"
     for s in "${sizes[@]}"; do
         # head -c from urandom: random data, an exact byte count.
         head -c "$s" /dev/urandom >"$mnt/$d/file-$s" || fail "writing $mnt/$d/file-$s failed"
-        n=$((n + 1))
+        n=$((n + 1)) bytes=$((bytes + s))
     done
 done
 for big in a/b/big-3M:3145728 e/big-8M:8388608; do
     head -c "${big#*:}" /dev/urandom >"$mnt/${big%:*}"
-    n=$((n + 1))
+    n=$((n + 1)) bytes=$((bytes + ${big#*:}))
 done
 # Many small files in one directory (a multi-block directory).
 mkdir -p "$mnt/many"
 for i in $(seq 1 200); do
     head -c $((i * 37)) /dev/urandom >"$mnt/many/f$i"
-    n=$((n + 1))
+    n=$((n + 1)) bytes=$((bytes + i * 37))
 done
 # A file rewritten in the middle, and a removed one: not just appends.
 head -c 4194304 /dev/urandom >"$mnt/rewritten"
 dd if=/dev/urandom of="$mnt/rewritten" bs=4096 seek=100 count=50 conv=notrunc status=none
-n=$((n + 1))
+n=$((n + 1)) bytes=$((bytes + 4194304))
 head -c 1048576 /dev/urandom >"$mnt/removed" # not counted: gone below
 sync
 rm "$mnt/removed"
@@ -70,12 +70,19 @@ log "e2fsck: $(tail -n 1 "$CASE_DIR/e2fsck.out")"
 # from the daemon.
 blockdev --flushbufs "$dev"
 echo 3 >/proc/sys/vm/drop_caches
+# sectors_read: field 3 of the device's stat file.
+sectors_read() { awk '{print $3}' "/sys/block/${dev#/dev/}/stat"; }
+before=$(sectors_read)
 
 mount -t ext4 "$dev" "$mnt" || fail "mounting $dev again failed"
 if ! (cd "$mnt" && sha256sum --quiet -c "$sums") >"$CASE_DIR/check.out" 2>&1; then
     head -n 20 "$CASE_DIR/check.out" >&2
     fail "checksums differ after remount"
 fi
+# The check really read the files from the daemon, not from a cache.
+read_bytes=$((($(sectors_read) - before) * 512))
+log "checking read ${read_bytes} bytes from $dev for ${bytes} bytes of files"
+((read_bytes >= bytes)) || fail "the checksum pass read only ${read_bytes} bytes from $dev for ${bytes} bytes of files"
 [[ ! -e $mnt/removed ]] || fail "a removed file is back after remount"
 now=$(cd "$mnt" && find . -type f | wc -l)
 ((now == n)) || fail "$now files after remount, wrote $n"
