@@ -37,12 +37,16 @@ for big in a/b/big-3M:3145728 e/big-8M:8388608; do
     head -c "${big#*:}" /dev/urandom >"$mnt/${big%:*}"
     n=$((n + 1)) bytes=$((bytes + ${big#*:}))
 done
-# Many small files in one directory (a multi-block directory).
+# Small files with long names in one directory: about 128 bytes per entry,
+# so the directory spans several blocks.
 mkdir -p "$mnt/many"
-for i in $(seq 1 200); do
-    head -c $((i * 37)) /dev/urandom >"$mnt/many/f$i"
-    n=$((n + 1)) bytes=$((bytes + i * 37))
+long=$(printf '%0120d' 0)
+for i in $(seq 1 80); do
+    head -c $((i * 97)) /dev/urandom >"$mnt/many/$long-$i"
+    n=$((n + 1)) bytes=$((bytes + i * 97))
 done
+dir_bytes=$(stat -c %s "$mnt/many")
+((dir_bytes > 4096)) || log "note: $mnt/many is only $dir_bytes bytes"
 # A file rewritten in the middle, and a removed one: not just appends.
 head -c 4194304 /dev/urandom >"$mnt/rewritten"
 dd if=/dev/urandom of="$mnt/rewritten" bs=4096 seek=100 count=50 conv=notrunc status=none
