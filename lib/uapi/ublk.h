@@ -122,7 +122,10 @@ struct IoDesc {
 static_assert(sizeof(IoDesc) == 24);
 
 inline uint8_t io_desc_op(const IoDesc& d) { return d.op_flags & 0xff; }
-inline uint32_t io_desc_flags(const IoDesc& d) { return d.op_flags >> 8; }
+// The UBLK_IO_F_* bits where the kIoFlag* constants below (and the kernel's
+// UBLK_IO_F_* values) have them: the driver stores op | UBLK_IO_F_*, so they
+// are masked, not shifted down as ublksrv_get_flags() would.
+inline uint32_t io_desc_flags(const IoDesc& d) { return d.op_flags & ~uint32_t{0xff}; }
 
 enum IoOpCode : uint8_t {
   kOpRead = 0,

@@ -48,6 +48,21 @@ TEST_CASE("io structures match the kernel header", "[uapi]") {
   SAME_LAYOUT(uapi::IoDesc, ublksrv_io_desc, addr);
 }
 
+TEST_CASE("io descriptor flags come out as the UBLK_IO_F_* values", "[uapi]") {
+  CHECK(uapi::kIoFlagFua == UBLK_IO_F_FUA);
+  CHECK(uapi::kIoFlagNoUnmap == UBLK_IO_F_NOUNMAP);
+  // What the driver's ublk_init_iod() stores: op | ublk_req_build_flags().
+  uapi::IoDesc d{};
+  d.op_flags = UBLK_IO_OP_WRITE | UBLK_IO_F_FUA;
+  CHECK(uapi::io_desc_op(d) == UBLK_IO_OP_WRITE);
+  CHECK(uapi::io_desc_flags(d) == UBLK_IO_F_FUA);
+  d.op_flags = UBLK_IO_OP_WRITE_ZEROES | UBLK_IO_F_NOUNMAP;
+  CHECK(uapi::io_desc_op(d) == UBLK_IO_OP_WRITE_ZEROES);
+  CHECK(uapi::io_desc_flags(d) == UBLK_IO_F_NOUNMAP);
+  d.op_flags = UBLK_IO_OP_READ;
+  CHECK(uapi::io_desc_flags(d) == 0);
+}
+
 TEST_CASE("parameter structures match the kernel header", "[uapi]") {
   CHECK(sizeof(uapi::ParamBasic) == sizeof(ublk_param_basic));
   SAME_LAYOUT(uapi::ParamBasic, ublk_param_basic, attrs);
