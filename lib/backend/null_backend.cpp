@@ -1,0 +1,48 @@
+#include "backend/null_backend.h"
+
+#include <cerrno>
+#include <climits>
+#include <string>
+
+namespace ublkd {
+
+Result<std::unique_ptr<NullBackend>> NullBackend::create(uint64_t size) {
+  if (size == 0) return Error(EINVAL, "null backend size must not be zero");
+  if (size % 512 != 0) {
+    return Error(EINVAL,
+                 "null backend size " + std::to_string(size) + " is not a multiple of 512 bytes");
+  }
+  return std::unique_ptr<NullBackend>(new NullBackend(size));
+}
+
+BackendFeatures NullBackend::features() const {
+  BackendFeatures f;
+  // Nothing is ever cached, so there is nothing for FLUSH to drain; the
+  // kernel then completes flushes itself instead of sending them.
+  f.volatile_cache = false;
+  // Advertised although they do nothing, so that the kernel sends them and
+  // their path through the queue worker is exercised like any other.
+  f.discard = true;
+  f.write_zeroes = true;
+  return f;
+}
+
+int NullBackend::handle(const IoRequest& req) noexcept {
+  switch (req.op) {
+    case IoOp::kRead:
+    case IoOp::kWrite:
+    case IoOp::kFlush:
+    case IoOp::kDiscard:
+    case IoOp::kWriteZeroes:
+      break;
+    default:
+      return -EOPNOTSUPP;
+  }
+  // Written so that it cannot overflow for any offset.
+  if (req.offset > size_ || req.length > size_ - req.offset) return -EINVAL;
+  if (req.op != IoOp::kRead && req.op != IoOp::kWrite) return 0;
+  if (req.length > static_cast<uint32_t>(INT_MAX)) return -EINVAL;
+  return static_cast<int>(req.length);
+}
+
+}  // namespace ublkd
