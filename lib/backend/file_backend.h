@@ -1,0 +1,113 @@
+// A device backed by a regular file (a disk image) or by a block device.
+// Requests are served on the queue's own io_uring: a READ / WRITE becomes one
+// SQE on the backing fd (more if the kernel returns a short transfer), so a
+// queue keeps as many requests in flight on the storage as the kernel hands
+// it, without extra threads.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "backend/backend.h"
+#include "base/error.h"
+#include "base/unique_fd.h"
+
+namespace ublkd {
+
+struct FileBackendOptions {
+  std::string path;
+  // Device size in bytes. 0 = the size of the file, or of the block device.
+  // Given for an existing regular file it must equal the file's size: a
+  // user's image is never truncated or extended behind their back.
+  uint64_t size = 0;
+  // Create the file (sparse, mode 0600) at `size` if it does not exist. An
+  // existing file is used as it is.
+  bool create = false;
+  // O_DIRECT: the device's data bypasses the page cache, where it would
+  // otherwise be cached a second time (once above the ublk device, once
+  // here). The file system must support it at logical_block_size alignment.
+  bool direct_io = true;
+  bool read_only = false;
+  // The block size the device advertises; every request is aligned to it.
+  uint32_t logical_block_size = 512;
+};
+
+class FileBackend final : public Backend {
+ public:
+  // Opens (and with `create`, creates) the file, checks it against the
+  // options and takes a lock on it: exclusive, or shared for read_only, so
+  // that two devices or daemons never write the same file. A writable block
+  // device is also opened O_EXCL, which fails while it is mounted or held by
+  // another driver. Errors name the path and the offending value.
+  static Result<std::unique_ptr<FileBackend>> open(const FileBackendOptions& options);
+
+  ~FileBackend() override;
+  FileBackend(const FileBackend&) = delete;
+  FileBackend& operator=(const FileBackend&) = delete;
+
+  std::string_view type() const override { return "file"; }
+  uint64_t size() const override { return size_; }
+  BackendFeatures features() const override;
+
+  // The synchronous path (pread / pwrite / fdatasync / fallocate), with the
+  // same results as submit() + complete(). It blocks the calling thread for
+  // the duration of the I/O.
+  int handle(const IoRequest& req) noexcept override;
+
+  int attach_fd() const override { return fd_.get(); }
+  Result<void> attach(QueueContext& q) override;
+  void detach(QueueContext& q) noexcept override;
+  int submit(QueueContext& q, const IoRequest& req) noexcept override;
+  int complete(QueueContext& q, const io_uring_cqe& cqe) noexcept override;
+
+  const std::string& path() const { return path_; }
+  bool is_block_device() const { return block_device_; }
+  bool direct_io() const { return direct_io_; }
+  bool read_only() const { return read_only_; }
+  uint32_t logical_block_size() const { return logical_block_size_; }
+
+  // Writes of zeros (when fallocate cannot zero a range) are issued from a
+  // shared zero buffer in pieces of at most this many bytes.
+  static constexpr uint32_t kZeroChunk = 1024 * 1024;
+
+ private:
+  struct Tag;
+  struct QueueState;
+
+  FileBackend(UniqueFd fd, std::string path, uint64_t size, bool block_device, bool direct_io,
+              bool read_only, uint32_t logical_block_size, const std::byte* zeros);
+
+  int check(const IoRequest& req) const noexcept;
+  bool fallocate_unsupported(IoOp op) const noexcept;
+  void mark_fallocate_unsupported(IoOp op) noexcept;
+
+  // Asynchronous steps; each returns kIoQueued or a final result.
+  int queue_rw(QueueContext& q, Tag& t, uint16_t tag) noexcept;
+  int queue_fallocate(QueueContext& q, Tag& t, uint16_t tag) noexcept;
+  int queue_zero_write(QueueContext& q, Tag& t, uint16_t tag) noexcept;
+
+  // Synchronous helpers for handle().
+  int sync_rw(const IoRequest& req) noexcept;
+  int sync_zero(const IoRequest& req) noexcept;
+  int sync_zero_write(uint64_t offset, uint64_t length) noexcept;
+
+  UniqueFd fd_;
+  std::string path_;
+  uint64_t size_;
+  bool block_device_;
+  bool direct_io_;
+  bool read_only_;
+  uint32_t logical_block_size_;
+  const std::byte* zeros_;  // kZeroChunk bytes, page aligned; nullptr if read_only
+  // Set once fallocate has answered EOPNOTSUPP for a mode, so that later
+  // requests go straight to writing zeros. Shared by all queues; a stale
+  // read only costs one more refused fallocate.
+  std::atomic<bool> no_punch_hole_{false};
+  std::atomic<bool> no_zero_range_{false};
+};
+
+}  // namespace ublkd
