@@ -9,7 +9,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include "backend/file_backend.h"
 #include "backend/mem_backend.h"
+#include "backend/null_backend.h"
 #include "ctrl/control_device.h"
 
 namespace ublkd {
@@ -17,12 +19,30 @@ namespace ublkd {
 using std::chrono::milliseconds;
 
 Result<std::unique_ptr<Backend>> make_backend(const DeviceSpec& spec) {
-  if (spec.backend.type == "mem") {
-    auto b = MemBackend::create(spec.backend.size);
-    if (!b) return b.error();
-    return std::unique_ptr<Backend>(std::move(b).value());
+  const BackendSpec& b = spec.backend;
+  if (b.type == "mem") {
+    auto m = MemBackend::create(b.size);
+    if (!m) return m.error();
+    return std::unique_ptr<Backend>(std::move(m).value());
   }
-  return Error(EINVAL, "unknown backend type '" + spec.backend.type + "'");
+  if (b.type == "null") {
+    auto n = NullBackend::create(b.size);
+    if (!n) return n.error();
+    return std::unique_ptr<Backend>(std::move(n).value());
+  }
+  if (b.type == "file") {
+    FileBackendOptions o;
+    o.path = b.path;
+    o.size = b.size;
+    o.create = b.create;
+    o.direct_io = b.direct_io;
+    o.read_only = spec.read_only;
+    o.logical_block_size = spec.logical_block_size;
+    auto f = FileBackend::open(o);
+    if (!f) return f.error();
+    return std::unique_ptr<Backend>(std::move(f).value());
+  }
+  return Error(EINVAL, "unknown backend type '" + b.type + "'");
 }
 
 std::string describe_features(uint64_t features) {
@@ -40,6 +60,10 @@ std::string describe_features(uint64_t features) {
 
 nlohmann::json to_json(const DeviceSnapshot& d) {
   nlohmann::json backend = {{"type", d.backend.type}};
+  if (d.backend.type == "file") {
+    backend["path"] = d.backend.path;
+    backend["direct_io"] = d.backend.direct_io;
+  }
   nlohmann::json j = {
       {"name", d.name},
       {"id", d.id ? nlohmann::json(*d.id) : nlohmann::json(nullptr)},
@@ -130,14 +154,6 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
     if (std::filesystem::exists(path, ec))
       return done(OpError{Failure::kExists, "drop-in " + path.string() + " already exists"});
   }
-  auto backend = make_backend(spec);
-  if (!backend) {
-    std::string msg = "device " + name + ": backend " + spec.backend.type + ": " +
-                      backend.error().to_string();
-    spdlog::error("{}", msg);
-    return done(OpError{Failure::kBackend, std::move(msg)});
-  }
-
   DeviceConfig cfg;
   cfg.name = name;
   cfg.queues = static_cast<uint16_t>(spec.queues);
@@ -167,7 +183,8 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
 
   auto entry = std::make_unique<Entry>();
   entry->spec = spec;
-  entry->dev = std::make_unique<Device>(cfg, std::move(backend).value(), listener, on_queue_exit);
+  Device::BackendFactory open = [spec] { return make_backend(spec); };
+  entry->dev = std::make_unique<Device>(cfg, std::move(open), listener, on_queue_exit);
   entry->persistent = persist || !spec.source.empty();
   entry->from_api = spec.source.empty();
   Device* dev = entry->dev.get();
@@ -175,6 +192,11 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
 
   auto failure = std::make_shared<std::optional<OpError>>();
   auto work = [this, dev, persist, spec, failure] {
+    if (auto b = dev->open_backend(); !b) {
+      *failure = OpError{Failure::kBackend, "device " + spec.name + ": backend " +
+                                                spec.backend.type + ": " + b.error().to_string()};
+      return;
+    }
     if (auto r = dev->start(); !r) {
       const Failure kind = r.error().code() == ETIMEDOUT ? Failure::kTimeout : Failure::kKernel;
       *failure = OpError{kind, "device " + spec.name + ": " + r.error().message()};
@@ -329,7 +351,7 @@ DeviceSnapshot Manager::snapshot(const Entry& e) const {
   // are only read once the state says they are there.
   d.state = e.dev->state();
   d.backend = e.spec.backend;
-  d.size = e.dev->backend().size();
+  d.size = e.dev->size();
   d.queues = e.spec.queues;
   d.queue_depth = e.spec.queue_depth;
   d.logical_block_size = e.spec.logical_block_size;

@@ -7,6 +7,7 @@
 #include <bit>
 #include <thread>
 
+#include "base/size.h"
 #include "config/json_fields.h"
 
 namespace ublkd {
@@ -25,26 +26,74 @@ struct BackendType {
                std::optional<uint32_t> block_size, BackendSpec& out);
 };
 
-void read_device_size(FieldReader& reader, const nlohmann::json& backend,
-                      std::optional<uint32_t> block_size, BackendSpec& out) {
-  std::optional<uint64_t> size = reader.size(backend, "backend", "size", /*required=*/true);
+std::string bytes_text(uint64_t v) {
+  return std::to_string(v) + " bytes";
+}
+
+// `required`: the type cannot work without a size. `max`: the largest size
+// the type can serve.
+void read_size(FieldReader& reader, const nlohmann::json& backend,
+               std::optional<uint32_t> block_size, bool required, uint64_t max,
+               BackendSpec& out) {
+  std::optional<uint64_t> size = reader.size(backend, "backend", "size", required);
   if (!size) return;
   const std::string shown = config::dump_value(backend.at("size"));
   if (*size == 0) {
     reader.problem("backend.size", "must be greater than 0, got " + shown);
     return;
   }
+  if (*size > max) {
+    reader.problem("backend.size", shown + " (" + bytes_text(*size) + ") exceeds the largest " +
+                                       out.type + " device, " + format_size(max) + " (" +
+                                       bytes_text(max) + ")");
+    return;
+  }
   if (block_size && *size % *block_size != 0) {
-    reader.problem("backend.size", shown + " (" + std::to_string(*size) +
-                                       " bytes) is not a multiple of the logical block size " +
+    reader.problem("backend.size", shown + " (" + bytes_text(*size) +
+                                       ") is not a multiple of the logical block size " +
                                        std::to_string(*block_size));
     return;
   }
   out.size = *size;
 }
 
-const std::array<BackendType, 1> kBackendTypes = {{
-    {"mem", {"type", "size"}, read_device_size},
+void read_mem(FieldReader& reader, const nlohmann::json& backend,
+              std::optional<uint32_t> block_size, BackendSpec& out) {
+  read_size(reader, backend, block_size, /*required=*/true, kMaxMemDeviceSize, out);
+}
+
+void read_null(FieldReader& reader, const nlohmann::json& backend,
+               std::optional<uint32_t> block_size, BackendSpec& out) {
+  read_size(reader, backend, block_size, /*required=*/true, kMaxDeviceSize, out);
+}
+
+void read_file(FieldReader& reader, const nlohmann::json& backend,
+               std::optional<uint32_t> block_size, BackendSpec& out) {
+  if (auto path = reader.string(backend, "backend", "path", /*required=*/true)) {
+    // A relative path would depend on the daemon's working directory, which
+    // nobody chooses on purpose; ublkctl makes its --path absolute.
+    if (path->empty() || path->front() != '/') {
+      reader.problem("backend.path",
+                     config::dump_value(nlohmann::json(*path)) + " is not an absolute path");
+    } else if (path->find('\0') != std::string::npos) {
+      reader.problem("backend.path", "contains a NUL character");
+    } else {
+      out.path = std::move(*path);
+    }
+  }
+  if (auto create = reader.boolean(backend, "backend", "create", false)) out.create = *create;
+  if (auto direct = reader.boolean(backend, "backend", "direct_io", false)) out.direct_io = *direct;
+  const bool size_given = backend.contains("size");
+  read_size(reader, backend, block_size, /*required=*/false, kMaxDeviceSize, out);
+  if (out.create && !size_given) {
+    reader.problem("backend.size", "required with \"create\": true (the size of the new file)");
+  }
+}
+
+const std::array<BackendType, 3> kBackendTypes = {{
+    {"mem", {"type", "size"}, read_mem},
+    {"file", {"type", "path", "size", "create", "direct_io"}, read_file},
+    {"null", {"type", "size"}, read_null},
 }};
 
 void read_backend(FieldReader& reader, const nlohmann::json& doc,
@@ -90,6 +139,8 @@ uint32_t default_queue_count() {
 
 bool is_valid_device_name(std::string_view name) {
   if (name.empty() || name.size() > kMaxDeviceNameLength) return false;
+  // The name becomes a file name (devices.d/NAME.json, the unit instance).
+  if (name == "." || name == "..") return false;
   return std::all_of(name.begin(), name.end(), [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
            c == '.' || c == '-';
@@ -119,7 +170,7 @@ std::optional<DeviceSpec> check_device_spec_document(const nlohmann::json& doc,
       } else {
         reader.problem("name", "invalid name " + dump_value(nlohmann::json(*name)) +
                                    ": must be 1 to " + std::to_string(kMaxDeviceNameLength) +
-                                   " characters of A-Z a-z 0-9 _ . -");
+                                   " characters of A-Z a-z 0-9 _ . -, and not . or ..");
       }
     }
 
@@ -185,10 +236,23 @@ Result<DeviceSpec> parse_device_spec(std::string_view json_text, std::string_vie
   return std::move(*spec);
 }
 
+nlohmann::json backend_json(const BackendSpec& b) {
+  nlohmann::json j = {{"type", b.type}};
+  if (b.type == "file") {
+    j["path"] = b.path;
+    if (b.size != 0) j["size"] = b.size;
+    j["create"] = b.create;
+    j["direct_io"] = b.direct_io;
+  } else {
+    j["size"] = b.size;
+  }
+  return j;
+}
+
 nlohmann::json to_json(const DeviceSpec& spec) {
   return nlohmann::json{
       {"name", spec.name},
-      {"backend", {{"type", spec.backend.type}, {"size", spec.backend.size}}},
+      {"backend", backend_json(spec.backend)},
       {"queues", spec.queues},
       {"queue_depth", spec.queue_depth},
       {"logical_block_size", spec.logical_block_size},

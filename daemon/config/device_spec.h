@@ -30,19 +30,30 @@ inline constexpr uint32_t kMaxDefaultQueues = 4;
 inline constexpr uint32_t kMinLogicalBlockSize = 512;
 inline constexpr uint32_t kMaxLogicalBlockSize = 4096;
 inline constexpr uint32_t kDefaultLogicalBlockSize = 512;
+// A mem device is one shared mapping of its whole size, so the limit is the
+// address space that can be reserved for it, not the memory it may use.
+inline constexpr uint64_t kMaxMemDeviceSize = uint64_t{16} << 40;
+// Files and block devices: what off_t can address.
+inline constexpr uint64_t kMaxDeviceSize = (uint64_t{1} << 63) - 1;
 
-// What stores the data. Only "mem" exists today; each new type adds its own
-// fields here (a "file" backend: path, create, direct_io) and its own entry in
-// the parser's table of backend types, so unknown keys stay rejected per type.
+// What stores the data. Each type has its own keys (the parser's table of
+// backend types), so a key that belongs to another type is rejected.
+//   mem:  size (required)
+//   file: path (required, absolute), size (required with create, else the
+//         file's or block device's own), create, direct_io
+//   null: size (required)
 struct BackendSpec {
-  std::string type;   // "mem"
-  uint64_t size = 0;  // bytes; > 0 and a multiple of the logical block size
+  std::string type;   // "mem", "file" or "null"
+  uint64_t size = 0;  // bytes, a multiple of the logical block size; 0: a file's own size
+  std::string path;   // file
+  bool create = false;     // file: create a missing file at `size`
+  bool direct_io = true;   // file: O_DIRECT
 
   bool operator==(const BackendSpec&) const = default;
 };
 
 struct DeviceSpec {
-  std::string name;  // 1..32 characters of [A-Za-z0-9_.-]
+  std::string name;  // 1..32 characters of [A-Za-z0-9_.-], not "." or ".."
   BackendSpec backend;
   uint32_t queues = 1;                                     // 1..64
   uint32_t queue_depth = kDefaultQueueDepth;               // 1..4096
@@ -106,6 +117,9 @@ requires std::same_as<Json, nlohmann::json> Result<DeviceSpec> parse_device_spec
   if (!spec) return problems_error(problems);
   return std::move(*spec);
 }
+
+// The "backend" object of a spec: the keys its type has.
+nlohmann::json backend_json(const BackendSpec& backend);
 
 // Every field except `source`, with the size in bytes, so that parsing the
 // result gives the same spec back.

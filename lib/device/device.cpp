@@ -35,8 +35,30 @@ Device::Device(DeviceConfig config, std::unique_ptr<Backend> backend,
                StateMachine::Listener listener, QueueExitHook on_queue_exit)
     : config_(std::move(config)),
       backend_(std::move(backend)),
+      size_(backend_ ? backend_->size() : 0),
       sm_(std::move(listener)),
       on_queue_exit_(std::move(on_queue_exit)) {}
+
+Device::Device(DeviceConfig config, BackendFactory backend_factory,
+               StateMachine::Listener listener, QueueExitHook on_queue_exit)
+    : config_(std::move(config)),
+      backend_factory_(std::move(backend_factory)),
+      sm_(std::move(listener)),
+      on_queue_exit_(std::move(on_queue_exit)) {}
+
+Result<void> Device::open_backend() {
+  if (backend_) return {};
+  if (state() != DeviceState::kNew) return Error(EALREADY, "device was already started once");
+  Result<std::unique_ptr<Backend>> b =
+      backend_factory_ ? backend_factory_() : Error(EINVAL, "no backend");
+  if (!b) {
+    (void)sm_.transition(DeviceState::kFailed, b.error().to_string());
+    return b.error();
+  }
+  backend_ = std::move(b).value();
+  size_.store(backend_->size(), std::memory_order_release);
+  return {};
+}
 
 Device::~Device() {
   // A device dropped while still attached to the kernel is stopped here so
@@ -54,6 +76,7 @@ std::string Device::char_device() const {
 
 Result<void> Device::start() {
   if (state() != DeviceState::kNew) return Error(EALREADY, "device was already started once");
+  if (auto b = open_backend(); !b) return b;
   Result<void> r = bring_up();
   if (r) return {};
   std::vector<std::string> problems = teardown(/*graceful=*/false);

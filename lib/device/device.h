@@ -5,7 +5,9 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -49,11 +51,22 @@ class Device {
   // check queues_healthy().
   using QueueExitHook = std::function<void()>;
 
+  // Opening a backend may block (a file on slow or remote storage), so an
+  // owner with a responsive thread to keep passes a factory, which runs on
+  // the control thread in open_backend() or start().
+  using BackendFactory = std::function<Result<std::unique_ptr<Backend>>()>;
+
   Device(DeviceConfig config, std::unique_ptr<Backend> backend,
+         StateMachine::Listener listener = {}, QueueExitHook on_queue_exit = {});
+  Device(DeviceConfig config, BackendFactory backend_factory,
          StateMachine::Listener listener = {}, QueueExitHook on_queue_exit = {});
   ~Device();
   Device(const Device&) = delete;
   Device& operator=(const Device&) = delete;
+
+  // Runs the factory if there is no backend yet; on failure the device ends
+  // in failed with the backend's error (it never reached the kernel).
+  Result<void> open_backend();
 
   // new -> added -> params-set -> queues-primed -> start-pending -> live.
   // On any error the device is stopped and deleted again, ends in failed,
@@ -78,6 +91,9 @@ class Device {
   const DeviceConfig& config() const { return config_; }
   const std::string& name() const { return config_.name; }
   Backend& backend() { return *backend_; }
+  // The device's size in bytes; 0 until the backend is open. Safe from any
+  // thread.
+  uint64_t size() const { return size_.load(std::memory_order_acquire); }
   std::optional<uint32_t> dev_id() const { return dev_id_; }
   // The kernel's view after ADD_DEV (granted queues, depth, flags).
   const uapi::CtrlDevInfo& kernel_info() const { return info_; }
@@ -93,7 +109,9 @@ class Device {
   Result<UniqueFd> open_char_device(std::chrono::steady_clock::time_point deadline) const;
 
   DeviceConfig config_;
+  BackendFactory backend_factory_;
   std::unique_ptr<Backend> backend_;
+  std::atomic<uint64_t> size_{0};
   StateMachine sm_;
   QueueExitHook on_queue_exit_;
   std::optional<ControlDevice> ctrl_;

@@ -206,6 +206,39 @@ TEST_CASE("device spec: every kind of mistake is rejected naming field and value
        patched({{"backend", {{"type", "nbd"}}}}),
        "backend.type",
        {"unknown backend type \"nbd\"", "supported: mem"}},
+      {"enormous mem size",
+       patched({{"backend", {{"size", "32TiB"}}}}),
+       "backend.size",
+       {"\"32TiB\"", "exceeds the largest mem device", "16TiB"}},
+      {"null size beyond off_t",
+       patched({{"backend", {{"type", "null"}, {"size", uint64_t{1} << 63}}}}),
+       "backend.size",
+       {"9223372036854775808", "exceeds the largest null device"}},
+      {"file without path",
+       patched({{"backend", {{"type", "file"}, {"size", nullptr}}}}),
+       "backend.path",
+       {"required field is missing"}},
+      {"relative file path",
+       patched({{"backend", {{"type", "file"}, {"path", "disk.img"}}}}),
+       "backend.path",
+       {"\"disk.img\" is not an absolute path"}},
+      {"file create without size",
+       patched({{"backend", {{"type", "file"}, {"path", "/x"}, {"create", true}, {"size", nullptr}}}}),
+       "backend.size",
+       {"required with \"create\": true"}},
+      {"direct_io of wrong type",
+       patched({{"backend", {{"type", "file"}, {"path", "/x"}, {"direct_io", "no"}}}}),
+       "backend.direct_io",
+       {"expected true or false", "string \"no\""}},
+      {"file key on a null backend",
+       patched({{"backend", {{"type", "null"}, {"path", "/x"}}}}),
+       "backend.path",
+       {"unknown key \"path\"", "type, size"}},
+      {"null backend without size",
+       patched({{"backend", {{"type", "null"}, {"size", nullptr}}}}),
+       "backend.size",
+       {"required field is missing"}},
+      {"name dot-dot", patched({{"name", ".."}}), "name", {"invalid name \"..\"", "not . or .."}},
       {"backend type is case-sensitive",
        patched({{"backend", {{"type", "Mem"}}}}),
        "backend.type",
@@ -400,4 +433,55 @@ TEST_CASE("device spec: names", "[spec]") {
   CHECK_FALSE(ublkd::is_valid_device_name(""));
   CHECK_FALSE(ublkd::is_valid_device_name("m\xc3\xa9m"));
   CHECK_FALSE(ublkd::is_valid_device_name("a:b"));
+  CHECK_FALSE(ublkd::is_valid_device_name("."));
+  CHECK_FALSE(ublkd::is_valid_device_name(".."));
+  CHECK_FALSE(ublkd::is_valid_device_name("a/b"));
+  CHECK(ublkd::is_valid_device_name("..."));
+  CHECK(ublkd::is_valid_device_name(".hidden"));
+}
+
+TEST_CASE("device spec: file and null backends", "[spec]") {
+  SECTION("a file with its own size, defaults filled in") {
+    auto r = ublkd::parse_device_spec(
+        R"({"name": "disk0", "backend": {"type": "file", "path": "/srv/disk0.img"}})", "t",
+        kDefaults);
+    REQUIRE(r.ok());
+    CHECK(r->backend.type == "file");
+    CHECK(r->backend.path == "/srv/disk0.img");
+    CHECK(r->backend.size == 0);
+    CHECK_FALSE(r->backend.create);
+    CHECK(r->backend.direct_io);
+    const Json out = ublkd::to_json(r.value());
+    CHECK(out["backend"] == Json::parse(R"({"type": "file", "path": "/srv/disk0.img",
+        "create": false, "direct_io": true})"));
+    auto again = ublkd::parse_device_spec(out, "t", SpecDefaults{});
+    REQUIRE(again.ok());
+    CHECK(again->backend == r->backend);
+  }
+  SECTION("a file to create, buffered") {
+    auto r = ublkd::parse_device_spec(
+        R"({"name": "disk1", "logical_block_size": 4096, "backend": {"type": "file",
+            "path": "/srv/d1.img", "size": "1GiB", "create": true, "direct_io": false}})",
+        "t", kDefaults);
+    REQUIRE(r.ok());
+    CHECK(r->backend.size == (uint64_t{1} << 30));
+    CHECK(r->backend.create);
+    CHECK_FALSE(r->backend.direct_io);
+    CHECK(ublkd::to_json(r.value())["backend"]["size"] == (uint64_t{1} << 30));
+  }
+  SECTION("a file size must fit the block size") {
+    const auto problems = problems_of(
+        R"({"name": "d", "logical_block_size": 4096, "backend": {"type": "file",
+            "path": "/srv/d.img", "size": 6144}})");
+    REQUIRE(problems.size() == 1);
+    CHECK(problems[0].field == "backend.size");
+    CHECK_THAT(problems[0].message, Catch::Contains("not a multiple of the logical block size 4096"));
+  }
+  SECTION("null, larger than any mem device") {
+    auto r = ublkd::parse_device_spec(R"({"name": "n0", "backend": {"type": "null", "size": "1024TiB"}})",
+                                      "t", kDefaults);
+    REQUIRE(r.ok());
+    CHECK(r->backend.size == (uint64_t{1} << 50));
+    CHECK(ublkd::to_json(r.value())["backend"] == Json::parse(R"({"type": "null", "size": 1125899906842624})"));
+  }
 }
