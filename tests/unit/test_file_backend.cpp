@@ -758,6 +758,11 @@ TEST_CASE("file backend sends FUA writes as RWF_DSYNC and FLUSH as fdatasync", "
   REQUIRE(q.log().size() == 1);
   CHECK(q.log()[0].opcode == IORING_OP_FSYNC);
   CHECK(q.log()[0].op_flags == IORING_FSYNC_DATASYNC);
+  // The block layer's flush request has sector -1, and the descriptor says so.
+  q.clear_log();
+  CHECK(d.io(IoOp::kFlush, ~uint64_t{0} << 9, 0) == 0);
+  REQUIRE(q.log().size() == 1);
+  CHECK(q.log()[0].opcode == IORING_OP_FSYNC);
 
   d.require_pattern(0, 64 * kKiB, 1);
   d.require_pattern(64 * kKiB, 64 * kKiB, 2);
@@ -770,6 +775,7 @@ TEST_CASE("file backend FUA and FLUSH through handle()", "[file]") {
   Device d(open_ok(options(dir.file("fua-sync.img"), 4 * kMiB, direct)), false);
   d.write_pattern(0, 64 * kKiB, 1, kFua);
   CHECK(d.io(IoOp::kFlush, 0, 0) == 0);
+  CHECK(d.io(IoOp::kFlush, ~uint64_t{0} << 9, 0) == 0);  // the kernel's sector -1
   d.require_pattern(0, 64 * kKiB, 1);
 }
 

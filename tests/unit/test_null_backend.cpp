@@ -56,6 +56,8 @@ TEST_CASE("null backend completes every request without touching data", "[null]"
   CHECK(b->handle(request(IoOp::kRead, kGiB - 131072, 131072, buf.data())) == 131072);
   CHECK(b->handle(request(IoOp::kWrite, 512, 512, buf.data())) == 512);
   CHECK(b->handle(request(IoOp::kFlush, 0, 0)) == 0);
+  // The kernel's flush request has sector -1.
+  CHECK(b->handle(request(IoOp::kFlush, ~uint64_t{0} << 9, 0)) == 0);
   CHECK(b->handle(request(IoOp::kDiscard, 0, 1u << 30)) == 0);
   CHECK(b->handle(request(IoOp::kWriteZeroes, 4096, 1u << 20)) == 0);
   CHECK(b->handle(request(IoOp::kRead, 0, 0, nullptr)) == 0);
