@@ -157,9 +157,13 @@ void AdminHandler::handle(const Request& req, const admin::Server::Reply& reply)
     std::vector<ConfigProblem> problems;
     auto spec = check_device_spec(spec_doc, "", defaults_, problems);
     if (!spec) {
+      // Each problem names its field as a path inside the request.
       std::string msg;
-      for (const auto& p : problems) msg += (msg.empty() ? "" : "; ") + p.to_string();
-      return fail({code::kInvalidSpec, "spec." + msg});
+      for (const auto& p : problems) {
+        if (!msg.empty()) msg += "; ";
+        msg += (p.field.empty() ? "spec" : "spec." + p.field) + ": " + p.message;
+      }
+      return fail({code::kInvalidSpec, msg});
     }
     return manager_.add(*spec, persist, [reply, id](auto result) {
       if (auto* err = std::get_if<OpError>(&result))

@@ -39,27 +39,31 @@ const char* type_name(const json& v) {
 
 }  // namespace
 
-std::variant<Request, AdminError> parse_request(std::string_view line) {
+std::variant<Request, RequestError> parse_request(std::string_view line) {
   if (line.size() >= kMaxRequestLine)
-    return AdminError{code::kRequestTooLarge, "request line exceeds 1 MiB"};
+    return RequestError{{code::kRequestTooLarge, "request line exceeds 1 MiB"}, std::nullopt};
   json doc;
   try {
     doc = json::parse(line.begin(), line.end());
   } catch (const json::parse_error& e) {
     // byte is 1-based and points just past the offending character.
     const size_t at = e.byte > 0 ? e.byte - 1 : 0;
-    return AdminError{code::kInvalidJson, "request is not valid JSON at " + position(line, at)};
+    return RequestError{{code::kInvalidJson, "request is not valid JSON at " + position(line, at)},
+                        std::nullopt};
   }
   if (!doc.is_object())
-    return AdminError{code::kInvalidRequest,
-                      std::string("request must be a JSON object, not ") + type_name(doc)};
+    return RequestError{{code::kInvalidRequest,
+                         std::string("request must be a JSON object, not ") + type_name(doc)},
+                        std::nullopt};
   Request req;
   if (auto it = doc.find("id"); it != doc.end()) req.id = *it;
   auto op = doc.find("op");
-  if (op == doc.end()) return AdminError{code::kInvalidRequest, "request has no \"op\" field"};
+  if (op == doc.end())
+    return RequestError{{code::kInvalidRequest, "request has no \"op\" field"}, req.id};
   if (!op->is_string())
-    return AdminError{code::kInvalidRequest,
-                      std::string("\"op\" must be a string, not ") + type_name(*op)};
+    return RequestError{
+        {code::kInvalidRequest, std::string("\"op\" must be a string, not ") + type_name(*op)},
+        req.id};
   req.op = op->get<std::string>();
   req.doc = std::move(doc);
   return req;

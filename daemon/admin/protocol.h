@@ -46,10 +46,17 @@ struct Request {
   std::optional<nlohmann::json> id;  // echoed back when present
 };
 
+// Why a line is not a request. `id` is the line's "id" when the line was a
+// JSON object that had one, so that this answer echoes it like any other.
+struct RequestError {
+  AdminError error;
+  std::optional<nlohmann::json> id;
+};
+
 // Parses one line (without its newline). Checks only the envelope: a JSON
 // object with a string "op"; the op's own fields are checked by its handler
-// with require_fields().
-std::variant<Request, AdminError> parse_request(std::string_view line);
+// with check_fields().
+std::variant<Request, RequestError> parse_request(std::string_view line);
 
 // Every field of the request other than op and id must be in `allowed`;
 // fields in `required` must be present. Returns the first violation.

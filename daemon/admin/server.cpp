@@ -214,8 +214,8 @@ void Server::process_lines(uint64_t id) {
       return;
     }
     auto parsed = parse_request(line);
-    if (auto* e = std::get_if<AdminError>(&parsed)) {
-      queue_response(id, error_response(std::nullopt, *e));
+    if (auto* e = std::get_if<RequestError>(&parsed)) {
+      queue_response(id, error_response(e->id, e->error));
       flush(id);
       if (!conns_.count(id)) return;
       continue;

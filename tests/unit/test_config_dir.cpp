@@ -95,6 +95,32 @@ TEST_CASE("config dir: drop-ins load in lexical order of file names", "[config]"
   CHECK(config.devices[3].source == (dir.devices() / "B-upper.json").string());
 }
 
+TEST_CASE("config dir: drop-in order is by bytes, not by the locale", "[config]") {
+  TempDir dir;
+  // A locale's collation would give a, B, _c, z (or ignore the underscore);
+  // byte order puts upper case, then '_', before lower case.
+  for (const char* name : {"z", "_c", "a", "B"}) {
+    dir.write(std::string("devices.d/") + name + ".json", spec(std::string("dev") + name));
+  }
+  LoadedConfig config = load(dir);
+  INFO(all_problems(config));
+  CHECK(config.ok());
+  CHECK(names(config) == std::vector<std::string>{"devB", "dev_c", "deva", "devz"});
+}
+
+TEST_CASE("config dir: the same device in two files keeps the lexically first", "[config]") {
+  TempDir dir;
+  // Written in the opposite order, so directory order cannot decide.
+  const fs::path later = dir.write("devices.d/b.json", spec("same", R"(, "queues": 2)"));
+  const fs::path first = dir.write("devices.d/a.json", spec("same", R"(, "queues": 1)"));
+  LoadedConfig config = load(dir);
+  REQUIRE(config.devices.size() == 1);
+  CHECK(config.devices[0].queues == 1);
+  CHECK(config.devices[0].source == first.string());
+  REQUIRE(config.problems.size() == 1);
+  CHECK(config.problems[0].origin == later.string());
+}
+
 TEST_CASE("config dir: an invalid drop-in is skipped and the valid ones load", "[config]") {
   TempDir dir;
   dir.write("devices.d/a.json", spec("a"));
@@ -352,6 +378,27 @@ TEST_CASE("daemon config: problems are collected and good fields still apply", "
   // The device specs are still checked, with the defaults that did parse.
   REQUIRE(config.devices.size() == 1);
   CHECK(config.devices[0].queues == 2);
+}
+
+TEST_CASE("daemon config: a ublkd.json that is a directory is a problem", "[config]") {
+  TempDir dir;
+  fs::create_directories(dir.path() / "ublkd.json");
+  dir.write("devices.d/a.json", spec("a"));
+  LoadedConfig config = load(dir);
+  CHECK_FALSE(config.daemon_config_ok);
+  CHECK(config.daemon == DaemonConfig{});
+  REQUIRE(config.problems.size() == 1);
+  CHECK(config.problems[0].origin == (dir.path() / "ublkd.json").string());
+  CHECK_THAT(config.problems[0].message, Catch::Contains("is a directory"));
+  CHECK(names(config) == std::vector<std::string>{"a"});
+}
+
+TEST_CASE("daemon config: an empty ublkd.json is a problem, not a file of defaults", "[config]") {
+  std::vector<ConfigProblem> problems;
+  const DaemonConfig d = ublkd::check_daemon_config(" \n", "/etc/ublkd/ublkd.json", problems);
+  CHECK(d == DaemonConfig{});
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].to_string() == "/etc/ublkd/ublkd.json: invalid JSON: the document is empty");
 }
 
 TEST_CASE("daemon config: a broken ublkd.json comes before device problems", "[config]") {

@@ -139,7 +139,7 @@ copy_bin() {
 readonly TOOLS=(
     bash fio mke2fs e2fsck blkdiscard blockdev dmesg losetup mount umount
     timeout dd sha256sum md5sum stat truncate cmp comm sync stdbuf kmod setsid
-    busybox
+    setpriv jq busybox
 )
 
 tool_paths=()
@@ -256,6 +256,11 @@ fi
 if [[ -x $build_dir/daemon/ublkctl ]]; then
     copy_bin "$stage" "$build_dir/daemon/ublkctl" /usr/local/bin/ublkctl
 fi
+for t in ublkd-admin-send ublkd-del-dev; do
+    if [[ -x $build_dir/tests/$t ]]; then
+        copy_bin "$stage" "$build_dir/tests/$t" "/usr/local/bin/$t"
+    fi
+done
 # The symlinks are in the userland archive already; in this one they would
 # replace nothing but must not become directories either.
 rm "$stage/lib" "$stage/lib64"

@@ -8,9 +8,9 @@
 # Exit status: 0 pass, 1 fail, 77 skip (use fail/skip). Messages go to
 # stderr, so functions whose stdout is captured ($(wait_live ...)) still log.
 #
-# On exit, registered cleanups run (last first), then any ublkd the case
-# started and did not stop is killed; that turns a passing case into a
-# failing one, since stopping the daemon cleanly is part of every test.
+# On exit, any ublkd the case started and did not stop is killed (which
+# turns a passing case into a failing one, since stopping the daemon cleanly
+# is part of every test), then registered cleanups run, last first.
 #
 # Do not call start_ublkd/stop_ublkd inside $(...) or a pipeline: they keep
 # their state in shell variables of the case.
@@ -90,6 +90,67 @@ kernel_at_least() {
 dev_size() { blockdev --getsize64 "$1"; }
 
 # ---- daemon ---------------------------------------------------------------
+
+# log_ms LINE: milliseconds since midnight of a daemon log line's timestamp
+# ("YYYY-MM-DD HH:MM:SS.mmm level message").
+log_ms() {
+    local h m s ms
+    IFS=:. read -r h m s ms <<<"${1:11:12}"
+    echo $(((10#$h * 3600 + 10#$m * 60 + 10#$s) * 1000 + 10#$ms))
+}
+# span_ms FIRST_LINE LAST_LINE: milliseconds between two log lines.
+span_ms() {
+    local d=$(($(log_ms "$2") - $(log_ms "$1")))
+    ((d < 0)) && d=$((d + 86400000))
+    echo "$d"
+}
+
+# ---- admin socket -----------------------------------------------------------
+
+# start_ublkd_api CONFIG_DIR [ARGS...]: start_ublkd with the admin socket at
+# $CASE_DIR/ublkd.sock (exported as UBLKD_SOCKET for ublkctl), and wait until
+# it accepts requests.
+start_ublkd_api() {
+    local dir=$1
+    shift
+    export UBLKD_SOCKET=$CASE_DIR/ublkd.sock
+    start_ublkd "$dir" --socket "$UBLKD_SOCKET" --state-dir "$CASE_DIR/state" "$@"
+    wait_for_log "admin socket $UBLKD_SOCKET" 20 >/dev/null
+}
+
+# ctl ARGS...: ublkctl ARGS; its stdout is printed, stderr goes to the case
+# log and to $CASE_DIR/ctl.err; the exit status is ublkctl's.
+ctl() {
+    local rc=0
+    "$UBLKCTL" "$@" 2>"$CASE_DIR/ctl.err" || rc=$?
+    cat "$CASE_DIR/ctl.err" >&2
+    return "$rc"
+}
+
+# ctl_ok ARGS...: ublkctl ARGS, failing the case unless it succeeds.
+ctl_ok() {
+    local out rc=0
+    out=$(ctl "$@") || rc=$?
+    ((rc == 0)) || { show_log; fail "ublkctl $* exited $rc: $(<"$CASE_DIR/ctl.err")"; }
+    printf '%s\n' "$out"
+}
+
+# ctl_err ARGS...: ublkctl ARGS must fail with status 1 and exactly one line
+# on stderr; prints that line.
+ctl_err() {
+    local rc=0 lines
+    ctl "$@" >/dev/null || rc=$?
+    ((rc == 1)) || fail "ublkctl $* exited $rc, want 1"
+    lines=$(wc -l <"$CASE_DIR/ctl.err")
+    ((lines == 1)) || fail "ublkctl $* wrote $lines lines to stderr, want 1"
+    cat "$CASE_DIR/ctl.err"
+}
+
+# json_get JSON FILTER: jq -r FILTER on JSON, failing the case on a jq error
+# (null and false print as such).
+json_get() {
+    jq -r "$2" <<<"$1" || fail "jq $2 failed on: $1"
+}
 
 # write_spec DIR NAME JSON: write the device spec DIR/devices.d/NAME.json.
 write_spec() {
@@ -245,9 +306,6 @@ _lib_on_exit() {
     local rc=$? i pid left=0
     set +e
     trap - EXIT
-    for ((i = ${#_CLEANUPS[@]} - 1; i >= 0; i--)); do
-        eval "${_CLEANUPS[i]}" || log "cleanup '${_CLEANUPS[i]}' failed"
-    done
     for i in "${!_UBLKD_PIDS[@]}"; do
         pid=${_UBLKD_PIDS[i]}
         ublkd_alive "$pid" || continue
@@ -263,6 +321,11 @@ _lib_on_exit() {
             kill -KILL "$pid" 2>/dev/null
         fi
         wait "$pid" 2>/dev/null
+    done
+    # After the daemons: they may hold what the cleanups release (a mount
+    # under a backing file, a module).
+    for ((i = ${#_CLEANUPS[@]} - 1; i >= 0; i--)); do
+        eval "${_CLEANUPS[i]}" || log "cleanup '${_CLEANUPS[i]}' failed"
     done
     if ((rc != 0 && rc != 77)); then
         for i in "${!_UBLKD_LOGS[@]}"; do

@@ -15,20 +15,6 @@ cfg=$CASE_DIR/config
 write_spec "$cfg" mem0 \
     '{"name":"mem0","backend":{"type":"mem","size":"256MiB"},"queues":2,"queue_depth":128}'
 
-# log_ms LINE: milliseconds since midnight of a daemon log line's timestamp
-# ("YYYY-MM-DD HH:MM:SS.mmm level message").
-log_ms() {
-    local h m s ms
-    IFS=:. read -r h m s ms <<<"${1:11:12}"
-    echo $(((10#$h * 3600 + 10#$m * 60 + 10#$s) * 1000 + 10#$ms))
-}
-# span_ms FIRST_LINE LAST_LINE: milliseconds between two log lines.
-span_ms() {
-    local d=$(($(log_ms "$2") - $(log_ms "$1")))
-    ((d < 0)) && d=$((d + 86400000))
-    echo "$d"
-}
-
 t_start=${EPOCHREALTIME/./}
 start_ublkd "$cfg" --start-timeout "$START_TIMEOUT"
 dev=$(wait_live mem0 $((START_TIMEOUT + 20)))

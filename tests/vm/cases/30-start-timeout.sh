@@ -15,20 +15,6 @@ readonly START_TIMEOUT=3
 # How far past the timeout bad0 may take to be torn down and reported.
 readonly MARGIN=4
 
-# log_ms LINE: milliseconds since midnight of a daemon log line's timestamp
-# ("YYYY-MM-DD HH:MM:SS.mmm level message").
-log_ms() {
-    local h m s ms
-    IFS=:. read -r h m s ms <<<"${1:11:12}"
-    echo $(((10#$h * 3600 + 10#$m * 60 + 10#$s) * 1000 + 10#$ms))
-}
-# span_ms FIRST_LINE LAST_LINE: milliseconds between two log lines.
-span_ms() {
-    local d=$(($(log_ms "$2") - $(log_ms "$1")))
-    ((d < 0)) && d=$((d + 86400000))
-    echo "$d"
-}
-
 cfg=$CASE_DIR/config
 # bad0 sorts first: a daemon that brings devices up one at a time meets the
 # failure before it gets to good0.
