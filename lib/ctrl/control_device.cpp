@@ -1,6 +1,7 @@
 #include "ctrl/control_device.h"
 
 #include <fcntl.h>
+#include <poll.h>
 
 #include <cstring>
 #include <memory>
@@ -8,6 +9,7 @@
 namespace ublkd {
 
 using std::chrono::milliseconds;
+using std::chrono::steady_clock;
 
 namespace {
 
@@ -57,8 +59,21 @@ uint32_t ControlDevice::encode(uint8_t op) const {
 }
 
 Result<int> ControlDevice::run(uint8_t op, uint32_t dev_id, void* buf, uint16_t len,
-                               uint64_t data0, milliseconds timeout) {
+                               uint64_t data0, milliseconds timeout, const AbortSignal* abort) {
   const std::string what = ctrl_op_name(op);
+  uint64_t wake_id = 0;
+  if (abort != nullptr) {
+    if (abort->triggered()) return Error(ECANCELED, what + " aborted before it was sent");
+    if (auto u = abort->usable(); !u) return u.error().wrap(what);
+    // The abort signal's eventfd is polled on this same ring, so the one
+    // wait below ends at whichever comes first: the command, the deadline
+    // or the abort.
+    io_uring_sqe* p = ring_.get_sqe();
+    if (p == nullptr) return Error(EBUSY, what + ": control ring full");
+    io_uring_prep_poll_add(p, abort->fd(), POLLIN);
+    wake_id = next_user_data_++;
+    p->user_data = wake_id;
+  }
   io_uring_sqe* sqe = ring_.get_sqe();
   if (sqe == nullptr) return Error(EBUSY, what + ": control ring full");
 
@@ -78,42 +93,44 @@ Result<int> ControlDevice::run(uint8_t op, uint32_t dev_id, void* buf, uint16_t 
   sqe->user_data = id;
   if (auto r = ring_.submit_all(); !r) return r.error().wrap(what);
 
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  bool cancelled = false;
-  for (;;) {
-    auto left = std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() < 0) left = milliseconds(0);
-    auto cqe = ring_.wait_cqe(left);
-    if (cqe) {
-      const uint64_t ud = (*cqe)->user_data;
-      const int res = (*cqe)->res;
-      io_uring_cqe_seen(ring_.get(), *cqe);
-      // Completions of earlier cancels, or of commands given up on, are
-      // stale: skip them.
-      if (ud != id) continue;
-      // A command that finished just as it was cancelled did happen: report
-      // what the kernel did, not the race.
-      if (cancelled && res < 0)
-        return Error(ETIMEDOUT, what + " timed out after " + std::to_string(timeout.count()) + " ms");
-      if (res < 0) return Error(res, what);
-      return res;
+  auto r = ring_.wait_for(id, steady_clock::now() + timeout, wake_id);
+  const bool aborted = !r && r.error().code() == ECANCELED;
+  if (wake_id != 0 && !aborted) {
+    // Take the abort poll out so it does not outlive the command; its
+    // completion and the removal's are dropped by later waits as stale. If
+    // even this fails, a later trigger only adds one more stale completion.
+    if (io_uring_sqe* d = ring_.get_sqe(); d != nullptr) {
+      io_uring_prep_poll_remove(d, wake_id);
+      d->user_data = 0;
+      (void)ring_.submit_all();
     }
-    if (cqe.error().code() != ETIME) return cqe.error().wrap(what);
-    if (cancelled) {
-      // The kernel did not give the command back even after a cancel. Its
-      // buffer (always owned by the caller's heap block, see callers) may
-      // still be written later, so callers leak it rather than free it.
-      return Error(ETIMEDOUT, what + " timed out after " + std::to_string(timeout.count()) +
-                                  " ms and could not be cancelled");
-    }
-    io_uring_sqe* c = ring_.get_sqe();
-    if (c == nullptr) return Error(ETIMEDOUT, what + " timed out (no room to cancel)");
-    io_uring_prep_cancel64(c, id, 0);
-    c->user_data = 0;
-    if (auto r = ring_.submit_all(); !r) return r.error().wrap(what + " cancel");
-    cancelled = true;
-    deadline = std::chrono::steady_clock::now() + kCancelGrace;
   }
+  if (r) {
+    if (*r < 0) return Error(*r, what);
+    return *r;
+  }
+  if (!aborted && r.error().code() != ETIME) return r.error().wrap(what);
+
+  // Given up on (deadline or abort): cancel the command. Until it is back,
+  // the kernel may still write its buffer (always a heap block of the
+  // caller's, see callers), so on ETIMEDOUT callers leak that block rather
+  // than free it. ECANCELED only reaches commands without a buffer.
+  const int code = aborted ? ECANCELED : ETIMEDOUT;
+  const std::string gave_up =
+      aborted ? what + " aborted"
+              : what + " timed out after " + std::to_string(timeout.count()) + " ms";
+  io_uring_sqe* c = ring_.get_sqe();
+  if (c == nullptr) return Error(code, gave_up + " (no room to cancel)");
+  io_uring_prep_cancel64(c, id, 0);
+  c->user_data = 0;
+  if (auto s = ring_.submit_all(); !s)
+    return Error(code, gave_up + " and could not be cancelled (" + s.error().to_string() + ")");
+  auto back = ring_.wait_for(id, steady_clock::now() + kCancelGrace);
+  if (!back) return Error(code, gave_up + " and could not be cancelled");
+  // A command that finished just as it was cancelled did happen: report
+  // what the kernel did, not the race.
+  if (*back < 0) return Error(code, gave_up);
+  return *back;
 }
 
 Result<uint64_t> ControlDevice::probe_features(milliseconds timeout) {
@@ -162,8 +179,10 @@ Result<void> ControlDevice::set_params(uint32_t dev_id, const uapi::Params& para
   return {};
 }
 
-Result<void> ControlDevice::start_dev(uint32_t dev_id, pid_t server_pid, milliseconds timeout) {
-  auto r = run(uapi::kCmdStartDev, dev_id, nullptr, 0, static_cast<uint64_t>(server_pid), timeout);
+Result<void> ControlDevice::start_dev(uint32_t dev_id, pid_t server_pid, milliseconds timeout,
+                                     const AbortSignal* abort) {
+  auto r = run(uapi::kCmdStartDev, dev_id, nullptr, 0, static_cast<uint64_t>(server_pid), timeout,
+               abort);
   if (!r) return r.error();
   return {};
 }

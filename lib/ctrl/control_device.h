@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 
+#include "base/abort_signal.h"
 #include "base/error.h"
 #include "base/unique_fd.h"
 #include "uapi/ublk.h"
@@ -36,7 +37,11 @@ class ControlDevice {
                                     std::chrono::milliseconds timeout);
   Result<void> set_params(uint32_t dev_id, const uapi::Params& params,
                           std::chrono::milliseconds timeout);
-  Result<void> start_dev(uint32_t dev_id, pid_t server_pid, std::chrono::milliseconds timeout);
+  // With `abort`, START_DEV also ends when the signal is triggered: the
+  // command is cancelled and the result is ECANCELED ("START_DEV aborted"),
+  // unless the kernel had already completed it, which then counts as done.
+  Result<void> start_dev(uint32_t dev_id, pid_t server_pid, std::chrono::milliseconds timeout,
+                         const AbortSignal* abort = nullptr);
   Result<void> stop_dev(uint32_t dev_id, std::chrono::milliseconds timeout);
   Result<void> del_dev(uint32_t dev_id, std::chrono::milliseconds timeout);
   Result<uapi::CtrlDevInfo> get_dev_info(uint32_t dev_id, std::chrono::milliseconds timeout);
@@ -46,9 +51,10 @@ class ControlDevice {
 
   // Runs one command. `buf`/`len` is the command's in/out buffer; it must
   // stay valid until the kernel is done with it, see run() for how a timed
-  // out command is handled.
+  // out command is handled. `abort`, if given, ends the wait early with
+  // ECANCELED; only commands without a buffer take one.
   Result<int> run(uint8_t op, uint32_t dev_id, void* buf, uint16_t len, uint64_t data0,
-                  std::chrono::milliseconds timeout);
+                  std::chrono::milliseconds timeout, const AbortSignal* abort = nullptr);
   uint32_t encode(uint8_t op) const;
 
   UniqueFd fd_;

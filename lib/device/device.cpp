@@ -112,9 +112,25 @@ uapi::Params Device::build_params() const {
   return p;
 }
 
+void Device::abort_start(const std::string& reason) {
+  {
+    std::lock_guard lock(abort_mu_);
+    if (abort_reason_.empty()) abort_reason_ = reason;
+  }
+  abort_.trigger();
+}
+
+Error Device::abort_error(const std::string& detail) const {
+  std::lock_guard lock(abort_mu_);
+  std::string m = "start aborted: " + abort_reason_;
+  if (!detail.empty()) m += " (" + detail + ")";
+  return Error(ECANCELED, std::move(m));
+}
+
 Result<UniqueFd> Device::open_char_device(steady_clock::time_point deadline) const {
   const std::string path = char_device();
   for (milliseconds pause{1};; pause = std::min(pause * 2, milliseconds(50))) {
+    if (abort_.triggered()) return abort_error("opening " + path);
     UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
     if (fd) return fd;
     const int err = errno;
@@ -125,6 +141,10 @@ Result<UniqueFd> Device::open_char_device(steady_clock::time_point deadline) con
 }
 
 Result<void> Device::bring_up() {
+  // Between the bounded steps below the abort is only looked at; the two
+  // waits that can last the whole start timeout are woken by it.
+  if (abort_.triggered()) return abort_error();
+  if (auto u = abort_.usable(); !u) return u.error();
   auto ctrl = ControlDevice::open(config_.control_path);
   if (!ctrl) return ctrl.error();
   ctrl_.emplace(std::move(ctrl).value());
@@ -155,6 +175,7 @@ Result<void> Device::bring_up() {
   if (auto r = ctrl_->set_params(*dev_id_, build_params(), config_.command_timeout); !r)
     return r.error();
   if (auto r = sm_.transition(DeviceState::kParamsSet); !r) return r.error();
+  if (abort_.triggered()) return abort_error();
 
   const auto start_deadline = steady_clock::now() + config_.start_timeout;
   auto fd = open_char_device(steady_clock::now() + kCharOpenTimeout);
@@ -178,8 +199,11 @@ Result<void> Device::bring_up() {
     if (auto r = workers_.back()->start(); !r) return r.error();
   }
   for (auto& w : workers_) {
-    if (auto r = w->wait_primed(start_deadline); !r)
+    if (auto r = w->wait_primed(start_deadline, &abort_); !r) {
+      if (r.error().code() == ECANCELED && abort_.triggered())
+        return abort_error("queue " + std::to_string(w->queue_id()) + " was not primed yet");
       return r.error().wrap("queue " + std::to_string(w->queue_id()));
+    }
   }
   if (auto r = sm_.transition(DeviceState::kQueuesPrimed); !r) return r.error();
 
@@ -188,11 +212,12 @@ Result<void> Device::bring_up() {
   if (auto r = sm_.transition(DeviceState::kStartPending); !r) return r.error();
   auto left = std::chrono::duration_cast<milliseconds>(start_deadline - steady_clock::now());
   if (left < milliseconds(1)) left = milliseconds(1);
-  if (auto r = ctrl_->start_dev(*dev_id_, ::getpid(), left); !r) {
+  if (auto r = ctrl_->start_dev(*dev_id_, ::getpid(), left, &abort_); !r) {
     if (r.error().code() == ETIMEDOUT) {
       return Error(ETIMEDOUT, "START_DEV timed out after " +
                                   std::to_string(config_.start_timeout.count()) + " ms");
     }
+    if (r.error().code() == ECANCELED && abort_.triggered()) return abort_error(r.error().message());
     return r.error();
   }
   for (auto& w : workers_) {
@@ -233,6 +258,7 @@ std::vector<std::string> Device::teardown(bool graceful) {
     if (auto r = ctrl_->del_dev(*dev_id_, config_.command_timeout); !r)
       problems.push_back(r.error().to_string());
   }
+  if (!problems.empty()) cleanup_failed_.store(true, std::memory_order_release);
   return problems;
 }
 

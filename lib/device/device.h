@@ -1,6 +1,7 @@
 // One ublk device from ADD_DEV to DEL_DEV: drives the state machine, owns
 // the control device, the char device fd, the queue workers and the backend.
-// All methods except the observers are called from one control thread.
+// All methods except the observers and abort_start() are called from one
+// control thread.
 #pragma once
 
 #include <sys/types.h>
@@ -10,12 +11,14 @@
 #include <functional>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "backend/backend.h"
+#include "base/abort_signal.h"
 #include "base/error.h"
 #include "base/unique_fd.h"
 #include "ctrl/control_device.h"
@@ -81,6 +84,20 @@ class Device {
   // Tears a device down after a queue died under it; ends in failed.
   void fail(const std::string& reason);
 
+  // Thread-safe, never blocks: makes a start() under way give up promptly.
+  // The waits for primed queues and for START_DEV end at once, the device is
+  // torn down the usual way (START_DEV cancelled, STOP_DEV, queues joined,
+  // DEL_DEV; every step bounded) and ends in failed with "start aborted:
+  // <reason>", and start() returns ECANCELED. A start() not yet begun fails
+  // the same way before it reaches the kernel. No effect once the device is
+  // live; a START_DEV the kernel completed before the abort counts.
+  void abort_start(const std::string& reason);
+
+  // True once tearing the device down (after a failed start, a dead queue,
+  // or in stop()) met a problem: a step failed or timed out, so the device
+  // may linger in the kernel. Safe from any thread.
+  bool cleanup_failed() const { return cleanup_failed_.load(std::memory_order_acquire); }
+
   // False once a queue thread of a live device has exited.
   bool queues_healthy() const;
   // The first dead queue's story, for the log.
@@ -107,6 +124,8 @@ class Device {
   std::vector<std::string> teardown(bool graceful);
   uapi::Params build_params() const;
   Result<UniqueFd> open_char_device(std::chrono::steady_clock::time_point deadline) const;
+  // The error a start ends with once aborted; `detail` names the wait it cut.
+  Error abort_error(const std::string& detail = {}) const;
 
   DeviceConfig config_;
   BackendFactory backend_factory_;
@@ -119,6 +138,10 @@ class Device {
   uapi::CtrlDevInfo info_{};
   UniqueFd char_fd_;
   std::vector<std::unique_ptr<QueueWorker>> workers_;
+  AbortSignal abort_;
+  mutable std::mutex abort_mu_;  // guards abort_reason_
+  std::string abort_reason_;
+  std::atomic<bool> cleanup_failed_{false};
 };
 
 }  // namespace ublkd

@@ -5,6 +5,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "base/mapping.h"
 #include "uapi/ublk.h"
 #include "uring/ring.h"
@@ -45,10 +47,23 @@ Result<void> QueueWorker::start() {
   return {};
 }
 
-Result<void> QueueWorker::wait_primed(std::chrono::steady_clock::time_point deadline) {
-  if (primed_future_.wait_until(deadline) != std::future_status::ready) {
-    return Error(ETIMEDOUT, "queue " + std::to_string(config_.queue_id) +
-                                " did not submit its fetches in time");
+Result<void> QueueWorker::wait_primed(std::chrono::steady_clock::time_point deadline,
+                                      const AbortSignal* abort) {
+  // A future cannot be waited on together with an fd, so an abortable wait
+  // looks at the signal between short slices. Priming takes milliseconds;
+  // this only matters for a queue that hangs in its setup.
+  constexpr std::chrono::milliseconds kAbortSlice{20};
+  for (;;) {
+    if (abort != nullptr && abort->triggered())
+      return Error(ECANCELED, "queue " + std::to_string(config_.queue_id) +
+                                  " not primed yet: wait aborted");
+    const auto now = std::chrono::steady_clock::now();
+    const auto until = abort != nullptr ? std::min(deadline, now + kAbortSlice) : deadline;
+    if (primed_future_.wait_until(until) == std::future_status::ready) break;
+    if (until >= deadline) {
+      return Error(ETIMEDOUT, "queue " + std::to_string(config_.queue_id) +
+                                  " did not submit its fetches in time");
+    }
   }
   return primed_future_.get();
 }

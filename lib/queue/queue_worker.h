@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "backend/backend.h"
+#include "base/abort_signal.h"
 #include "base/error.h"
 #include "base/unique_fd.h"
 
@@ -46,8 +47,10 @@ class QueueWorker {
   Result<void> start();
 
   // Waits, bounded, until every tag's FETCH_REQ has been submitted (primed)
-  // or setup failed.
-  Result<void> wait_primed(std::chrono::steady_clock::time_point deadline);
+  // or setup failed. With `abort`, also ends (ECANCELED) soon after the
+  // signal is triggered.
+  Result<void> wait_primed(std::chrono::steady_clock::time_point deadline,
+                           const AbortSignal* abort = nullptr);
 
   // Asks the thread to leave its loop now: it drops its ring, which makes the
   // kernel cancel whatever it still had outstanding.

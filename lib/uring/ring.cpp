@@ -51,6 +51,23 @@ Result<io_uring_cqe*> Ring::wait_cqe(std::chrono::milliseconds timeout) {
   }
 }
 
+Result<int> Ring::wait_for(uint64_t user_data, std::chrono::steady_clock::time_point deadline,
+                           uint64_t wake) {
+  using namespace std::chrono;
+  for (;;) {
+    // Rounded up, so the wait never ends (ETIME) before the deadline.
+    auto left = ceil<milliseconds>(deadline - steady_clock::now());
+    if (left.count() < 0) left = milliseconds(0);
+    auto cqe = wait_cqe(left);
+    if (!cqe) return cqe.error();
+    const uint64_t ud = (*cqe)->user_data;
+    const int res = (*cqe)->res;
+    io_uring_cqe_seen(ring_.get(), *cqe);
+    if (ud == user_data) return res;
+    if (wake != 0 && ud == wake) return Error(ECANCELED, "wait woken");
+  }
+}
+
 Result<void> Ring::register_files(const int* fds, unsigned count) {
   int ret = io_uring_register_files(ring_.get(), fds, count);
   if (ret < 0) return Error(ret, "io_uring register files");

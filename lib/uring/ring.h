@@ -36,6 +36,15 @@ class Ring {
   // Returns ETIME when none arrived in time.
   Result<io_uring_cqe*> wait_cqe(std::chrono::milliseconds timeout);
 
+  // Waits for the completion tagged `user_data` and returns its res (a
+  // negative errno there is the operation's own outcome, not an error of the
+  // wait). Completions with other tags are consumed and dropped: they belong
+  // to operations given up on earlier, or to cancels. Errors: ETIME when the
+  // deadline passes first; ECANCELED when the completion tagged `wake`
+  // (unless 0) arrives first, e.g. a poll on an abort signal's eventfd.
+  Result<int> wait_for(uint64_t user_data, std::chrono::steady_clock::time_point deadline,
+                       uint64_t wake = 0);
+
   Result<void> register_files(const int* fds, unsigned count);
 
  private:
