@@ -241,11 +241,17 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
   spdlog::info("admin socket {} (group {})", so.socket_path, group);
 
   bool stopping = false;
+  // Devices the shutdown may have left in the kernel; each was logged, with
+  // its reason, when it entered `failed`.
+  std::vector<std::string> left_behind;
   auto begin_shutdown = [&](const char* why) {
     if (stopping) return;
     stopping = true;
     spdlog::info("{}: stopping {} device(s)", why, manager.live_count());
-    manager.shutdown([&loop] { loop.stop(); });
+    manager.shutdown([&loop, &left_behind](std::vector<std::string> names) {
+      left_behind = std::move(names);
+      loop.stop();
+    });
   };
   (void)loop.add(sfd.get(), EPOLLIN, [&](uint32_t) {
     signalfd_siginfo si{};
@@ -265,12 +271,21 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
   });
 
   for (const ConfigProblem& p : config.problems) spdlog::error("config: {}", p.to_string());
-  manager.reload(config, [&manager](const ReloadReport&) {
+  manager.reload(config, [&manager, &stopping](const ReloadReport&) {
+    // Starts cut short by a signal end here too; ublkd is not running then.
+    if (stopping) return;
     spdlog::info("ublkd {} running: {} device(s) live", UBLKD_VERSION, manager.live_count());
   });
 
   if (auto r = loop.run(); !r) {
     spdlog::error("{}", r.error().to_string());
+    return 1;
+  }
+  if (!left_behind.empty()) {
+    std::string names;
+    for (const auto& n : left_behind) names += (names.empty() ? "" : ", ") + n;
+    spdlog::error("ublkd exiting with status 1: {} device(s) not stopped and deleted cleanly: {}",
+                  left_behind.size(), names);
     return 1;
   }
   spdlog::info("ublkd exiting");

@@ -23,7 +23,9 @@ struct DaemonOptions {
   std::optional<std::chrono::milliseconds> start_timeout;  // overrides ublkd.json
 };
 
-// Runs until SIGTERM/SIGINT; returns the process exit code.
+// Runs until SIGTERM/SIGINT; returns the process exit code: 0, or 1 when
+// setup failed or a device may be left in the kernel (its stop or cleanup
+// failed).
 int run_daemon(const DaemonOptions& options, const LoadedConfig& config);
 
 // The admin request dispatcher, exposed for tests: answers `req` through

@@ -90,7 +90,9 @@ Manager::~Manager() {
   // Normally shutdown() has run. Otherwise stop what is left, bounded, so no
   // device outlives the daemon.
   for (auto& [name, e] : entries_) {
-    if (e->op.joinable()) e->op.join();
+    if (!e->op.joinable()) continue;
+    if (e->starting) e->dev->abort_start("ublkd is exiting");
+    e->op.join();
   }
   if (queue_exit_fd_) loop_.remove(queue_exit_fd_.get());
   entries_.clear();
@@ -146,7 +148,7 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
                                               std::string(to_string(old.dev->state())) + ")"});
     if (!is_terminal(old.dev->state()))
       return done(OpError{Failure::kExists, "device " + name + " already exists"});
-    entries_.erase(it);  // a failed device of that name is replaced
+    forget(it);  // a failed device of that name is replaced
   }
   if (persist) {
     std::error_code ec;
@@ -187,6 +189,7 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
   entry->dev = std::make_unique<Device>(cfg, std::move(open), listener, on_queue_exit);
   entry->persistent = persist || !spec.source.empty();
   entry->from_api = spec.source.empty();
+  entry->starting = true;
   Device* dev = entry->dev.get();
   entries_[name] = std::move(entry);
 
@@ -198,7 +201,10 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
       return;
     }
     if (auto r = dev->start(); !r) {
-      const Failure kind = r.error().code() == ETIMEDOUT ? Failure::kTimeout : Failure::kKernel;
+      const int code = r.error().code();
+      const Failure kind = code == ETIMEDOUT    ? Failure::kTimeout
+                           : code == ECANCELED ? Failure::kShuttingDown
+                                               : Failure::kKernel;
       *failure = OpError{kind, "device " + spec.name + ": " + r.error().message()};
       return;
     }
@@ -213,10 +219,11 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
   auto then = [this, name, persist, failure, done = std::move(done)] {
     auto it = entries_.find(name);
     Entry& e = *it->second;
+    e.starting = false;
     if (*failure) {
       if ((*failure)->kind == Failure::kIo) spdlog::error("{}", (*failure)->message);
       // The client was told; a failed API device is not kept for `list`.
-      if (e.from_api) entries_.erase(it);
+      if (e.from_api) forget(it);
       return done(**failure);
     }
     const auto& info = e.dev->kernel_info();
@@ -243,7 +250,7 @@ void Manager::remove(const std::string& name, DelDone done) {
                                             std::string(to_string(e.dev->state())) + ")"});
   if (shutting_down_) return done(OpError{Failure::kShuttingDown, "ublkd is shutting down"});
   if (is_terminal(e.dev->state())) {
-    entries_.erase(it);
+    forget(it);
     spdlog::info("device {} removed (it had failed)", name);
     return done(std::nullopt);
   }
@@ -254,7 +261,7 @@ void Manager::remove(const std::string& name, DelDone done) {
       *failure = OpError{Failure::kKernel, "device " + name + ": " + r.error().message()};
   };
   auto then = [this, name, failure, done = std::move(done)] {
-    entries_.erase(name);
+    if (auto it = entries_.find(name); it != entries_.end()) forget(it);
     if (*failure) return done(**failure);
     spdlog::info("device {} removed", name);
     done(std::nullopt);
@@ -291,13 +298,28 @@ void Manager::maybe_finish_shutdown() {
     launched = true;
   }
   if (launched) return;
-  entries_.clear();
-  if (auto f = std::exchange(shutdown_done_, nullptr)) f();
+  for (auto it = entries_.begin(); it != entries_.end();) forget(it++);
+  std::sort(left_behind_.begin(), left_behind_.end());
+  left_behind_.erase(std::unique(left_behind_.begin(), left_behind_.end()), left_behind_.end());
+  if (auto f = std::exchange(shutdown_done_, nullptr)) f(std::exchange(left_behind_, {}));
 }
 
-void Manager::shutdown(std::function<void()> done) {
+void Manager::forget(Entries::iterator it) {
+  if (it->second->dev->cleanup_failed()) left_behind_.push_back(it->first);
+  entries_.erase(it);
+}
+
+void Manager::shutdown(ShutdownDone done) {
   shutting_down_ = true;
   shutdown_done_ = std::move(done);
+  // A start may wait for its queues and START_DEV up to the start timeout;
+  // cut it short instead of letting the shutdown wait that long. The device
+  // is then torn down and ends failed, the way any failed start does.
+  for (auto& [name, e] : entries_) {
+    if (!e->starting || !e->op.joinable()) continue;
+    spdlog::info("device {}: aborting its start ({})", name, to_string(e->dev->state()));
+    e->dev->abort_start("ublkd is shutting down");
+  }
   maybe_finish_shutdown();
 }
 

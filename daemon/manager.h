@@ -109,9 +109,13 @@ class Manager {
   // reports live devices whose spec changed or whose drop-in is gone.
   void reload(const LoadedConfig& config, std::function<void(ReloadReport)> done);
 
-  // Refuses new work, waits for what is under way, stops every device (in
-  // parallel, each bounded), then calls done.
-  void shutdown(std::function<void()> done);
+  // Refuses new work, aborts the starts under way, waits for what is under
+  // way, stops every device (in parallel, each bounded), then calls done
+  // with the names of the devices that may be left in the kernel: those
+  // whose stop or cleanup met a problem, whenever that was (each already
+  // logged with its reason when its state changed).
+  using ShutdownDone = std::function<void(std::vector<std::string> left_behind)>;
+  void shutdown(ShutdownDone done);
 
   size_t live_count() const;
 
@@ -122,10 +126,15 @@ class Manager {
     bool persistent = false;  // described by a drop-in in devices.d
     bool from_api = false;    // added through the admin API
     std::thread op;           // the add/remove/fail under way, if any
+    bool starting = false;    // that operation is an add
   };
+  using Entries = std::map<std::string, std::unique_ptr<Entry>>;
 
   void start_op(const std::string& name, std::function<void()> work,
                 std::function<void()> then);
+  // Drops an entry, remembering it for shutdown's report if its device may
+  // be left in the kernel.
+  void forget(Entries::iterator it);
   void finish_op(const std::string& name, std::function<void()> then);
   void on_queue_exit();
   void maybe_finish_shutdown();
@@ -138,10 +147,12 @@ class Manager {
   uint64_t features_ = 0;
   bool ioctl_encoding_ = true;
   UniqueFd queue_exit_fd_;
-  std::map<std::string, std::unique_ptr<Entry>> entries_;
+  Entries entries_;
   size_t ops_running_ = 0;
   bool shutting_down_ = false;
-  std::function<void()> shutdown_done_;
+  ShutdownDone shutdown_done_;
+  // Devices dropped from entries_ whose cleanup failed (see forget()).
+  std::vector<std::string> left_behind_;
 };
 
 // A backend for the spec, or why not.

@@ -1,6 +1,7 @@
 // ublkd: serves ublk block devices described by JSON drop-ins and managed
 // through an admin socket. Foreground, never forks; SIGTERM/SIGINT stop and
-// delete every device, then exit 0.
+// delete every device (cutting short starts under way), then exit 0, or 1
+// if a device could not be stopped and deleted cleanly.
 #include <getopt.h>
 
 #include <cerrno>
@@ -41,7 +42,8 @@ void usage(FILE* out) {
                "  -h, --help               show this help\n"
                "  -V, --version            show the version\n"
                "\n"
-               "Runs in the foreground. SIGTERM or SIGINT stops and deletes every device;\n"
+               "Runs in the foreground. SIGTERM or SIGINT stops and deletes every device and\n"
+               "exits 0, or 1 if a device could not be stopped and deleted cleanly;\n"
                "SIGHUP re-reads the drop-ins and brings up new ones.\n",
                kDefaultConfigDir, kDefaultStateDir);
 }

@@ -19,10 +19,14 @@
 #include <utility>
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "backend/null_backend.h"
 #include "base/abort_signal.h"
 #include "ctrl/control_device.h"
 #include "device/device.h"
+#include "event_loop.h"
+#include "manager.h"
 #include "queue/queue_worker.h"
 #include "uring/ring.h"
 
@@ -353,4 +357,70 @@ TEST_CASE("a start aborted half-way is torn down and ends failed with the abort'
       {DeviceState::kParamsSet, DeviceState::kFailed},
   };
   CHECK(rec.steps == want);
+}
+
+TEST_CASE("the manager's shutdown cuts short a start under way instead of waiting for it",
+          "[abort][manager]") {
+  if (!dev_null_accepts_commands()) {
+    WARN("this kernel's /dev/null refuses uring commands; skipped");
+    return;
+  }
+  const auto level = spdlog::get_level();
+  spdlog::set_level(spdlog::level::off);
+  struct Restore {
+    spdlog::level::level_enum l;
+    ~Restore() { spdlog::set_level(l); }
+  } restore{level};
+
+  auto loop_r = EventLoop::create();
+  REQUIRE(loop_r.ok());
+  EventLoop& loop = **loop_r;
+  FakeControl scratch;  // its directory serves as the (unused) config dir
+  ManagerOptions o;
+  o.control_path = "/dev/null";
+  o.config_dir = std::filesystem::path(scratch.path()).parent_path();
+  Manager manager(loop, o);
+  REQUIRE(manager.probe().ok());
+
+  DeviceSpec spec;
+  spec.name = "abort0";
+  spec.backend.type = "null";
+  spec.backend.size = 1 << 20;
+  std::optional<std::variant<DeviceSnapshot, OpError>> added;
+  std::optional<std::vector<std::string>> left_behind;
+  manager.add(spec, false, [&](auto r) { added.emplace(std::move(r)); });
+
+  // Shut down once the start waits for /dev/ublkcN (which never comes).
+  bool shutting_down = false;
+  const auto t0 = Clock::now();
+  REQUIRE(loop.every(1ms, [&] {
+                if (shutting_down) return;
+                auto d = manager.info("abort0");
+                if (d && d->state != DeviceState::kParamsSet && ms_since(t0) < 2000) return;
+                shutting_down = true;
+                manager.shutdown([&](std::vector<std::string> names) {
+                  left_behind = std::move(names);
+                  loop.stop();
+                });
+              }).ok());
+  REQUIRE(loop.run().ok());
+  CHECK(ms_since(t0) < 2500);
+
+  REQUIRE(added.has_value());
+  const auto* err = std::get_if<OpError>(&*added);
+  REQUIRE(err != nullptr);
+  CHECK(err->kind == Failure::kShuttingDown);
+  CHECK_THAT(err->message, Catch::Contains("start aborted: ublkd is shutting down"));
+  REQUIRE(left_behind.has_value());
+  CHECK(left_behind->empty());
+}
+
+TEST_CASE("a shutdown with nothing to stop reports nothing left behind", "[abort][manager]") {
+  auto loop_r = EventLoop::create();
+  REQUIRE(loop_r.ok());
+  Manager manager(**loop_r, ManagerOptions{});
+  std::optional<std::vector<std::string>> left_behind;
+  manager.shutdown([&](std::vector<std::string> names) { left_behind = std::move(names); });
+  REQUIRE(left_behind.has_value());
+  CHECK(left_behind->empty());
 }
