@@ -5,16 +5,19 @@ set -euo pipefail
 
 usage() {
     cat <<'USAGE'
-Usage: scripts/run-tests.sh [--unit-only] [--vm-only] [--kernel K] [--help]
+Usage: scripts/run-tests.sh [--unit-only] [--vm-only] [--kernel K] [--quick|--full] [--help]
 
   1. scripts/install-deps.sh
   2. build ./build and run the unit tests (Catch2)
   3. build ./build-asan (-Db_sanitize=address,undefined) and run them again
   4. tests/vm/run.sh on kernels 6.12 and 7.2: every case in tests/vm/cases
+     (the full tier), or with --quick the cases not marked `# vm-tier: full`
 
   --unit-only   steps 1-3
   --vm-only     steps 1, 2 (build only) and 4
   --kernel K    VM kernels: 6.12, 7.2 or all (default all)
+  --quick       the quick VM tier; the default when CI=true
+  --full        the full VM tier; the default otherwise
 Must run as root (packages, and the VM tests' downloads and cache).
 Ends with one line "N passed, N failed": unit test cases of both builds plus
 VM cases per kernel.
@@ -24,11 +27,15 @@ USAGE
 unit=1
 vm=1
 kernel=all
+tier=full
+[[ ${CI:-} == true ]] && tier=quick
 while (($#)); do
     case $1 in
         --unit-only) vm=0 ;;
         --vm-only) unit=0 ;;
         --kernel) kernel=${2:?--kernel needs a value}; shift ;;
+        --quick) tier=quick ;;
+        --full) tier=full ;;
         -h | --help) usage; exit 0 ;;
         *) echo "run-tests: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -80,10 +87,10 @@ if ((unit)); then
 fi
 
 if ((vm)); then
-    echo "== VM tests (kernel $kernel)"
+    echo "== VM tests (kernel $kernel, $tier tier)"
     vm_out=build/vm-summary.out
     rc=0
-    tests/vm/run.sh --kernel "$kernel" --build-dir build 2>&1 | tee "$vm_out" || rc=$?
+    tests/vm/run.sh --kernel "$kernel" --tier "$tier" --build-dir build 2>&1 | tee "$vm_out" || rc=$?
     line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$vm_out" | tail -n 1 || true)
     if [[ -z $line ]]; then
         failures+=("VM suite (no summary)")

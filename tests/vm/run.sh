@@ -18,6 +18,8 @@ Options:
                     (default 300)
   --vm-timeout SECS overall limit for one VM run (default: computed from the
                     case timeouts)
+  --tier T          quick or full (default full): quick leaves out the cases
+                    marked `# vm-tier: full` (CI runs the quick tier)
   --cases-dir DIR   take the cases from DIR instead of tests/vm/cases (for
                     cases kept out of the tree; they source ../lib.sh, which
                     the VM provides next to them)
@@ -29,7 +31,8 @@ Options:
   --list            list the cases with their timeouts and exit
   --help            show this help
 
-CASE is a case name (00-kernel-smoke) or file; default: all cases.
+CASE is a case name (00-kernel-smoke) or file; default: all cases of the
+tier. Cases named explicitly run whatever their tier.
 Exit status: 0 when nothing failed, 1 when a case failed, 2 on usage errors.
 The kernels are fetched and cached by fetch-kernel.sh
 (${UBLKD_VM_CACHE:-/var/cache/ublkd-vm}).
@@ -49,6 +52,7 @@ memory=2G
 smp=2
 verbose=0
 list=0
+tier=full
 case_args=()
 while (($#)); do
     case $1 in
@@ -58,6 +62,7 @@ while (($#)); do
         --vm-timeout) vm_timeout=${2:?--vm-timeout needs a value}; shift ;;
         --log-dir) log_root=${2:?--log-dir needs a value}; shift ;;
         --cases-dir) cases_dir=${2:?--cases-dir needs a value}; shift ;;
+        --tier) tier=${2:?--tier needs a value}; shift ;;
         --memory) memory=${2:?--memory needs a value}; shift ;;
         --smp) smp=${2:?--smp needs a value}; shift ;;
         --verbose | -v) verbose=1 ;;
@@ -73,6 +78,7 @@ die() { echo "run.sh: error: $*" >&2; exit 2; }
 [[ $timeout =~ ^[0-9]+$ ]] || die "bad --timeout: $timeout"
 [[ -z $vm_timeout || $vm_timeout =~ ^[0-9]+$ ]] || die "bad --vm-timeout: $vm_timeout"
 
+[[ $tier == quick || $tier == full ]] || die "bad --tier: $tier (quick or full)"
 [[ -d $cases_dir ]] || die "no such directory: $cases_dir"
 cases_dir=$(cd "$cases_dir" && pwd)
 
@@ -94,10 +100,18 @@ case_timeout() {
     echo "${t:-$timeout}"
 }
 
+# case_tier FILE: the `# vm-tier: full` header, else quick.
+case_tier() {
+    local t
+    t=$(head -n 30 "$1" | sed -n 's/^# vm-tier: *\([a-z]*\).*/\1/p' | head -n 1)
+    echo "${t:-quick}"
+}
+
 cases=()
 if ((${#case_args[@]} == 0)); then
     for f in "$cases_dir"/*.sh; do
         [[ -e $f ]] || continue
+        [[ $tier == full || $(case_tier "$f") == quick ]] || continue
         n=${f##*/}
         cases+=("${n%.sh}")
     done
@@ -113,7 +127,7 @@ fi
 
 if ((list)); then
     for c in "${cases[@]}"; do
-        printf '%-40s %5ss\n' "$c" "$(case_timeout "$cases_dir/$c.sh")"
+        printf '%-40s %5ss  %s\n' "$c" "$(case_timeout "$cases_dir/$c.sh")" "$(case_tier "$cases_dir/$c.sh")"
     done
     exit 0
 fi
