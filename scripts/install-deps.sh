@@ -28,7 +28,7 @@ PACKAGES=(
     liburing-dev libspdlog-dev nlohmann-json3-dev libsystemd-dev
     catch2
     qemu-system-x86 busybox-static fio e2fsprogs zstd cpio kmod xz-utils jq
-    util-linux debootstrap clang-format
+    util-linux debootstrap clang-format scdoc
 )
 
 check_only=0

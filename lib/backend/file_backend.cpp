@@ -270,7 +270,7 @@ Result<std::unique_ptr<FileBackend>> FileBackend::open(const FileBackendOptions&
     size = actual;
   } else if (size != actual) {
     return Error(EINVAL, std::string(what) + path + " is " + num(actual) + " bytes but size is " +
-                             num(size) + "; omit size (or set 0) to use the " +
+                             num(size) + "; omit size to use the " +
                              (block ? "device's" : "file's") + " size" +
                              (block ? "" : ", or resize the file yourself"));
   }
