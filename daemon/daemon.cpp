@@ -171,6 +171,53 @@ void AdminHandler::handle(const Request& req, const admin::Server::Reply& reply)
       reply(admin::ok_response(id, to_json(std::get<DeviceSnapshot>(result))));
     });
   }
+  if (req.op == "up") {
+    if (auto e = admin::check_fields(req, {"name"}, {"name"})) return fail(*e);
+    auto name = admin::string_field(req, "name");
+    if (auto* e = std::get_if<AdminError>(&name)) return fail(*e);
+    const std::string n = std::get<std::string>(name);
+    auto loaded = load_config_dir(config_dir_);
+    if (!loaded) return fail({code::kIoError, loaded.error().to_string()});
+    for (const DeviceSpec& spec : loaded->devices) {
+      if (spec.name != n) continue;
+      return manager_.up(spec, [reply, id](auto result) {
+        if (auto* err = std::get_if<OpError>(&result))
+          return reply(admin::error_response(id, to_admin_error(*err)));
+        reply(admin::ok_response(id, to_json(std::get<DeviceSnapshot>(result))));
+      });
+    }
+    // Not among the valid specs: the file may be there but wrong.
+    const std::string file = (config_dir_ / std::string(kDevicesDir) / (n + ".json")).string();
+    std::string msg;
+    for (const ConfigProblem& p : loaded->problems) {
+      if (p.origin != file) continue;
+      if (!msg.empty()) msg += "; ";
+      msg += p.to_string();
+    }
+    if (!msg.empty()) return fail({code::kInvalidSpec, msg});
+    return fail({code::kNotFound, "no drop-in describes a device named " + n + " (looked in " +
+                                      (config_dir_ / std::string(kDevicesDir)).string() + ")"});
+  }
+  if (req.op == "watch") {
+    if (auto e = admin::check_fields(req, {"name", "timeout_ms"}, {"name"})) return fail(*e);
+    auto name = admin::string_field(req, "name");
+    if (auto* e = std::get_if<AdminError>(&name)) return fail(*e);
+    const std::string n = std::get<std::string>(name);
+    int64_t timeout_ms = 30'000;
+    if (auto it = req.doc.find("timeout_ms"); it != req.doc.end()) {
+      if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > 600'000)
+        return fail({code::kInvalidRequest, "\"timeout_ms\" must be an integer from 0 to 600000"});
+      timeout_ms = it->get<int64_t>();
+    }
+    return manager_.watch(n, std::chrono::milliseconds(timeout_ms),
+                          [reply, id, n](std::optional<DeviceSnapshot> d) {
+                            json r = {{"name", n},
+                                      {"state", d ? std::string(to_string(d->state)) : "absent"},
+                                      {"live", d && d->state == DeviceState::kLive}};
+                            if (d && d->state == DeviceState::kFailed) r["error"] = d->error;
+                            reply(admin::ok_response(id, std::move(r)));
+                          });
+  }
   if (req.op == "reload") {
     if (auto e = admin::check_fields(req, {})) return fail(*e);
     auto loaded = load_config_dir(config_dir_);
@@ -181,7 +228,7 @@ void AdminHandler::handle(const Request& req, const admin::Server::Reply& reply)
     });
   }
   fail({code::kUnknownOp, "unknown op \"" + req.op +
-                              "\" (known: add, del, list, info, features, reload, version)"});
+                              "\" (known: add, del, list, info, up, watch, features, reload, version)"});
 }
 
 int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {

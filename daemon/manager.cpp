@@ -241,6 +241,45 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
   start_op(name, std::move(work), std::move(then));
 }
 
+void Manager::up(DeviceSpec spec, AddDone done) {
+  if (auto it = entries_.find(spec.name); it != entries_.end()) {
+    Entry& e = *it->second;
+    if (!e.op.joinable() && e.dev->state() == DeviceState::kLive) return done(snapshot(e));
+  }
+  add(std::move(spec), /*persist=*/false, std::move(done));
+}
+
+void Manager::watch(const std::string& name, std::chrono::milliseconds timeout, WatchDone done) {
+  watches_.push_back({name, std::chrono::steady_clock::now() + timeout, std::move(done)});
+  // A device that is not live answers at once; the rest are looked at by a
+  // timer. Polling keeps this independent of how each state change comes
+  // about (an operation thread, a dying queue, a shutdown).
+  check_watches(false);
+  if (!watch_timer_ && !watches_.empty()) {
+    watch_timer_ = true;
+    (void)loop_.every(std::chrono::milliseconds(200), [this] { check_watches(false); });
+  }
+}
+
+void Manager::check_watches(bool all) {
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<Watch> due;
+  for (auto it = watches_.begin(); it != watches_.end();) {
+    auto e = entries_.find(it->name);
+    const bool live = e != entries_.end() && e->second->dev->state() == DeviceState::kLive;
+    if (all || !live || now >= it->deadline) {
+      due.push_back(std::move(*it));
+      it = watches_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (Watch& w : due) {
+    auto e = entries_.find(w.name);
+    w.done(e == entries_.end() ? std::nullopt : std::optional(snapshot(*e->second)));
+  }
+}
+
 void Manager::remove(const std::string& name, DelDone done) {
   auto it = entries_.find(name);
   if (it == entries_.end()) return done(OpError{Failure::kNotFound, "no device named " + name});

@@ -102,6 +102,17 @@ class Manager {
   // Stops and deletes a device.
   void remove(const std::string& name, DelDone done);
 
+  // Brings a drop-in's device live, or answers at once if it is live
+  // already (it may have been autostarted): what ublkd@NAME.service needs.
+  void up(DeviceSpec spec, AddDone done);
+
+  // Calls `done` once the device is no longer live (or does not exist), or
+  // when `timeout` passes with it still live, whichever comes first; on the
+  // loop thread. `done` gets the device's snapshot, or nullopt if there is
+  // no such device.
+  using WatchDone = std::function<void(std::optional<DeviceSnapshot>)>;
+  void watch(const std::string& name, std::chrono::milliseconds timeout, WatchDone done);
+
   std::vector<DeviceSnapshot> list() const;
   std::optional<DeviceSnapshot> info(const std::string& name) const;
 
@@ -139,6 +150,16 @@ class Manager {
   void on_queue_exit();
   void maybe_finish_shutdown();
   DeviceSnapshot snapshot(const Entry& e) const;
+  // Answers the watches whose device left live or whose time is up.
+  void check_watches(bool all);
+
+  struct Watch {
+    std::string name;
+    std::chrono::steady_clock::time_point deadline;
+    WatchDone done;
+  };
+  std::vector<Watch> watches_;
+  bool watch_timer_ = false;
   Result<void> write_dropin(const DeviceSpec& spec) const;
   std::filesystem::path dropin_path(const std::string& name) const;
 

@@ -1,5 +1,6 @@
 // ublkctl: the command-line client of ublkd's admin socket. All of the work
 // is in ctl/; this only binds it to the process's arguments and streams.
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -23,7 +24,11 @@ int main(int argc, char** argv) {
     std::free(cwd);
   }
 
-  const int status = ublkd::ctl::run(args, env, std::cout, std::cerr);
+  ublkd::ctl::RunOptions options;
+  if (std::getenv("NOTIFY_SOCKET") != nullptr) {
+    options.notify = [](const std::string& state) { (void)sd_notify(0, state.c_str()); };
+  }
+  const int status = ublkd::ctl::run(args, env, std::cout, std::cerr, options);
   // Output lost to a full disk must not pass for success.
   errno = 0;
   std::cout.flush();

@@ -39,6 +39,7 @@ constexpr std::string_view kGlobalHelp =
     "  list                               list the devices\n"
     "  info NAME                          show everything about one device\n"
     "  del NAME                           stop and delete a device\n"
+    "  attach NAME                        bring up a drop-in and stay while it is live\n"
     "  features                           show the ublk features of the kernel\n"
     "  reload                             re-read the configuration directory\n"
     "  version                            show the versions of ublkctl and ublkd\n"
@@ -88,10 +89,22 @@ constexpr std::string_view kInfoHelp =
     "With --json, prints the device object.\n";
 
 constexpr std::string_view kDelHelp =
-    "Usage: ublkctl del NAME\n"
+    "Usage: ublkctl del [--if-exists] NAME\n"
     "Stop and delete a device. A drop-in it came from stays in devices.d;\n"
     "delete that file too to make the removal permanent.\n"
-    "Prints nothing on success ({\"name\": NAME} with --json).\n";
+    "Prints nothing on success ({\"name\": NAME} with --json).\n"
+    "\n"
+    "  --if-exists   a device that does not exist is not an error\n";
+
+constexpr std::string_view kAttachHelp =
+    "Usage: ublkctl attach NAME\n"
+    "Bring up the device of the drop-in devices.d/NAME.json (unless it is live\n"
+    "already), print its block device, then stay until the device stops being\n"
+    "live. Under systemd (NOTIFY_SOCKET set) it reports READY=1 once the device\n"
+    "is live; this is what ublkd@NAME.service runs.\n"
+    "\n"
+    "Exit status: 0 when the device was deleted (ublkctl del, or ublkd\n"
+    "stopping), 1 when it failed, could not come up, or ublkd went away.\n";
 
 constexpr std::string_view kFeaturesHelp =
     "Usage: ublkctl features\n"
@@ -119,11 +132,12 @@ struct CommandInfo {
   std::string_view help;
 };
 
-constexpr std::array<CommandInfo, 8> kCommands = {{
+constexpr std::array<CommandInfo, 9> kCommands = {{
     {"add", 0, 1, kAddHelp},
     {"list", 0, 0, kListHelp},
     {"info", 1, 1, kInfoHelp},
     {"del", 1, 1, kDelHelp},
+    {"attach", 1, 1, kAttachHelp},
     {"features", 0, 0, kFeaturesHelp},
     {"reload", 0, 0, kReloadHelp},
     {"version", 0, 0, kVersionHelp},
@@ -568,6 +582,7 @@ Result<Invocation> parse_command_line(const std::vector<std::string>& args,
     if (name == "json") {
     } else if (name == "socket") {
       takes_value = true;
+    } else if (name == "if-exists" && command != nullptr && command->name == "del") {
     } else if (command != nullptr && command->name == "add" && find_add_option(name)) {
       is_add_option = true;
       takes_value = find_add_option(name)->takes_value;
@@ -589,6 +604,8 @@ Result<Invocation> parse_command_line(const std::vector<std::string>& args,
 
     if (name == "json") {
       inv.json = true;
+    } else if (name == "if-exists") {
+      inv.if_exists = true;
     } else if (name == "socket") {
       if (socket) return usage(where + "--socket given twice");
       socket = value;
@@ -654,6 +671,10 @@ Result<Invocation> parse_command_line(const std::vector<std::string>& args,
   inv.request = json::object();
   inv.request["op"] = inv.command;
   if (command->name == "info" || command->name == "del") inv.request["name"] = positionals[0];
+  if (command->name == "attach") {
+    inv.request["op"] = "up";
+    inv.request["name"] = positionals[0];
+  }
 
   if (command->name == "add") {
     if (flags.count("persist")) inv.request["persist"] = true;
@@ -711,7 +732,8 @@ Result<Invocation> parse_command_line(const std::vector<std::string>& args,
 }
 
 std::chrono::milliseconds response_timeout(std::string_view command) {
-  if (command == "add" || command == "del" || command == "reload") return kSlowResponseTimeout;
+  if (command == "add" || command == "del" || command == "reload" || command == "attach")
+    return kSlowResponseTimeout;
   return kResponseTimeout;
 }
 
@@ -833,6 +855,64 @@ Result<std::string> format_result(std::string_view command, const json& result, 
   return pretty(result);
 }
 
+namespace {
+
+// The error code of a response line, or "" for a success or an unreadable
+// line (which interpret_response() then reports).
+std::string error_code_of(std::string_view line) {
+  try {
+    const json r = json::parse(line.begin(), line.end());
+    const json& code = member(member(r, "error"), "code");
+    return code.is_string() ? code.get<std::string>() : std::string();
+  } catch (const json::exception&) {
+    return {};
+  }
+}
+
+// The rest of `attach` once the device is live: report it, then keep asking
+// the daemon (on the same connection) to answer when the device leaves live.
+int attach(const Invocation& inv, int fd, const json& device, std::ostream& out,
+           std::ostream& err, const RunOptions& options) {
+  const std::string name = inv.request["name"].get<std::string>();
+  const json& dev = member(device, "block_device");
+  const std::string block = dev.is_string() ? dev.get<std::string>() : std::string("?");
+  out << (inv.json ? pretty(device) : block + "\n") << std::flush;
+  if (options.notify) options.notify("READY=1\nSTATUS=device " + name + " live at " + block);
+
+  json watch = {{"op", "watch"}, {"name", name}, {"timeout_ms", options.watch_period.count()}};
+  // The daemon answers within the period; the margin covers a busy loop.
+  const auto deadline = options.watch_period + std::chrono::milliseconds(10000);
+  for (;;) {
+    auto line = exchange_on(fd, dump(watch), deadline);
+    if (!line) {
+      err << "ublkctl: lost ublkd while attached to " << name << ": " << line.error().message()
+          << '\n';
+      return 1;
+    }
+    auto result = interpret_response(*line);
+    if (!result) {
+      err << "ublkctl: " << result.error().message() << '\n';
+      return 1;
+    }
+    if (member(*result, "live").is_boolean() && member(*result, "live").get<bool>()) continue;
+    const json& state = member(*result, "state");
+    const std::string st = state.is_string() ? state.get<std::string>() : std::string("?");
+    if (options.notify) options.notify("STOPPING=1\nSTATUS=device " + name + " is " + st);
+    // Deleted (by `del`, or by ublkd stopping) is the normal end; anything
+    // else means the device broke.
+    if (st == "absent" || st == "removed" || st == "stopping") {
+      err << "ublkctl: device " << name << " is " << (st == "absent" ? "gone" : st) << '\n';
+      return 0;
+    }
+    const json& why = member(*result, "error");
+    err << "ublkctl: device " << name << " is " << st
+        << (why.is_string() ? ": " + why.get<std::string>() : std::string()) << '\n';
+    return 1;
+  }
+}
+
+}  // namespace
+
 int run(const std::vector<std::string>& args, const Environment& env, std::ostream& out,
         std::ostream& err, const RunOptions& options) {
   auto parsed = parse_command_line(args, env);
@@ -877,8 +957,10 @@ int run(const std::vector<std::string>& args, const Environment& env, std::ostre
     }
     return fail(message);
   }
+  if (inv.if_exists && error_code_of(*line) == "not-found") return 0;
   auto result = interpret_response(*line);
   if (!result) return fail(result.error().message());
+  if (inv.command == "attach") return attach(inv, fd->get(), *result, out, err, options);
   auto text = format_result(inv.command, *result, inv.json);
   if (!text) return fail(text.error().message());
   out << *text;

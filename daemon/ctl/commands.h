@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -45,6 +46,8 @@ struct Invocation {
   nlohmann::json request;
   // add --spec: the file whose object becomes request["spec"] (read_spec_file).
   std::string spec_file;
+  // del --if-exists: "not-found" counts as success.
+  bool if_exists = false;
 };
 
 // argv without argv[0]. Errors are usage errors (exit 1); their message is
@@ -74,6 +77,11 @@ struct RunOptions {
   // Tests shorten the per-command response timeout.
   std::optional<std::chrono::milliseconds> response_timeout;
   std::chrono::milliseconds connect_timeout{5000};
+  // attach: how long each watch request asks the daemon to wait.
+  std::chrono::milliseconds watch_period{30000};
+  // attach: tells the service manager about the device (sd_notify text,
+  // e.g. "READY=1"); empty outside systemd.
+  std::function<void(const std::string&)> notify;
 };
 
 // The whole tool: parse, talk to the daemon, print. Returns the exit status:

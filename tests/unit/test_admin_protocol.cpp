@@ -478,7 +478,7 @@ TEST_CASE("admin ops: an unknown op is unknown-op and lists the known ones", "[a
   CHECK(r.at("id") == 9);
   CHECK(
       h.error(R"({"op": "frobnicate"})") ==
-      R"(unknown-op: unknown op "frobnicate" (known: add, del, list, info, features, reload, version))");
+      R"(unknown-op: unknown op "frobnicate" (known: add, del, list, info, up, watch, features, reload, version))");
   // Ops are case-sensitive.
   CHECK_THAT(h.error(R"({"op": "LIST"})"), Catch::StartsWith("unknown-op: "));
 }

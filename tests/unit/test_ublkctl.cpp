@@ -743,3 +743,143 @@ TEST_CASE("ublkctl end to end against a fake daemon", "[ublkctl]") {
           "cannot connect to ublkd at " + long_path + ": File name too long");
   }
 }
+
+namespace {
+
+// Answers each request line of one connection with the next of `responses`,
+// then closes; records the requests.
+class ScriptedServer {
+ public:
+  ScriptedServer(const std::string& path, std::vector<std::string> responses)
+      : listener_(bound_socket(path)), responses_(std::move(responses)) {
+    REQUIRE(::listen(listener_.get(), 4) == 0);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~ScriptedServer() { join(); }
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+  const std::vector<std::string>& requests() const { return requests_; }
+
+ private:
+  void serve() {
+    if (!readable(listener_.get(), 10s)) return;
+    UniqueFd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn) return;
+    for (const std::string& response : responses_) {
+      std::string line;
+      char c;
+      while (readable(conn.get(), 10s) && ::recv(conn.get(), &c, 1, 0) == 1 && c != '\n') line += c;
+      requests_.push_back(line);
+      const std::string out = response + "\n";
+      if (::send(conn.get(), out.data(), out.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(out.size()))
+        return;
+    }
+  }
+
+  UniqueFd listener_;
+  std::vector<std::string> responses_;
+  std::vector<std::string> requests_;
+  std::thread thread_;
+};
+
+std::string ok_line(const json& result) {
+  return json({{"ok", true}, {"result", result}}).dump();
+}
+
+}  // namespace
+
+TEST_CASE("ublkctl attach brings a drop-in up and stays until the device leaves live",
+          "[ublkctl]") {
+  TempDir dir;
+  const std::string sock = dir.file("ublkd.sock");
+  Environment env = test_env();
+  env.socket = sock;
+  std::vector<std::string> notes;
+  RunOptions options;
+  options.watch_period = 250ms;
+  options.notify = [&](const std::string& s) { notes.push_back(s); };
+  const json live = {{"name", "disk0"}, {"state", "live"}, {"live", true}};
+
+  SECTION("deleted: exit 0, after READY and STOPPING") {
+    ScriptedServer server(sock, {ok_line(kDisk0), ok_line(live), ok_line(live),
+                                 ok_line({{"name", "disk0"}, {"state", "absent"}, {"live", false}})});
+    auto r = run_ctl({"attach", "disk0"}, env, options);
+    server.join();
+    REQUIRE(server.requests().size() == 4);
+    CHECK(server.requests()[0] == R"({"name":"disk0","op":"up"})");
+    CHECK(server.requests()[1] == R"({"name":"disk0","op":"watch","timeout_ms":250})");
+    CHECK(server.requests()[3] == server.requests()[1]);
+    CHECK(r.status == 0);
+    CHECK(r.out == "/dev/ublkb0\n");
+    CHECK(r.err == "ublkctl: device disk0 is gone\n");
+    REQUIRE(notes.size() == 2);
+    CHECK(notes[0] == "READY=1\nSTATUS=device disk0 live at /dev/ublkb0");
+    CHECK(notes[1] == "STOPPING=1\nSTATUS=device disk0 is absent");
+  }
+
+  SECTION("failed: exit 1 with the reason") {
+    ScriptedServer server(sock, {ok_line(kDisk0), ok_line({{"name", "disk0"}, {"state", "failed"},
+                                                           {"live", false},
+                                                           {"error", "queue 0 exited"}})});
+    auto r = run_ctl({"attach", "disk0"}, env, options);
+    server.join();
+    CHECK(r.status == 1);
+    CHECK(r.err == "ublkctl: device disk0 is failed: queue 0 exited\n");
+  }
+
+  SECTION("ublkd goes away: exit 1") {
+    ScriptedServer server(sock, {ok_line(kDisk0)});
+    auto r = run_ctl({"attach", "disk0"}, env, options);
+    server.join();
+    CHECK(r.status == 1);
+    CHECK(r.err.rfind("ublkctl: lost ublkd while attached to disk0: ", 0) == 0);
+  }
+
+  SECTION("the device cannot come up: exit 1, never READY") {
+    ScriptedServer server(
+        sock, {R"({"ok":false,"error":{"code":"not-found","message":"no drop-in describes a device named disk0"}})"});
+    auto r = run_ctl({"attach", "disk0"}, env, options);
+    server.join();
+    CHECK(r.status == 1);
+    CHECK(r.err == "ublkctl: no drop-in describes a device named disk0 [not-found]\n");
+    CHECK(notes.empty());
+  }
+}
+
+TEST_CASE("ublkctl del --if-exists takes not-found as success", "[ublkctl]") {
+  TempDir dir;
+  const std::string sock = dir.file("ublkd.sock");
+  Environment env = test_env();
+  env.socket = sock;
+  const std::string not_found =
+      R"({"ok":false,"error":{"code":"not-found","message":"no device named m"}})";
+  {
+    FakeServer server(sock, FakeServer::Mode::kAnswer, not_found);
+    auto r = run_ctl({"del", "--if-exists", "m"}, env);
+    server.join();
+    CHECK(server.request() == R"({"name":"m","op":"del"})");
+    CHECK(r.status == 0);
+    CHECK(r.err.empty());
+  }
+  ::unlink(sock.c_str());
+  {
+    FakeServer server(sock, FakeServer::Mode::kAnswer, not_found);
+    auto r = run_ctl({"del", "m"}, env);
+    server.join();
+    CHECK(r.status == 1);
+  }
+  ::unlink(sock.c_str());
+  {
+    // Other errors stay errors.
+    FakeServer server(sock, FakeServer::Mode::kAnswer,
+                      R"x({"ok":false,"error":{"code":"busy","message":"device m is busy (stopping)"}})x");
+    auto r = run_ctl({"del", "--if-exists", "m"}, env);
+    server.join();
+    CHECK(r.status == 1);
+    CHECK(r.err == "ublkctl: device m is busy (stopping) [busy]\n");
+  }
+  auto bad = run_ctl({"list", "--if-exists"}, env);
+  CHECK(bad.status == 1);
+  CHECK(bad.err == "ublkctl: list: unknown option --if-exists\n");
+}
