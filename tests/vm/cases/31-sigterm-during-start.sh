@@ -24,6 +24,15 @@ client=$!
 wait_for_log "device slow0: state queues-primed -> start-pending" 30 >/dev/null
 sleep 1 # START_DEV is in the kernel now
 
+# The control plane is not blocked meanwhile: list answers at once and shows
+# slow0 coming up.
+t0=${EPOCHREALTIME/./}
+list=$("$UBLKCTL" --json list) || fail "list failed while slow0 is starting"
+t1=${EPOCHREALTIME/./}
+(((t1 - t0) < 3000000)) || fail "list took $(((t1 - t0) / 1000)) ms while slow0 is starting"
+[[ $(jq -r '.[] | select(.name == "slow0") | .state' <<<"$list") == start-pending ]] ||
+    fail "list does not show slow0 start-pending: $list"
+
 t0=${EPOCHREALTIME/./}
 stop_ublkd 20
 t1=${EPOCHREALTIME/./}

@@ -90,6 +90,16 @@ cmp -s -n 1048576 /dev/zero "$CASE_DIR/back" || fail "n0 did not read zeros"
 dd if="$img" of="$CASE_DIR/back" bs=1M skip=1 count=1 status=none
 cmp -s "$CASE_DIR/pat" "$CASE_DIR/back" || fail "$img does not hold what f0 wrote"
 
+# features: the kernel's bits by name; --json has the value.
+feat=$(ctl_ok features)
+printf '%s\n' "$feat" | head -n 4 >&2
+grep -q "CMD_IOCTL_ENCODE" <<<"$feat" || fail "features does not name CMD_IOCTL_ENCODE: $feat"
+fj=$(ctl_ok --json features)
+[[ $(json_get "$fj" '(.value | type) + " " + (.hex | startswith("0x") | tostring)') == "number true" ]] ||
+    fail "features --json: $fj"
+ver=$(ctl_ok version)
+[[ $ver == *"ublkctl "*"ublkd "* ]] || fail "version: $ver"
+
 # del: gone from the kernel and from list; a second del is not-found.
 for n in m0 f0 n0; do
     out=$(ctl_ok del "$n")
