@@ -30,7 +30,7 @@ log "block device backend passed"
 mkfs.ext4 -q -F /dev/ram0
 mkdir -p "$CASE_DIR/mnt"
 mount /dev/ram0 "$CASE_DIR/mnt"
-add_cleanup "umount $CASE_DIR/mnt"
+add_cleanup "umount $CASE_DIR/mnt 2>/dev/null || true"
 err=$(ctl_err add b1 --backend file --path /dev/ram0)
 [[ $err == *"/dev/ram0 is in use"*"[backend-error]" ]] || fail "mounted block device: $err"
 umount "$CASE_DIR/mnt"
