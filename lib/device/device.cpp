@@ -205,6 +205,14 @@ Result<void> Device::bring_up() {
       return r.error().wrap("queue " + std::to_string(w->queue_id()));
     }
   }
+  // Every queue thread tried the same prctl with the same credentials; one
+  // failure tells the whole story.
+  for (auto& w : workers_) {
+    if (auto e = w->io_flusher_error()) {
+      io_flusher_error_ = e;
+      break;
+    }
+  }
   if (auto r = sm_.transition(DeviceState::kQueuesPrimed); !r) return r.error();
 
   // Only now: START_DEV sleeps in the kernel until every tag has a fetch

@@ -102,6 +102,11 @@ class Device {
   bool queues_healthy() const;
   // The first dead queue's story, for the log.
   std::string queue_failure() const;
+  // Set by a start() that went live although its queue threads could not be
+  // marked I/O flushers (see QueueWorker::io_flusher_error): the device
+  // works, but writeback through it under memory pressure may deadlock.
+  // Meaningful once start() has returned.
+  const std::optional<Error>& io_flusher_error() const { return io_flusher_error_; }
 
   DeviceState state() const { return sm_.state(); }
   std::string failure_reason() const { return sm_.failure_reason(); }
@@ -138,6 +143,7 @@ class Device {
   uapi::CtrlDevInfo info_{};
   UniqueFd char_fd_;
   std::vector<std::unique_ptr<QueueWorker>> workers_;
+  std::optional<Error> io_flusher_error_;
   AbortSignal abort_;
   mutable std::mutex abort_mu_;  // guards abort_reason_
   std::string abort_reason_;

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -88,10 +89,23 @@ std::optional<Error> QueueWorker::exit_error() const {
   return exit_error_;
 }
 
+std::optional<Error> QueueWorker::io_flusher_error() const {
+  const int err = io_flusher_errno_.load(std::memory_order_acquire);
+  if (err <= 0) return std::nullopt;
+  return Error(err, "prctl(PR_SET_IO_FLUSHER)");
+}
+
 void QueueWorker::run() {
   char name[16];
   snprintf(name, sizeof(name), "ublk%u-q%u", config_.dev_id, config_.queue_id);
   pthread_setname_np(pthread_self(), name);
+  // Under memory pressure, writeback to a file system on our own device
+  // waits for this thread; if the thread's own allocations went into reclaim
+  // and waited for that writeback, neither would move. An I/O flusher's
+  // allocations never start I/O in reclaim (PF_MEMALLOC_NOIO), and it is not
+  // throttled for other devices' dirty pages.
+  const int flusher = ::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) == 0 ? 0 : errno;
+  io_flusher_errno_.store(flusher, std::memory_order_release);
 
   Result<void> r = serve();
   if (!r) exit_error_ = r.error();

@@ -62,6 +62,11 @@ class QueueWorker {
   bool exited() const { return exited_.load(std::memory_order_acquire); }
   // Why the loop ended early, if it did; meaningful once exited().
   std::optional<Error> exit_error() const;
+  // Why the thread could not mark itself an I/O flusher (PR_SET_IO_FLUSHER,
+  // which needs CAP_SYS_RESOURCE), if it could not. The queue serves anyway;
+  // the owner decides whether that is worth a warning. nullopt until the
+  // thread has tried, which it does before it reports primed.
+  std::optional<Error> io_flusher_error() const;
   uint16_t queue_id() const { return config_.queue_id; }
 
  private:
@@ -79,6 +84,8 @@ class QueueWorker {
   std::future<void> done_future_;
   std::atomic<bool> exited_{false};
   std::optional<Error> exit_error_;
+  // -1 until the thread tried, then 0 or the errno of the prctl.
+  std::atomic<int> io_flusher_errno_{-1};
 };
 
 }  // namespace ublkd
