@@ -13,6 +13,7 @@
 #include "backend/mem_backend.h"
 #include "backend/null_backend.h"
 #include "ctrl/control_device.h"
+#include "log.h"
 
 namespace ublkd {
 
@@ -167,14 +168,14 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
   cfg.control_path = options_.control_path;
   if (!options_.unprimed_tag_device.empty() && options_.unprimed_tag_device == name) {
     cfg.unprimed_tag = std::make_pair(uint16_t{0}, static_cast<uint16_t>(spec.queue_depth - 1));
-    spdlog::warn("device {}: test hook active: queue 0 tag {} gets no FETCH_REQ", name,
+    devlog::warn(name, "device {}: test hook active: queue 0 tag {} gets no FETCH_REQ",
                  spec.queue_depth - 1);
   }
   auto listener = [name](DeviceState from, DeviceState to, const std::string& reason) {
     if (to == DeviceState::kFailed) {
-      spdlog::error("device {}: state {} -> failed: {}", name, to_string(from), reason);
+      devlog::error(name, "device {}: state {} -> failed: {}", to_string(from), reason);
     } else {
-      spdlog::info("device {}: state {} -> {}", name, to_string(from), to_string(to));
+      devlog::info(name, "device {}: state {} -> {}", to_string(from), to_string(to));
     }
   };
   const int efd = queue_exit_fd_.get();
@@ -221,21 +222,29 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
     Entry& e = *it->second;
     e.starting = false;
     if (*failure) {
-      if ((*failure)->kind == Failure::kIo) spdlog::error("{}", (*failure)->message);
+      // The message names the device already.
+      if ((*failure)->kind == Failure::kIo) devlog::error(name, "{1}", (*failure)->message);
       // The client was told; a failed API device is not kept for `list`.
       if (e.from_api) forget(it);
       return done(**failure);
     }
     const auto& info = e.dev->kernel_info();
     if (info.nr_hw_queues != e.spec.queues || info.queue_depth != e.spec.queue_depth) {
-      spdlog::warn("device {}: kernel granted {} queues of depth {} (asked {} of {})", name,
+      devlog::warn(name, "device {}: kernel granted {} queues of depth {} (asked {} of {})",
                    info.nr_hw_queues, info.queue_depth, e.spec.queues, e.spec.queue_depth);
     }
     if (persist) {
       e.spec.source = dropin_path(name).string();
-      spdlog::info("device {}: spec persisted to {}", name, e.spec.source);
+      devlog::info(name, "device {}: spec persisted to {}", e.spec.source);
     }
-    spdlog::info("device {} live at {}", name, e.dev->block_device());
+    devlog::info(name, "device {} live at {}", e.dev->block_device());
+    if (const auto& f = e.dev->io_flusher_error()) {
+      devlog::warn(name,
+                   "device {}: queue threads are not I/O flushers: {} (ublkd lacks "
+                   "CAP_SYS_RESOURCE); writeback to this device under memory pressure may "
+                   "deadlock",
+                   f->to_string());
+    }
     done(snapshot(e));
   };
   start_op(name, std::move(work), std::move(then));
@@ -290,7 +299,7 @@ void Manager::remove(const std::string& name, DelDone done) {
   if (shutting_down_) return done(OpError{Failure::kShuttingDown, "ublkd is shutting down"});
   if (is_terminal(e.dev->state())) {
     forget(it);
-    spdlog::info("device {} removed (it had failed)", name);
+    devlog::info(name, "device {} removed (it had failed)");
     return done(std::nullopt);
   }
   auto failure = std::make_shared<std::optional<OpError>>();
@@ -302,7 +311,7 @@ void Manager::remove(const std::string& name, DelDone done) {
   auto then = [this, name, failure, done = std::move(done)] {
     if (auto it = entries_.find(name); it != entries_.end()) forget(it);
     if (*failure) return done(**failure);
-    spdlog::info("device {} removed", name);
+    devlog::info(name, "device {} removed");
     done(std::nullopt);
   };
   start_op(name, std::move(work), std::move(then));
@@ -332,7 +341,7 @@ void Manager::maybe_finish_shutdown() {
     start_op(
         n, [dev] { (void)dev->stop(); },
         [n, dev] {
-          if (dev->state() == DeviceState::kRemoved) spdlog::info("device {} removed", n);
+          if (dev->state() == DeviceState::kRemoved) devlog::info(n, "device {} removed");
         });
     launched = true;
   }
@@ -356,7 +365,7 @@ void Manager::shutdown(ShutdownDone done) {
   // is then torn down and ends failed, the way any failed start does.
   for (auto& [name, e] : entries_) {
     if (!e->starting || !e->op.joinable()) continue;
-    spdlog::info("device {}: aborting its start ({})", name, to_string(e->dev->state()));
+    devlog::info(name, "device {}: aborting its start ({})", to_string(e->dev->state()));
     e->dev->abort_start("ublkd is shutting down");
   }
   maybe_finish_shutdown();
@@ -374,7 +383,7 @@ void Manager::reload(const LoadedConfig& config, std::function<void(ReloadReport
       e.persistent = true;
       if (!(e.spec == spec)) {
         report->changed.push_back(spec.name);
-        spdlog::warn("device {}: {} changed; restart the device to apply", spec.name,
+        devlog::warn(spec.name, "device {}: {} changed; restart the device to apply",
                      spec.source);
       }
       continue;
@@ -388,7 +397,7 @@ void Manager::reload(const LoadedConfig& config, std::function<void(ReloadReport
     if (!still) {
       report->orphaned.push_back(name);
       e->persistent = false;
-      spdlog::warn("device {}: its drop-in is gone; it keeps running until deleted", name);
+      devlog::warn(name, "device {}: its drop-in is gone; it keeps running until deleted");
     }
   }
   if (to_add.empty()) return done(std::move(*report));

@@ -9,11 +9,11 @@
 #include <cstdlib>
 #include <string>
 
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "config/config_dir.h"
 #include "daemon.h"
+#include "log.h"
 #include "ublkd_version.h"
 
 namespace {
@@ -37,6 +37,11 @@ void usage(FILE* out) {
                "      --state-dir DIR      runtime state directory (default %s)\n"
                "  -l, --log-level LEVEL    trace|debug|info|warn|error (default: ublkd.json's\n"
                "                           log_level, else info)\n"
+               "      --log-target TARGET  auto|journal|console (default auto): journal sends\n"
+               "                           structured entries (DEVICE=NAME for a device's\n"
+               "                           messages) to systemd-journald; console writes lines\n"
+               "                           to stderr; auto picks journal when stderr is\n"
+               "                           connected to the journal, else console\n"
                "      --start-timeout SECS how long a device may take to go live (default:\n"
                "                           ublkd.json's start_timeout, else 10)\n"
                "  -h, --help               show this help\n"
@@ -64,17 +69,19 @@ struct Options {
   bool check_only = false;
   bool socket_given = false;
   std::optional<LogLevel> log_level;
+  LogTarget log_target = LogTarget::kAuto;
 };
 
 // Returns the exit code to leave with, or -1 to run.
 int parse_args(int argc, char** argv, Options& o) {
-  enum { kCheckConfig = 256, kStartTimeout, kStateDir };
+  enum { kCheckConfig = 256, kStartTimeout, kStateDir, kLogTarget };
   static const option longopts[] = {
       {"config-dir", required_argument, nullptr, 'c'},
       {"check-config", no_argument, nullptr, kCheckConfig},
       {"socket", required_argument, nullptr, 's'},
       {"state-dir", required_argument, nullptr, kStateDir},
       {"log-level", required_argument, nullptr, 'l'},
+      {"log-target", required_argument, nullptr, kLogTarget},
       {"start-timeout", required_argument, nullptr, kStartTimeout},
       {"help", no_argument, nullptr, 'h'},
       {"version", no_argument, nullptr, 'V'},
@@ -98,6 +105,16 @@ int parse_args(int argc, char** argv, Options& o) {
           return 2;
         }
         break;
+      case kLogTarget: {
+        auto t = parse_log_target(optarg);
+        if (!t) {
+          std::fprintf(stderr, "ublkd: --log-target: '%s' is not one of auto, journal, console\n",
+                       optarg);
+          return 2;
+        }
+        o.log_target = *t;
+        break;
+      }
       case kStartTimeout: {
         char* end = nullptr;
         errno = 0;
@@ -129,10 +146,9 @@ int main(int argc, char** argv) {
   Options opts;
   if (int rc = parse_args(argc, argv, opts); rc >= 0) return rc;
 
-  auto logger = spdlog::stderr_color_mt("ublkd");
-  logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
-  spdlog::set_default_logger(logger);
-  spdlog::set_level(to_spdlog(opts.log_level.value_or(LogLevel::kInfo)));
+  // --check-config answers the person at the terminal, wherever stderr goes.
+  setup_logging(opts.check_only ? LogTarget::kConsole : opts.log_target,
+                to_spdlog(opts.log_level.value_or(LogLevel::kInfo)));
 
   auto loaded = load_config_dir(opts.daemon.config_dir);
   if (!loaded) {
