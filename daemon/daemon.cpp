@@ -11,6 +11,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "systemd.h"
 #include "ublkd_version.h"
 
 namespace ublkd {
@@ -220,10 +221,15 @@ void AdminHandler::handle(const Request& req, const admin::Server::Reply& reply)
   }
   if (req.op == "reload") {
     if (auto e = admin::check_fields(req, {})) return fail(*e);
+    if (hooks_.begin) hooks_.begin();
     auto loaded = load_config_dir(config_dir_);
-    if (!loaded) return fail({code::kIoError, loaded.error().to_string()});
-    return manager_.reload(*loaded, [reply, id](ReloadReport r) {
+    if (!loaded) {
+      if (hooks_.end) hooks_.end();
+      return fail({code::kIoError, loaded.error().to_string()});
+    }
+    return manager_.reload(*loaded, [reply, id, end = hooks_.end](ReloadReport r) {
       log_reload(r);
+      if (end) end();
       reply(admin::ok_response(id, to_json(r)));
     });
   }
@@ -232,6 +238,15 @@ void AdminHandler::handle(const Request& req, const admin::Server::Reply& reply)
 }
 
 int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
+  // Taking the sockets systemd passed edits the environment, which is only
+  // safe while no other thread exists.
+  auto inherited = listen_fd_from_systemd();
+  if (!inherited) {
+    spdlog::error("admin socket: {}", inherited.error().message());
+    return 1;
+  }
+  UniqueFd inherited_fd(inherited->value_or(-1));
+
   // Signals are taken through a signalfd; blocking them before any thread
   // exists keeps them away from the queue threads.
   sigset_t mask;
@@ -255,11 +270,27 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
   }
   EventLoop& loop = **loop_r;
 
+  ServiceNotifier notifier;
+  auto watchdog = watchdog_period();
+  if (!watchdog) {
+    spdlog::warn("systemd watchdog: {}; not pinging it", watchdog.error().to_string());
+  } else if (*watchdog) {
+    // Pinged from the control loop: if the loop wedges, systemd kills us.
+    const auto period = std::chrono::duration_cast<std::chrono::milliseconds>(**watchdog);
+    const auto interval = watchdog_ping_interval(**watchdog);
+    if (auto r = loop.every(interval, [&notifier] { notifier.watchdog(); }); !r) {
+      spdlog::error("systemd watchdog: {}", r.error().to_string());
+      return 1;
+    }
+    spdlog::info("systemd watchdog: {} ms, pinged every {} ms", period.count(), interval.count());
+  }
+
   ManagerOptions mo;
   mo.start_timeout = options.start_timeout.value_or(config.daemon.start_timeout);
   mo.config_dir = options.config_dir;
   if (const char* hook = std::getenv("UBLKD_TEST_UNPRIMED_TAG")) mo.unprimed_tag_device = hook;
   Manager manager(loop, mo);
+  manager.on_change([&notifier, &manager] { notifier.devices_changed(manager.states()); });
   if (auto r = manager.probe(); !r) {
     spdlog::error("{}", r.error().to_string());
     return 1;
@@ -276,16 +307,34 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
     return 1;
   }
   so.admin_gid = *gid;
-  AdminHandler handler(manager, options.config_dir, config.daemon.spec_defaults());
+  ReloadHooks hooks{[&notifier] { notifier.reload_begin(); },
+                    [&notifier] { notifier.reload_end(); }};
+  AdminHandler handler(manager, options.config_dir, config.daemon.spec_defaults(), hooks);
   admin::Server server(loop, so, [&handler](const admin::Request& req, const admin::Peer&,
                                             admin::Server::Reply reply) {
     handler.handle(req, reply);
   });
-  if (auto r = server.listen(); !r) {
-    spdlog::error("admin socket: {}", r.error().to_string());
-    return 1;
+  if (inherited_fd) {
+    // systemd owns the socket file, its mode and group (ublkd.socket); who
+    // may talk is still decided per connection.
+    const int fd = inherited_fd.get();
+    const std::string path = unix_socket_path(fd);
+    if (auto r = server.adopt(std::move(inherited_fd)); !r) {
+      spdlog::error("admin socket from systemd (fd {}): {}", fd, r.error().to_string());
+      return 1;
+    }
+    spdlog::info("admin socket from systemd (fd {})", fd);
+    if (path != so.socket_path) {
+      spdlog::warn("admin socket from systemd is bound to {}, not {}; point clients at it",
+                   path.empty() ? "no path" : path, so.socket_path);
+    }
+  } else {
+    if (auto r = server.listen(); !r) {
+      spdlog::error("admin socket: {}", r.error().to_string());
+      return 1;
+    }
+    spdlog::info("admin socket {} (group {})", so.socket_path, group);
   }
-  spdlog::info("admin socket {} (group {})", so.socket_path, group);
 
   bool stopping = false;
   // Devices the shutdown may have left in the kernel; each was logged, with
@@ -294,6 +343,7 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
   auto begin_shutdown = [&](const char* why) {
     if (stopping) return;
     stopping = true;
+    notifier.stopping();
     spdlog::info("{}: stopping {} device(s)", why, manager.live_count());
     manager.shutdown([&loop, &left_behind](std::vector<std::string> names) {
       left_behind = std::move(names);
@@ -305,12 +355,17 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
     while (::read(sfd.get(), &si, sizeof(si)) == sizeof(si)) {
       if (si.ssi_signo == SIGHUP) {
         spdlog::info("SIGHUP: reloading {}", options.config_dir.string());
+        notifier.reload_begin();
         auto loaded = load_config_dir(options.config_dir);
         if (!loaded) {
           spdlog::error("reload: {}", loaded.error().to_string());
+          notifier.reload_end();
           continue;
         }
-        manager.reload(*loaded, log_reload);
+        manager.reload(*loaded, [&notifier](const ReloadReport& r) {
+          log_reload(r);
+          notifier.reload_end();
+        });
         continue;
       }
       begin_shutdown(strsignal(static_cast<int>(si.ssi_signo)));
@@ -318,10 +373,11 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
   });
 
   for (const ConfigProblem& p : config.problems) spdlog::error("config: {}", p.to_string());
-  manager.reload(config, [&manager, &stopping](const ReloadReport&) {
+  manager.reload(config, [&manager, &stopping, &notifier](const ReloadReport&) {
     // Starts cut short by a signal end here too; ublkd is not running then.
     if (stopping) return;
     spdlog::info("ublkd {} running: {} device(s) live", UBLKD_VERSION, manager.live_count());
+    notifier.ready();
   });
 
   if (auto r = loop.run(); !r) {

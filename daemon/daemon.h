@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -28,18 +29,29 @@ struct DaemonOptions {
 // failed).
 int run_daemon(const DaemonOptions& options, const LoadedConfig& config);
 
+// Told when a reload starts and when it has ended (systemd hears of both).
+struct ReloadHooks {
+  std::function<void()> begin;
+  std::function<void()> end;
+};
+
 // The admin request dispatcher, exposed for tests: answers `req` through
 // `reply`, now or later.
 class AdminHandler {
  public:
-  AdminHandler(Manager& manager, std::filesystem::path config_dir, SpecDefaults defaults)
-      : manager_(manager), config_dir_(std::move(config_dir)), defaults_(defaults) {}
+  AdminHandler(Manager& manager, std::filesystem::path config_dir, SpecDefaults defaults,
+               ReloadHooks hooks = {})
+      : manager_(manager),
+        config_dir_(std::move(config_dir)),
+        defaults_(defaults),
+        hooks_(std::move(hooks)) {}
   void handle(const admin::Request& req, const admin::Server::Reply& reply);
 
  private:
   Manager& manager_;
   std::filesystem::path config_dir_;
   SpecDefaults defaults_;
+  ReloadHooks hooks_;
 };
 
 nlohmann::json to_json(const ReloadReport& r);

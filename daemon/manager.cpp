@@ -137,6 +137,11 @@ void Manager::finish_op(const std::string& name, std::function<void()> then) {
   // A queue that died while the operation ran was not looked at then.
   on_queue_exit();
   maybe_finish_shutdown();
+  changed();
+}
+
+void Manager::changed() {
+  if (on_change_) on_change_();
 }
 
 void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
@@ -171,12 +176,14 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
     devlog::warn(name, "device {}: test hook active: queue 0 tag {} gets no FETCH_REQ",
                  spec.queue_depth - 1);
   }
-  auto listener = [name](DeviceState from, DeviceState to, const std::string& reason) {
+  auto listener = [this, name](DeviceState from, DeviceState to, const std::string& reason) {
     if (to == DeviceState::kFailed) {
       devlog::error(name, "device {}: state {} -> failed: {}", to_string(from), reason);
     } else {
       devlog::info(name, "device {}: state {} -> {}", to_string(from), to_string(to));
     }
+    // Runs on the operation's thread; whoever watches states lives on the loop.
+    loop_.post([this] { changed(); });
   };
   const int efd = queue_exit_fd_.get();
   auto on_queue_exit = [efd] {
@@ -193,6 +200,7 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
   entry->starting = true;
   Device* dev = entry->dev.get();
   entries_[name] = std::move(entry);
+  changed();
 
   auto failure = std::make_shared<std::optional<OpError>>();
   auto work = [this, dev, persist, spec, failure] {
@@ -300,6 +308,7 @@ void Manager::remove(const std::string& name, DelDone done) {
   if (is_terminal(e.dev->state())) {
     forget(it);
     devlog::info(name, "device {} removed (it had failed)");
+    changed();
     return done(std::nullopt);
   }
   auto failure = std::make_shared<std::optional<OpError>>();
@@ -347,6 +356,7 @@ void Manager::maybe_finish_shutdown() {
   }
   if (launched) return;
   for (auto it = entries_.begin(); it != entries_.end();) forget(it++);
+  changed();
   std::sort(left_behind_.begin(), left_behind_.end());
   left_behind_.erase(std::unique(left_behind_.begin(), left_behind_.end()), left_behind_.end());
   if (auto f = std::exchange(shutdown_done_, nullptr)) f(std::exchange(left_behind_, {}));
@@ -449,6 +459,12 @@ std::optional<DeviceSnapshot> Manager::info(const std::string& name) const {
   auto it = entries_.find(name);
   if (it == entries_.end()) return std::nullopt;
   return snapshot(*it->second);
+}
+
+std::vector<std::pair<std::string, DeviceState>> Manager::states() const {
+  std::vector<std::pair<std::string, DeviceState>> out;
+  for (const auto& [name, e] : entries_) out.emplace_back(name, e->dev->state());
+  return out;
 }
 
 size_t Manager::live_count() const {

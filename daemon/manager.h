@@ -129,6 +129,12 @@ class Manager {
   void shutdown(ShutdownDone done);
 
   size_t live_count() const;
+  // Every device, by name, with its state.
+  std::vector<std::pair<std::string, DeviceState>> states() const;
+
+  // `fn` runs on the loop thread after a device was added or dropped or may
+  // have changed state (several changes may come as one call).
+  void on_change(std::function<void()> fn) { on_change_ = std::move(fn); }
 
  private:
   struct Entry {
@@ -149,6 +155,7 @@ class Manager {
   void finish_op(const std::string& name, std::function<void()> then);
   void on_queue_exit();
   void maybe_finish_shutdown();
+  void changed();
   DeviceSnapshot snapshot(const Entry& e) const;
   // Answers the watches whose device left live or whose time is up.
   void check_watches(bool all);
@@ -174,6 +181,7 @@ class Manager {
   ShutdownDone shutdown_done_;
   // Devices dropped from entries_ whose cleanup failed (see forget()).
   std::vector<std::string> left_behind_;
+  std::function<void()> on_change_;
 };
 
 // A backend for the spec, or why not.

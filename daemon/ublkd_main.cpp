@@ -49,7 +49,9 @@ void usage(FILE* out) {
                "\n"
                "Runs in the foreground. SIGTERM or SIGINT stops and deletes every device and\n"
                "exits 0, or 1 if a device could not be stopped and deleted cleanly;\n"
-               "SIGHUP re-reads the drop-ins and brings up new ones.\n",
+               "SIGHUP re-reads the drop-ins and brings up new ones. Under systemd it\n"
+               "reports readiness and status (Type=notify), pings the watchdog (WatchdogSec=)\n"
+               "and takes its admin socket from ublkd.socket when that passes one.\n",
                kDefaultConfigDir, kDefaultStateDir);
 }
 
