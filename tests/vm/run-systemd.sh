@@ -150,7 +150,11 @@ readonly MASKED_UNITS=(
     proc-sys-fs-binfmt_misc.automount systemd-binfmt.service
     getty@tty1.service serial-getty@ttyS0.service console-getty.service
     getty-static.service systemd-firstboot.service
-    systemd-remount-fs.service systemd-update-utmp-runlevel.service
+    systemd-remount-fs.service systemd-update-utmp.service
+    systemd-update-utmp-runlevel.service
+    dev-hugepages.mount dev-mqueue.mount sys-kernel-tracing.mount
+    sys-fs-fuse-connections.mount modprobe@dm_mod.service modprobe@drm.service
+    modprobe@efi_pstore.service modprobe@fuse.service
 )
 readonly SPLAT_RE='WARNING:|BUG:|Oops|lockdep|possible circular locking|INFO: task .* blocked for more than|general protection fault|Call Trace:|kernel BUG at|UBSAN:|KASAN:|Kernel panic'
 
