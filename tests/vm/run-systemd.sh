@@ -232,7 +232,7 @@ install_project() {
     for bin in "$stage"/usr/sbin/ublk* "$stage"/usr/local/sbin/ublk* "$stage"/usr/local/bin/ublk*; do
         [[ -f $bin && -x $bin ]] || continue
         missing=$(chroot "$stage" /usr/bin/ldd "${bin#"$stage"}" 2>&1 | grep 'not found' || true)
-        [[ -z $missing ]] || echo "run-systemd.sh: warning: ${bin#"$stage"} needs libraries the image lacks (add them to build-rootfs.sh):" $missing >&2
+        [[ -z $missing ]] || echo "run-systemd.sh: warning: ${bin#"$stage"} needs libraries the image lacks (add them to build-rootfs.sh): ${missing//$'\n'/ }" >&2
     done
     return 0
 }
@@ -274,7 +274,8 @@ make_shim() {
 
 # make_image K KDIR KVER IMG: the root disk image of kernel K.
 make_image() {
-    local k=$1 kdir=$2 kver=$3 img=$4 stage=$work/stage-$k
+    local k=$1 kdir=$2 kver=$3 img=$4
+    local stage=$work/stage-$k
     rm -rf "$stage"
     mkdir -p "$stage"
     nice tar --numeric-owner --xattrs --xattrs-include='*' -C "$stage" -xf "$rootfs_tar" || return 1
@@ -375,7 +376,7 @@ run_kernel() {
     # Parser state, kept across the boots of this kernel.
     local offset=0 size chunk=$work/chunk line len
     local current='' log_fd='' log_case='' done=0 vm_problem='' boot=0
-    local -A seen=() log_started=() phase=()
+    local -A seen=() log_started=()
     local reboot_case='' t_boot deadline booted sk="$k/(shutdown)"
     while :; do
         boot=$((boot + 1))
@@ -428,7 +429,7 @@ run_kernel() {
                         '@@UBLKD-PHASE '*)
                             local pcase pnum
                             read -r _ pcase pnum <<<"$line"
-                            phase[$pcase]=$pnum
+                            echo "[$k] $pcase: phase $pnum"
                             ;;
                         '@@UBLKD-BEGIN '*)
                             local ctimeout

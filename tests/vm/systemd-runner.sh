@@ -158,7 +158,8 @@ unit_of() {
 }
 # Processes of this service other than the runner itself (the cases run in
 # it): CGPROCS=("pid state comm").
-readonly MY_CGROUP=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)
+MY_CGROUP=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)
+readonly MY_CGROUP
 collect_cgroup_procs() {
     local pid stat comm rest state ex skip
     CGPROCS=()

@@ -17,9 +17,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
 # In dependency order (run-systemd.sh resolved it with modules.dep).
-for m in $(cat /etc/shim-modules); do
+while read -r m; do
     insmod "/modules/$m" || say "insmod $m failed"
-done
+done </etc/shim-modules
 
 i=0
 while [ ! -b /dev/vda ]; do
