@@ -11,7 +11,9 @@ Usage: scripts/run-tests.sh [--unit-only] [--vm-only] [--kernel K] [--quick|--fu
   2. build ./build and run the unit tests (Catch2)
   3. build ./build-asan (-Db_sanitize=address,undefined) and run them again
   4. tests/vm/run.sh on kernels 6.12 and 7.2: every case in tests/vm/cases
-     (the full tier), or with --quick the cases not marked `# vm-tier: full`
+     (the full tier), or with --quick the cases not marked `# vm-tier: full`;
+     then tests/vm/run-systemd.sh, the same for tests/vm/systemd-cases in a
+     VM booted by systemd
 
   --unit-only   steps 1-3
   --vm-only     steps 1, 2 (build only) and 4
@@ -86,22 +88,28 @@ if ((unit)); then
         unit_suite asan build-asan
 fi
 
-if ((vm)); then
-    echo "== VM tests (kernel $kernel, $tier tier)"
-    vm_out=build/vm-summary.out
-    rc=0
-    tests/vm/run.sh --kernel "$kernel" --tier "$tier" --build-dir build 2>&1 | tee "$vm_out" || rc=$?
+# vm_suite NAME SCRIPT OUT: a VM suite on the chosen kernels and tier; its
+# closing "N passed, N failed" line goes into the totals.
+vm_suite() {
+    local name=$1 script=$2 vm_out=$3 rc=0 line p f
+    echo "== $name (kernel $kernel, $tier tier)"
+    "$script" --kernel "$kernel" --tier "$tier" --build-dir build 2>&1 | tee "$vm_out" || rc=$?
     line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$vm_out" | tail -n 1 || true)
     if [[ -z $line ]]; then
-        failures+=("VM suite (no summary)")
+        failures+=("$name (no summary)")
         failed=$((failed + 1))
     else
         p=$(grep -oE '^[0-9]+' <<<"$line")
         f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '^[0-9]+')
         passed=$((passed + p))
         failed=$((failed + f))
-        ((f == 0 && rc == 0)) || failures+=("VM suite")
+        ((f == 0 && rc == 0)) || failures+=("$name")
     fi
+}
+
+if ((vm)); then
+    vm_suite "VM tests" tests/vm/run.sh build/vm-summary.out
+    vm_suite "VM tests under systemd" tests/vm/run-systemd.sh build/vm-systemd-summary.out
 fi
 
 echo
