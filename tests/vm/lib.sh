@@ -105,6 +105,18 @@ span_ms() {
     echo "$d"
 }
 
+# ext4_on_ram_disk MNT MIB: a brd RAM disk /dev/ram0 of MIB MiB with ext4,
+# mounted on MNT; unmounted and unloaded again when the case ends.
+ext4_on_ram_disk() {
+    local mnt=$1 mib=$2
+    modprobe brd rd_nr=1 rd_size=$((mib * 1024)) || fail "cannot load brd"
+    add_cleanup "rmmod brd"
+    mkdir -p "$mnt"
+    mkfs.ext4 -q -F /dev/ram0
+    mount -t ext4 /dev/ram0 "$mnt"
+    add_cleanup "umount $mnt 2>/dev/null || true"
+}
+
 # ---- admin socket -----------------------------------------------------------
 
 # start_ublkd_api CONFIG_DIR [ARGS...]: start_ublkd with the admin socket at

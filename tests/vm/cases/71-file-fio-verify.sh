@@ -8,14 +8,8 @@
 
 require_cmd fio mkfs.ext4 jq cmp
 
-modprobe brd rd_nr=1 rd_size=131072 || fail "cannot load brd" # KiB: one 128 MiB RAM disk
-add_cleanup "rmmod brd"
 mnt=$CASE_DIR/ext4
-mkdir -p "$mnt"
-mkfs.ext4 -q -F /dev/ram0
-mount -t ext4 /dev/ram0 "$mnt"
-add_cleanup "umount $mnt"
-
+ext4_on_ram_disk "$mnt" 128
 cfg=$CASE_DIR/config
 mkdir -p "$cfg/devices.d"
 start_ublkd_api "$cfg"
@@ -64,5 +58,4 @@ ctl_ok del fe >/dev/null
 stop_ublkd 20
 assert_no_ublk_devices
 e2fsck_out=$(umount "$mnt" && e2fsck -fn /dev/ram0 2>&1) || { echo "$e2fsck_out" >&2; fail "ext4 under the backing file is damaged"; }
-mount -t ext4 /dev/ram0 "$mnt" # for the cleanup's umount
 log "file fio verify passed"

@@ -9,14 +9,8 @@
 
 require_cmd mkfs.ext4 jq sha256sum dd ublkd-del-dev
 
-modprobe brd rd_nr=1 rd_size=131072 || fail "cannot load brd"
-add_cleanup "rmmod brd"
 mnt=$CASE_DIR/ext4
-mkdir -p "$mnt"
-mkfs.ext4 -q -F /dev/ram0
-mount -t ext4 /dev/ram0 "$mnt"
-add_cleanup "umount $mnt"
-
+ext4_on_ram_disk "$mnt" 128
 cfg=$CASE_DIR/config
 mkdir -p "$cfg/devices.d"
 start_ublkd_api "$cfg"
