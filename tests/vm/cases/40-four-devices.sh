@@ -4,6 +4,7 @@
 # checked on its own). Then a distinct pattern goes to the same offsets of
 # every device and each device reads back its own pattern only: no request
 # lands on the wrong device or in another device's memory.
+# vm-tier: full
 # vm-timeout: 120
 . "${BASH_SOURCE%/*}/../lib.sh"
 

@@ -3,6 +3,7 @@
 # queues, at queue depth 1 and 64: one backed by a file on tmpfs, one by a
 # file on ext4 (on a brd RAM disk) with O_DIRECT. Afterwards the backing files
 # hold what the devices hold, byte for byte.
+# vm-tier: full
 # vm-timeout: 240
 . "${BASH_SOURCE%/*}/../lib.sh"
 
