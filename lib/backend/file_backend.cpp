@@ -358,6 +358,20 @@ int fallocate_mode(IoOp op) {
 
 // ---- asynchronous path ----------------------------------------------------
 
+namespace {
+
+// Every backend SQE goes to the registered backing fd and carries its tag and
+// step, so that complete() can tell which stage of the request finished.
+template <typename Tag>
+int queued(io_uring_sqe* sqe, Tag& t, uint16_t tag, uint16_t step) noexcept {
+  sqe->flags |= IOSQE_FIXED_FILE;
+  sqe->user_data = QueueContext::backend_user_data(tag, step);
+  t.step = step;
+  return kIoQueued;
+}
+
+}  // namespace
+
 Result<void> FileBackend::attach(QueueContext& q) {
   if (q.backend_file_index() < 0) {
     return Error(EINVAL, path_ + ": the queue ring has no fixed file for the backend");
@@ -395,10 +409,7 @@ int FileBackend::submit(QueueContext& q, const IoRequest& req) noexcept {
       io_uring_sqe* sqe = q.get_sqe();
       if (sqe == nullptr) return -EIO;
       io_uring_prep_fsync(sqe, q.backend_file_index(), IORING_FSYNC_DATASYNC);
-      sqe->flags |= IOSQE_FIXED_FILE;
-      sqe->user_data = QueueContext::backend_user_data(req.tag, kStepSync);
-      t.step = kStepSync;
-      return kIoQueued;
+      return queued(sqe, t, req.tag, kStepSync);
     }
     case IoOp::kDiscard:
     case IoOp::kWriteZeroes:
@@ -421,10 +432,7 @@ int FileBackend::queue_rw(QueueContext& q, Tag& t, uint16_t tag) noexcept {
     io_uring_prep_write(sqe, file, t.buffer + t.done, rest, offset);
     if (t.flags & uapi::kIoFlagFua) sqe->rw_flags = RWF_DSYNC;
   }
-  sqe->flags |= IOSQE_FIXED_FILE;
-  sqe->user_data = QueueContext::backend_user_data(tag, kStepRw);
-  t.step = kStepRw;
-  return kIoQueued;
+  return queued(sqe, t, tag, kStepRw);
 }
 
 int FileBackend::queue_fallocate(QueueContext& q, Tag& t, uint16_t tag) noexcept {
@@ -432,10 +440,7 @@ int FileBackend::queue_fallocate(QueueContext& q, Tag& t, uint16_t tag) noexcept
   if (sqe == nullptr) return -EIO;
   io_uring_prep_fallocate(sqe, q.backend_file_index(), fallocate_mode(t.op),
                           static_cast<off_t>(t.offset), static_cast<off_t>(t.length));
-  sqe->flags |= IOSQE_FIXED_FILE;
-  sqe->user_data = QueueContext::backend_user_data(tag, kStepFallocate);
-  t.step = kStepFallocate;
-  return kIoQueued;
+  return queued(sqe, t, tag, kStepFallocate);
 }
 
 int FileBackend::queue_zero_write(QueueContext& q, Tag& t, uint16_t tag) noexcept {
@@ -444,10 +449,7 @@ int FileBackend::queue_zero_write(QueueContext& q, Tag& t, uint16_t tag) noexcep
   // One chunk at a time: the ring has room for one backend SQE per tag.
   const uint32_t chunk = std::min(t.length - t.done, kZeroChunk);
   io_uring_prep_write(sqe, q.backend_file_index(), zeros_, chunk, t.offset + t.done);
-  sqe->flags |= IOSQE_FIXED_FILE;
-  sqe->user_data = QueueContext::backend_user_data(tag, kStepZeroWrite);
-  t.step = kStepZeroWrite;
-  return kIoQueued;
+  return queued(sqe, t, tag, kStepZeroWrite);
 }
 
 int FileBackend::complete(QueueContext& q, const io_uring_cqe& cqe) noexcept {
