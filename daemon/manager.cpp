@@ -1,8 +1,8 @@
 #include "manager.h"
 
 #include <fcntl.h>
-#include <sys/eventfd.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +14,7 @@
 #include "backend/null_backend.h"
 #include "ctrl/control_device.h"
 #include "log.h"
+#include "uring/ring.h"
 
 namespace ublkd {
 
@@ -75,8 +76,8 @@ nlohmann::json to_json(const DeviceSnapshot& d) {
       {"queue_depth", d.queue_depth},
       {"logical_block_size", d.logical_block_size},
       {"read_only", d.read_only},
-      {"block_device", d.block_device.empty() ? nlohmann::json(nullptr)
-                                              : nlohmann::json(d.block_device)},
+      {"block_device",
+       d.block_device.empty() ? nlohmann::json(nullptr) : nlohmann::json(d.block_device)},
       {"persistent", d.persistent},
       {"source", d.source.empty() ? nlohmann::json(nullptr) : nlohmann::json(d.source)},
   };
@@ -125,7 +126,8 @@ void Manager::start_op(const std::string& name, std::function<void()> work,
   ++ops_running_;
   e.op = std::thread([this, name, work = std::move(work), then = std::move(then)]() mutable {
     work();
-    loop_.post([this, name, then = std::move(then)]() mutable { finish_op(name, std::move(then)); });
+    loop_.post(
+        [this, name, then = std::move(then)]() mutable { finish_op(name, std::move(then)); });
   });
 }
 
@@ -211,7 +213,7 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
     }
     if (auto r = dev->start(); !r) {
       const int code = r.error().code();
-      const Failure kind = code == ETIMEDOUT    ? Failure::kTimeout
+      const Failure kind = code == ETIMEDOUT   ? Failure::kTimeout
                            : code == ECANCELED ? Failure::kShuttingDown
                                                : Failure::kKernel;
       *failure = OpError{kind, "device " + spec.name + ": " + r.error().message()};
@@ -219,8 +221,9 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
     }
     if (persist) {
       if (auto w = write_dropin(spec); !w) {
-        *failure = OpError{Failure::kIo, "device " + spec.name + ": persist: " +
-                                             w.error().to_string() + " (device removed again)"};
+        *failure =
+            OpError{Failure::kIo, "device " + spec.name + ": persist: " + w.error().to_string() +
+                                      " (device removed again)"};
         (void)dev->stop();
       }
     }
@@ -245,7 +248,8 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
       e.spec.source = dropin_path(name).string();
       devlog::info(name, "device {}: spec persisted to {}", e.spec.source);
     }
-    devlog::info(name, "device {} live at {}", e.dev->block_device());
+    devlog::info(name, "device {} live at {} (queue rings: {})", e.dev->block_device(),
+                 setup_flags_string(e.dev->queue_ring_flags()));
     if (const auto& f = e.dev->io_flusher_error()) {
       devlog::warn(name,
                    "device {}: queue threads are not I/O flushers: {} (ublkd lacks "
@@ -336,7 +340,8 @@ void Manager::on_queue_exit() {
     // any more: take it down so users see errors, not a hang.
     const std::string reason = e->dev->queue_failure();
     Device* dev = e->dev.get();
-    start_op(name, [dev, reason] { dev->fail(reason); }, [] {});
+    start_op(
+        name, [dev, reason] { dev->fail(reason); }, [] {});
   }
 }
 
@@ -393,8 +398,7 @@ void Manager::reload(const LoadedConfig& config, std::function<void(ReloadReport
       e.persistent = true;
       if (!(e.spec == spec)) {
         report->changed.push_back(spec.name);
-        devlog::warn(spec.name, "device {}: {} changed; restart the device to apply",
-                     spec.source);
+        devlog::warn(spec.name, "device {}: {} changed; restart the device to apply", spec.source);
       }
       continue;
     }

@@ -39,8 +39,8 @@ Device::Device(DeviceConfig config, std::unique_ptr<Backend> backend,
       sm_(std::move(listener)),
       on_queue_exit_(std::move(on_queue_exit)) {}
 
-Device::Device(DeviceConfig config, BackendFactory backend_factory,
-               StateMachine::Listener listener, QueueExitHook on_queue_exit)
+Device::Device(DeviceConfig config, BackendFactory backend_factory, StateMachine::Listener listener,
+               QueueExitHook on_queue_exit)
     : config_(std::move(config)),
       backend_factory_(std::move(backend_factory)),
       sm_(std::move(listener)),
@@ -103,8 +103,7 @@ uapi::Params Device::build_params() const {
     p.types |= uapi::kParamTypeDiscard;
     // Ranges are capped so that a byte count fits the 32-bit request size.
     constexpr uint32_t kMaxRangeSectors = UINT32_MAX >> 9;
-    p.discard.discard_granularity =
-        std::max(config_.logical_block_size, f.discard_granularity);
+    p.discard.discard_granularity = std::max(config_.logical_block_size, f.discard_granularity);
     p.discard.max_discard_sectors = f.discard ? kMaxRangeSectors : 0;
     p.discard.max_write_zeroes_sectors = f.write_zeroes ? kMaxRangeSectors : 0;
     p.discard.max_discard_segments = 1;
@@ -156,8 +155,8 @@ Result<void> Device::bring_up() {
   want.max_io_buf_bytes = config_.max_io_buf_bytes;
   want.dev_id = ControlDevice::kAutoDevId;
   want.ublksrv_pid = ::getpid();
-  want.flags = config_.kernel_features &
-               (uapi::kFeatCmdIoctlEncode | uapi::kFeatUringCmdCompInTask);
+  want.flags =
+      config_.kernel_features & (uapi::kFeatCmdIoctlEncode | uapi::kFeatUringCmdCompInTask);
   auto added = ctrl_->add_dev(want, config_.command_timeout);
   if (!added) return added.error();
   // From here on only what the kernel accepted counts: it may have granted
@@ -213,6 +212,7 @@ Result<void> Device::bring_up() {
       break;
     }
   }
+  queue_ring_flags_ = workers_.front()->ring_flags();
   if (auto r = sm_.transition(DeviceState::kQueuesPrimed); !r) return r.error();
 
   // Only now: START_DEV sleeps in the kernel until every tag has a fetch
@@ -225,7 +225,8 @@ Result<void> Device::bring_up() {
       return Error(ETIMEDOUT, "START_DEV timed out after " +
                                   std::to_string(config_.start_timeout.count()) + " ms");
     }
-    if (r.error().code() == ECANCELED && abort_.triggered()) return abort_error(r.error().message());
+    if (r.error().code() == ECANCELED && abort_.triggered())
+      return abort_error(r.error().message());
     return r.error();
   }
   for (auto& w : workers_) {

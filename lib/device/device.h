@@ -8,8 +8,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -61,8 +61,8 @@ class Device {
 
   Device(DeviceConfig config, std::unique_ptr<Backend> backend,
          StateMachine::Listener listener = {}, QueueExitHook on_queue_exit = {});
-  Device(DeviceConfig config, BackendFactory backend_factory,
-         StateMachine::Listener listener = {}, QueueExitHook on_queue_exit = {});
+  Device(DeviceConfig config, BackendFactory backend_factory, StateMachine::Listener listener = {},
+         QueueExitHook on_queue_exit = {});
   ~Device();
   Device(const Device&) = delete;
   Device& operator=(const Device&) = delete;
@@ -107,6 +107,9 @@ class Device {
   // works, but writeback through it under memory pressure may deadlock.
   // Meaningful once start() has returned.
   const std::optional<Error>& io_flusher_error() const { return io_flusher_error_; }
+  // The IORING_SETUP_* flags of the queue rings, as the kernel granted them
+  // (every queue probes the same kernel). Meaningful once start() returned.
+  unsigned queue_ring_flags() const { return queue_ring_flags_; }
 
   DeviceState state() const { return sm_.state(); }
   std::string failure_reason() const { return sm_.failure_reason(); }
@@ -144,6 +147,7 @@ class Device {
   UniqueFd char_fd_;
   std::vector<std::unique_ptr<QueueWorker>> workers_;
   std::optional<Error> io_flusher_error_;
+  unsigned queue_ring_flags_ = 0;
   AbortSignal abort_;
   mutable std::mutex abort_mu_;  // guards abort_reason_
   std::string abort_reason_;

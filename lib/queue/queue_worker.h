@@ -68,6 +68,9 @@ class QueueWorker {
   // thread has tried, which it does before it reports primed.
   std::optional<Error> io_flusher_error() const;
   uint16_t queue_id() const { return config_.queue_id; }
+  // The IORING_SETUP_* flags the kernel granted the queue's ring (probed);
+  // meaningful once primed.
+  unsigned ring_flags() const { return ring_flags_.load(std::memory_order_acquire); }
 
  private:
   void run();
@@ -86,6 +89,7 @@ class QueueWorker {
   std::optional<Error> exit_error_;
   // -1 until the thread tried, then 0 or the errno of the prctl.
   std::atomic<int> io_flusher_errno_{-1};
+  std::atomic<unsigned> ring_flags_{0};
 };
 
 }  // namespace ublkd

@@ -1,5 +1,8 @@
 #include "uring/ring.h"
 
+#include <cstdio>
+#include <utility>
+
 namespace ublkd {
 
 Result<Ring> Ring::create(unsigned entries, unsigned flags) {
@@ -9,6 +12,33 @@ Result<Ring> Ring::create(unsigned entries, unsigned flags) {
   int ret = io_uring_queue_init_params(entries, ring.get(), &params);
   if (ret < 0) return Error(ret, "io_uring setup (" + std::to_string(entries) + " entries)");
   return Ring(std::move(ring));
+}
+
+Result<Ring> Ring::create_probed(unsigned entries, unsigned flags, unsigned optional) {
+  // Newest first, so that a kernel lacking one keeps the older ones. A flag
+  // that needs another (DEFER_TASKRUN needs SINGLE_ISSUER) is dropped with
+  // it, because it comes first in this list.
+  static constexpr unsigned kNewestFirst[] = {IORING_SETUP_DEFER_TASKRUN,
+                                              IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_TASKRUN_FLAG,
+                                              IORING_SETUP_COOP_TASKRUN};
+  unsigned listed = 0;
+  for (unsigned f : kNewestFirst) listed |= f;
+  unsigned want = optional;
+  for (;;) {
+    auto ring = create(entries, flags | want);
+    if (ring || ring.error().code() != EINVAL || want == 0) return ring;
+    // Flags outside the list go first, all at once: no order is known.
+    if ((want & ~listed) != 0) {
+      want &= listed;
+      continue;
+    }
+    for (unsigned f : kNewestFirst) {
+      if (want & f) {
+        want &= ~f;
+        break;
+      }
+    }
+  }
 }
 
 Ring::~Ring() {
@@ -72,6 +102,41 @@ Result<void> Ring::register_files(const int* fds, unsigned count) {
   int ret = io_uring_register_files(ring_.get(), fds, count);
   if (ret < 0) return Error(ret, "io_uring register files");
   return {};
+}
+
+std::string setup_flags_string(unsigned flags) {
+  static constexpr std::pair<unsigned, const char*> kNames[] = {
+      {IORING_SETUP_IOPOLL, "iopoll"},
+      {IORING_SETUP_SQPOLL, "sqpoll"},
+      {IORING_SETUP_SQ_AFF, "sq-aff"},
+      {IORING_SETUP_CQSIZE, "cqsize"},
+      {IORING_SETUP_CLAMP, "clamp"},
+      {IORING_SETUP_ATTACH_WQ, "attach-wq"},
+      {IORING_SETUP_R_DISABLED, "r-disabled"},
+      {IORING_SETUP_SUBMIT_ALL, "submit-all"},
+      {IORING_SETUP_COOP_TASKRUN, "coop-taskrun"},
+      {IORING_SETUP_TASKRUN_FLAG, "taskrun-flag"},
+      {IORING_SETUP_SQE128, "sqe128"},
+      {IORING_SETUP_CQE32, "cqe32"},
+      {IORING_SETUP_SINGLE_ISSUER, "single-issuer"},
+      {IORING_SETUP_DEFER_TASKRUN, "defer-taskrun"},
+  };
+  std::string out;
+  for (const auto& [bit, name] : kNames) {
+    if ((flags & bit) == 0) continue;
+    if (!out.empty()) out += ',';
+    out += name;
+    flags &= ~bit;
+  }
+  if (flags != 0) {
+    if (!out.empty()) out += ',';
+    out += "0x" + [](unsigned v) {
+      char b[16];
+      snprintf(b, sizeof b, "%x", v);
+      return std::string(b);
+    }(flags);
+  }
+  return out.empty() ? "none" : out;
 }
 
 }  // namespace ublkd

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 
 #include "base/error.h"
 
@@ -17,6 +18,16 @@ class Ring {
  public:
   // entries: submission queue size; flags: IORING_SETUP_*.
   static Result<Ring> create(unsigned entries, unsigned flags);
+
+  // Like create(), with `flags` always set and each flag of `optional` set
+  // when the kernel accepts it: a flag it does not know is refused with
+  // EINVAL, and then the ring is set up again without it (flags this code
+  // does not know first, then the most recently added). flags() tells what
+  // was granted.
+  static Result<Ring> create_probed(unsigned entries, unsigned flags, unsigned optional);
+
+  // The IORING_SETUP_* flags the ring was set up with.
+  unsigned flags() const { return ring_->flags; }
 
   Ring(Ring&&) noexcept = default;
   Ring& operator=(Ring&&) noexcept = default;
@@ -53,6 +64,10 @@ class Ring {
   // holding it by pointer keeps Ring cheaply movable.
   std::unique_ptr<io_uring> ring_;
 };
+
+// IORING_SETUP_* flags by name ("single-issuer,defer-taskrun"), for logs;
+// "none" for 0.
+std::string setup_flags_string(unsigned flags);
 
 // Fills an IORING_OP_URING_CMD SQE. The payload lands in the SQE's command
 // area: 16 bytes in a normal ring, 80 in an SQE128 ring.
