@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
 
 #include "base/error.h"
@@ -84,6 +85,9 @@ class Backend {
   virtual std::string_view type() const = 0;
   virtual uint64_t size() const = 0;
   virtual BackendFeatures features() const = 0;
+  // How requests are served, where an operator would want to know (for
+  // the log when the device goes live); empty when there is nothing to say.
+  virtual std::string io_notes() const { return {}; }
 
   // Serves one request on the calling queue thread and returns the ublk
   // result: bytes transferred for READ/WRITE, 0 for FLUSH/DISCARD/
@@ -106,9 +110,7 @@ class Backend {
   // A completion of one of this backend's SQEs. Returns the request's final
   // result, or kIoQueued while more of its SQEs are outstanding (e.g. the
   // rest of a short write was resubmitted).
-  virtual int complete(QueueContext& /*q*/, const io_uring_cqe& /*cqe*/) noexcept {
-    return -EIO;
-  }
+  virtual int complete(QueueContext& /*q*/, const io_uring_cqe& /*cqe*/) noexcept { return -EIO; }
 };
 
 }  // namespace ublkd

@@ -34,6 +34,9 @@ struct FileBackendOptions {
   bool read_only = false;
   // The block size the device advertises; every request is aligned to it.
   uint32_t logical_block_size = 512;
+  // Serve a file in memory (tmpfs, ramfs) inline; see serves_inline().
+  // Tests turn it off to drive the io_uring path on tmpfs.
+  bool inline_in_memory = true;
 };
 
 class FileBackend final : public Backend {
@@ -52,6 +55,7 @@ class FileBackend final : public Backend {
   std::string_view type() const override { return "file"; }
   uint64_t size() const override { return size_; }
   BackendFeatures features() const override;
+  std::string io_notes() const override;
 
   // The synchronous path (pread / pwrite / fdatasync / fallocate), with the
   // same results as submit() + complete(). It blocks the calling thread for
@@ -69,6 +73,10 @@ class FileBackend final : public Backend {
   bool direct_io() const { return direct_io_; }
   bool read_only() const { return read_only_; }
   uint32_t logical_block_size() const { return logical_block_size_; }
+  // The file lives in memory (tmpfs, ramfs): submit() then serves requests
+  // inline, as handle() does, since a hand-off to io_uring's worker threads
+  // costs more than the memory copy.
+  bool serves_inline() const { return inline_; }
 
   // Writes of zeros (when fallocate cannot zero a range) are issued from a
   // shared zero buffer in pieces of at most this many bytes.
@@ -79,7 +87,8 @@ class FileBackend final : public Backend {
   struct QueueState;
 
   FileBackend(UniqueFd fd, std::string path, uint64_t size, bool block_device, bool direct_io,
-              bool read_only, uint32_t logical_block_size, const std::byte* zeros);
+              bool read_only, uint32_t logical_block_size, const std::byte* zeros,
+              bool serve_inline);
 
   int check(const IoRequest& req) const noexcept;
   bool fallocate_unsupported(IoOp op) const noexcept;
@@ -103,6 +112,7 @@ class FileBackend final : public Backend {
   bool read_only_;
   uint32_t logical_block_size_;
   const std::byte* zeros_;  // kZeroChunk bytes, page aligned; nullptr if read_only
+  bool inline_;
   // Set once fallocate has answered EOPNOTSUPP for a mode, so that later
   // requests go straight to writing zeros. Shared by all queues; a stale
   // read only costs one more refused fallocate.

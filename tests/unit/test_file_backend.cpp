@@ -4,9 +4,11 @@
 #include <liburing.h>
 #include <linux/falloc.h>
 #include <linux/loop.h>
+#include <linux/magic.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -877,7 +879,12 @@ TEST_CASE("file backend writes zeros where fallocate cannot zero a range", "[fil
   const bool async = GENERATE(true, false);
   DYNAMIC_SECTION(mode_name(async)) {
     std::filesystem::remove(path);
-    Device d(open_ok(options(path, kSize, direct)), async);
+    // On the ring, although tmpfs would be served inline: the fallback's
+    // SQEs are what this checks.
+    FileBackendOptions o = options(path, kSize, direct);
+    o.inline_in_memory = false;
+    Device d(open_ok(o), async);
+    REQUIRE_FALSE(d.backend().serves_inline());
     d.write_pattern(0, 8 * kMiB, 4);
 
     // Several chunks of the zero buffer, the last one partial.
@@ -920,6 +927,46 @@ TEST_CASE("file backend writes zeros where fallocate cannot zero a range", "[fil
       CHECK(d.queue()->log()[0].opcode == IORING_OP_FALLOCATE);
     }
     d.require_zeros(7 * kMiB, kMiB);
+  }
+}
+
+TEST_CASE("file backend serves a tmpfs file inline and other files on the ring", "[file]") {
+  if (!std::filesystem::is_directory("/dev/shm")) {
+    WARN("no /dev/shm; inline path not exercised");
+    return;
+  }
+  struct Where {
+    const char* dir;
+    bool in_memory;
+  };
+  // The build directory, where the tests run, is taken to be on disk; if it
+  // is not, that half is skipped.
+  struct statfs fs {};
+  REQUIRE(::statfs(".", &fs) == 0);
+  const bool cwd_in_memory = fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC;
+  if (cwd_in_memory) WARN("the build directory is in memory; the ring half is not exercised");
+  for (const Where w : {Where{"/dev/shm", true}, Where{".", cwd_in_memory}}) {
+    INFO("directory " << w.dir);
+    TempDir dir(w.dir);
+    Device d(open_ok(options(dir.file("f.img"), 4 * kMiB, direct_io_works(dir))), true);
+    CHECK(d.backend().serves_inline() == w.in_memory);
+    CHECK(d.backend().io_notes().empty() != w.in_memory);
+    d.queue()->clear_log();
+    Buffer buf(64 * kKiB);
+    fill_pattern(buf, kMiB, 9);
+    const int r =
+        d.backend().submit(*d.queue(), request(IoOp::kWrite, kMiB, 64 * kKiB, buf.data()));
+    if (w.in_memory) {
+      // The final result at once, and nothing on the ring.
+      CHECK(r == static_cast<int>(64 * kKiB));
+      CHECK(d.queue()->log().empty());
+    } else {
+      REQUIRE(r == kIoQueued);
+      d.queue()->flush();
+      CHECK(d.backend().complete(*d.queue(), d.queue()->next()) == static_cast<int>(64 * kKiB));
+    }
+    d.require_pattern(kMiB, 64 * kKiB, 9);
+    d.require_zeros(0, kMiB);
   }
 }
 
