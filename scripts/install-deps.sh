@@ -21,14 +21,15 @@ EOF
 # Build: compiler, meson/ninja and the libraries meson.build asks for.
 # Unit tests: catch2. VM tests (tests/vm): qemu, the initramfs contents
 # (busybox, fio, e2fsprogs, util-linux, kmod, jq) and the tools that unpack Debian
-# kernels (zstd, xz-utils, cpio). debootstrap and clang-format are used by
-# other scripts of the project.
+# kernels (zstd, xz-utils, cpio). The benchmark (bench/) draws its chart with
+# gnuplot. debootstrap and clang-format are used by other scripts of the
+# project.
 PACKAGES=(
     meson ninja-build g++ pkg-config
     liburing-dev libspdlog-dev nlohmann-json3-dev libsystemd-dev
     catch2
     qemu-system-x86 busybox-static fio e2fsprogs zstd cpio kmod xz-utils jq
-    util-linux debootstrap clang-format scdoc
+    util-linux debootstrap clang-format scdoc gnuplot-nox
 )
 
 check_only=0

@@ -256,9 +256,9 @@ fi
 if [[ -x $build_dir/daemon/ublkctl ]]; then
     copy_bin "$stage" "$build_dir/daemon/ublkctl" /usr/local/bin/ublkctl
 fi
-for t in ublkd-admin-send ublkd-del-dev; do
-    if [[ -x $build_dir/tests/$t ]]; then
-        copy_bin "$stage" "$build_dir/tests/$t" "/usr/local/bin/$t"
+for t in tests/ublkd-admin-send tests/ublkd-del-dev bench/ublkd-bench-add-live; do
+    if [[ -x $build_dir/$t ]]; then
+        copy_bin "$stage" "$build_dir/$t" "/usr/local/bin/${t##*/}"
     fi
 done
 # The symlinks are in the userland archive already; in this one they would

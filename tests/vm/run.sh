@@ -27,6 +27,7 @@ Options:
                     DIR/KERNEL/{console.log,CASE.log,...}, emptied per run
   --memory SIZE     guest memory (default 2G)
   --smp N           guest CPUs (default 2)
+  --cpu MODEL       qemu CPU model (default max)
   --verbose         stream the serial console to stderr while running
   --list            list the cases with their timeouts and exit
   --help            show this help
@@ -50,6 +51,7 @@ log_root=
 cases_dir=$here/cases
 memory=2G
 smp=2
+cpu=max
 verbose=0
 list=0
 tier=full
@@ -65,6 +67,7 @@ while (($#)); do
         --tier) tier=${2:?--tier needs a value}; shift ;;
         --memory) memory=${2:?--memory needs a value}; shift ;;
         --smp) smp=${2:?--smp needs a value}; shift ;;
+        --cpu) cpu=${2:?--cpu needs a value}; shift ;;
         --verbose | -v) verbose=1 ;;
         --list) list=1 ;;
         -h | --help) usage; exit 0 ;;
@@ -177,7 +180,7 @@ run_kernel() {
     # i8042.*: no PS/2 probing, which only waits for timeouts.
     local cmdline="console=ttyS0 panic=-1 loglevel=5 mitigations=off i8042.noaux i8042.nokbd i8042.nopnp"
     t0=$(now)
-    qemu-system-x86_64 -accel tcg -cpu max -m "$memory" -smp "$smp" \
+    qemu-system-x86_64 -accel tcg -cpu "$cpu" -m "$memory" -smp "$smp" \
         -nographic -no-reboot -nic none -monitor none \
         -serial "file:$console" \
         -device virtio-serial-pci,id=vser -chardev "file,id=results,path=$results" \

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The benchmark: ublkd against the kernel's own block devices, in one VM run
+# per kernel. See bench/README.md and docs/performance.md.
+set -euo pipefail
+export LC_ALL=C
+
+usage() {
+    cat <<'EOF_USAGE'
+Usage: bench/run.sh [OPTIONS]
+
+Boots the test VM (qemu, TCG, 2 vCPUs) once per kernel and runs identical
+fio jobs against kernel brd, null_blk and loop (direct I/O, tmpfs file) and
+ublkd's null, mem and file (tmpfs file) devices, interleaved and repeated.
+Also measures add->live latency, ublkd's RSS and its CPU time per I/O.
+Prints a table per kernel with each ublkd row's ratio to its kernel
+counterpart, and writes OUT/results.json, OUT/results.txt and
+OUT/chart-KERNEL.png.
+
+Options:
+  --kernel K       6.12, 7.2 or all (default all)
+  --runtime SECS   fio runtime per job and device (default 3)
+  --ramp SECS      fio ramp time, not measured (default 1)
+  --repeats N      repeats of the whole matrix (default 3)
+  --size MIB       size of every device (default 256)
+  --cpu MODEL      qemu CPU model (default max,-erms,-fsrm: without fast
+                   string moves, which TCG emulates a byte at a time; see
+                   docs/performance.md)
+  --quick          --runtime 2 --repeats 1: a fast look, not a result
+  --jobs "J..."    only these jobs (default: all six, e.g. randread-4k-64)
+  --numjobs "N.."  fio numjobs values (default "1 2")
+  --build-dir DIR  meson build directory (default: build; built if missing)
+  --out DIR        where results go (default: BUILD/bench)
+  --help           show this help
+
+Exit status: 0 when every kernel's run completed (targets missed or not),
+1 when a run failed, 2 on usage errors.
+EOF_USAGE
+}
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+
+kernels=all
+runtime=3
+ramp=1
+repeats=3
+size=256
+cpu=max,-erms,-fsrm
+jobs=
+numjobs=
+build_dir=$repo/build
+out=
+while (($#)); do
+    case $1 in
+        --kernel) kernels=${2:?--kernel needs a value}; shift ;;
+        --runtime) runtime=${2:?--runtime needs a value}; shift ;;
+        --ramp) ramp=${2:?--ramp needs a value}; shift ;;
+        --repeats) repeats=${2:?--repeats needs a value}; shift ;;
+        --size) size=${2:?--size needs a value}; shift ;;
+        --cpu) cpu=${2:?--cpu needs a value}; shift ;;
+        --quick) runtime=2 repeats=1 ;;
+        --jobs) jobs=${2:?--jobs needs a value}; shift ;;
+        --numjobs) numjobs=${2:?--numjobs needs a value}; shift ;;
+        --build-dir) build_dir=${2:?--build-dir needs a value}; shift ;;
+        --out) out=${2:?--out needs a value}; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "bench/run.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+die() { echo "bench/run.sh: error: $*" >&2; exit 2; }
+for v in runtime ramp repeats size; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "--$v must be a whole number, not '${!v}'"
+done
+((runtime > 0 && repeats > 0 && size >= 16)) || die "--runtime and --repeats must be > 0, --size >= 16"
+case $kernels in
+    all) klist=(6.12 7.2) ;;
+    6.12 | 7.2) klist=("$kernels") ;;
+    *) die "--kernel must be 6.12, 7.2 or all, not '$kernels'" ;;
+esac
+valid_jobs=" randread-4k-1 randwrite-4k-1 randread-4k-64 randwrite-4k-64 read-128k-16 write-128k-16 "
+for j in $jobs; do
+    [[ $valid_jobs == *" $j "* ]] || die "unknown job '$j' (one of:$valid_jobs)"
+done
+for n in $numjobs; do [[ $n =~ ^[1-8]$ ]] || die "--numjobs values are 1..8, not '$n'"; done
+for tool in jq gnuplot; do
+    command -v "$tool" >/dev/null || die "'$tool' not found (run scripts/install-deps.sh)"
+done
+
+if [[ ! -x $build_dir/bench/ublkd-bench-add-live ]]; then
+    "$repo/scripts/build.sh" "$build_dir" >/dev/null
+fi
+build_dir=$(cd "$build_dir" && pwd)
+out=${out:-$build_dir/bench}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ublkd-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# The case the VM runs: bench/vm/bench.sh with the parameters in front.
+# Its timeout: the fio matrix (6 devices per run, plus fio's start-up) and
+# the rest, with room for a slow host.
+njobs=$(wc -w <<<"${jobs:-x x x x x x}")
+nnum=$(wc -w <<<"${numjobs:-1 2}")
+matrix=$((repeats * njobs * nnum * (6 * (runtime + ramp) + 15)))
+vm_timeout=$((2 * (matrix + 6 * runtime + 300) + 300))
+mkdir -p "$work/cases"
+{
+    echo '#!/bin/bash'
+    echo "# vm-timeout: $vm_timeout"
+    echo "BENCH_RUNTIME=$runtime BENCH_RAMP=$ramp BENCH_REPEATS=$repeats BENCH_SIZE_MIB=$size"
+    [[ -n $jobs ]] && printf 'BENCH_JOBS=%q\n' "$jobs"
+    [[ -n $numjobs ]] && printf 'BENCH_NUMJOBS=%q\n' "$numjobs"
+    grep -v '^#!' "$here/vm/bench.sh"
+} >"$work/cases/bench.sh"
+
+status=0
+: >"$work/records.jsonl"
+for k in "${klist[@]}"; do
+    echo "bench: kernel $k: runtime ${runtime}s, ramp ${ramp}s, $repeats repeat(s), devices of $size MiB, CPU $cpu (VM case timeout ${vm_timeout}s)"
+    if ! "$repo/tests/vm/run.sh" --kernel "$k" --build-dir "$build_dir" --cases-dir "$work/cases" \
+        --log-dir "$out/vm-logs" --memory 3G --smp 2 --cpu "$cpu" bench; then
+        echo "bench: the run on $k failed; its logs are in $out/vm-logs/$k" >&2
+        status=1
+        continue
+    fi
+    sed -n 's/^@@BENCH //p' "$out/vm-logs/$k/bench.log" | tee "$out/raw-$k.jsonl" >>"$work/records.jsonl"
+done
+[[ -s $work/records.jsonl ]] || { echo "bench: no results" >&2; exit 1; }
+
+jq -s --arg date "$(date -u +%FT%TZ)" -f "$here/summarize.jq" "$work/records.jsonl" >"$out/results.json"
+jq -r -f "$here/table.jq" "$out/results.json" | tee "$out/results.txt"
+
+# One chart per kernel: each ublkd device's throughput as a fraction of its
+# kernel counterpart, per job.
+for kver in $(jq -r '.kernels | keys[]' "$out/results.json"); do
+    series=$(cut -d. -f1,2 <<<"$kver")
+    jq -r --arg k "$kver" -f "$here/chart-data.jq" "$out/results.json" >"$work/chart.dat"
+    gnuplot -e "datafile='$work/chart.dat'; outfile='$out/chart-$series.png'; kernel='$kver'" \
+        "$here/chart.gp" || { echo "bench: gnuplot failed for $kver" >&2; status=1; }
+done
+echo "bench: results in $out (results.json, results.txt, chart-*.png)"
+exit "$status"

@@ -1,0 +1,56 @@
+# Input: every @@BENCH record of the run (slurped). Output: results.json,
+# per kernel the medians over repeats, ratios to the kernel counterparts
+# and the targets of docs/performance.md.
+def median: sort | if length == 0 then null
+    elif length % 2 == 1 then .[length / 2 | floor]
+    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+def r3: . * 1000 | round / 1000;
+def r1: . * 10 | round / 10;
+# The kernel device each ublkd device is compared with.
+def counterpart: {"ublkd-null": "null_blk", "ublkd-mem": "brd", "ublkd-file": "brd"}[.];
+def target_ratio: {"ublkd-null": 0.90, "ublkd-mem": 0.95, "ublkd-file": 0.95}[.];
+
+group_by(.kernel) | map(
+  . as $recs
+  | ($recs | map(select(.kind == "fio"))
+     | group_by([.device, .job, .numjobs])
+     | map({device: .[0].device, job: .[0].job, numjobs: .[0].numjobs,
+            repeats: length,
+            iops: (map(.iops) | median | r1),
+            iops_min: (map(.iops) | min | r1), iops_max: (map(.iops) | max | r1),
+            mbps: (map(.mbps) | median | r1),
+            p50_us: (map(.p50_us) | median | r1),
+            p99_us: (map(.p99_us) | median | r1)})) as $fio
+  | ($fio | map({key: "\(.device) \(.job) \(.numjobs)", value: .}) | from_entries) as $by
+  | ($fio | map(. as $r
+       | if ($r.device | counterpart) == null then $r
+         else ($by["\($r.device | counterpart) \($r.job) \($r.numjobs)"]) as $c
+         | $r + {counterpart: ($r.device | counterpart),
+                 ratio: (if $c == null or $c.iops == 0 then null else $r.iops / $c.iops | r3 end)}
+           + (if $r.device == "ublkd-file" and $by["loop \($r.job) \($r.numjobs)"] != null
+              then {ratio_loop: ($r.iops / $by["loop \($r.job) \($r.numjobs)"].iops | r3)} else {} end)
+         end)) as $fio
+  | ($recs | map(select(.kind == "add_live")) | .[0]) as $add
+  | ($recs | map(select(.kind == "memory")) | .[0]) as $mem
+  | ($recs | map(select(.kind == "cpu"))
+     | map({device, job, ios,
+            cpu_us_per_io: (if .ios > 0 then .ticks_all * 1e6 / .hz / .ios | r1 else null end),
+            queue_cpu_us_per_io: (if .ios > 0 then .ticks_queues * 1e6 / .hz / .ios | r1 else null end),
+            ios_per_wakeup: (if .queue_wakeups > 0 then .ios / .queue_wakeups | r1 else null end)})) as $cpu
+  | ([$fio[] | select((.device | counterpart) != null and (.job | test("-4k-64$")))
+      | {name: "\(.device) \(.job) x\(.numjobs) / \(.counterpart)", value: .ratio,
+         target: (.device | target_ratio), met: (.ratio != null and .ratio >= (.device | target_ratio))}]
+     + [{name: "add->live median (ms)", value: ($add.median_ms // null | if . then r1 else . end),
+         target: 150, met: ($add != null and $add.median_ms <= 150)},
+        {name: "RSS, 1 GiB mem device, 16 MiB written (MiB)",
+         value: ($mem.rss_kib // null | if . then . / 1024 | r1 else . end),
+         target: 64, met: ($mem != null and $mem.rss_kib <= 65536)}]) as $targets
+  | ([$fio[] | select(.device == "ublkd-null" and (.job | test("-4k-1$")) and .numjobs == 1)
+      | . as $u | ($by["null_blk \(.job) 1"]) as $n
+      | {job, ublkd_null_p50_us: .p50_us, null_blk_p50_us: $n.p50_us,
+         added_p50_us: ((.p50_us - $n.p50_us) | r1)}]) as $lat
+  | {key: $recs[0].kernel,
+     value: {run: ($recs | map(select(.kind == "run")) | .[0]),
+             fio: $fio, added_latency_qd1: $lat, add_live: $add, memory: $mem, cpu: $cpu,
+             targets: $targets}})
+| {generated: $date, kernels: from_entries}

@@ -1,0 +1,178 @@
+#!/bin/bash
+# The benchmark, run inside the test VM by bench/run.sh, which puts the
+# parameters (BENCH_*) at the top of a copy of this file. Every result is
+# one line "@@BENCH {json}" in the case log; bench/run.sh collects them.
+#
+# Devices, each of BENCH_SIZE_MIB: kernel brd, null_blk, loop with direct
+# I/O on a tmpfs file; ublkd null, mem, and file on a tmpfs file. All but
+# the null devices are written in full first, so reads hit real data.
+. "${BASH_SOURCE%/*}/../lib.sh"
+
+: "${BENCH_RUNTIME:=3}" "${BENCH_RAMP:=1}" "${BENCH_REPEATS:=3}" "${BENCH_SIZE_MIB:=256}"
+: "${BENCH_JOBS:=randread-4k-1 randwrite-4k-1 randread-4k-64 randwrite-4k-64 read-128k-16 write-128k-16}"
+: "${BENCH_NUMJOBS:=1 2}"
+: "${BENCH_QUEUES:=2}" "${BENCH_DEPTH:=128}"
+
+require_cmd fio losetup blockdev dd
+
+size=$((BENCH_SIZE_MIB * 1048576))
+kernel=$(uname -r)
+emit() { printf '@@BENCH %s\n' "$1"; }
+
+dir=$CASE_DIR/bench
+mkdir -p "$dir" # /tmp is tmpfs in the VM
+
+# ---- the daemon ---------------------------------------------------------------
+cfg=$CASE_DIR/config
+mkdir -p "$cfg/devices.d"
+start_ublkd_api "$cfg"
+
+# ---- memory: ublkd's RSS with a 1 GiB mem device after 16 MiB written ---------
+# First, while no other device exists, so nothing else is counted.
+rss_of() { # rss_of FIELD: kB of that /proc/PID/status field
+    local k v _
+    while read -r k v _; do
+        [[ $k == "$1:" ]] && { echo "$v"; return; }
+    done <"/proc/$UBLKD_PID/status"
+    echo 0
+}
+rss_idle=$(rss_of VmRSS)
+rssdev=$(ctl_ok add rss0 --backend mem --size 1GiB --queues "$BENCH_QUEUES" --depth "$BENCH_DEPTH")
+rss_added=$(rss_of VmRSS)
+dd if=/dev/urandom of="$dir/16m" bs=1M count=16 status=none
+dd if="$dir/16m" of="$rssdev" bs=1M count=16 oflag=direct conv=fsync status=none
+rss_written=$(rss_of VmRSS)
+emit "{\"kind\":\"memory\",\"kernel\":\"$kernel\",\"device_size_mib\":1024,\"written_mib\":16,\"rss_idle_kib\":$rss_idle,\"rss_added_kib\":$rss_added,\"rss_kib\":$rss_written,\"rss_anon_kib\":$(rss_of RssAnon),\"rss_shmem_kib\":$(rss_of RssShmem),\"rss_file_kib\":$(rss_of RssFile)}"
+rm -f "$dir/16m"
+ctl_ok del rss0 >/dev/null
+log "memory: RSS ${rss_idle} kB idle, ${rss_added} kB with rss0 added, ${rss_written} kB after 16 MiB written"
+
+# ---- add -> live ------------------------------------------------------------------
+addlat=$(ublkd-bench-add-live --count 20 --queues "$BENCH_QUEUES" "$UBLKD_SOCKET") ||
+    fail "add->live measurement failed"
+emit "{\"kind\":\"add_live\",\"kernel\":\"$kernel\",${addlat#\{}"
+log "add->live: $addlat"
+
+# ---- the devices --------------------------------------------------------------------
+load_module brd rd_nr=1 rd_size=$((BENCH_SIZE_MIB * 1024))
+load_module null_blk nr_devices=1 gb=1 bs=512 submit_queues="$BENCH_QUEUES" \
+    hw_queue_depth="$BENCH_DEPTH"
+load_module loop
+truncate -s "$size" "$dir/loop.img"
+loopdev=$(losetup --direct-io=on --show -f "$dir/loop.img")
+add_cleanup "losetup -d $loopdev"
+loop_dio=$(cat "/sys/block/${loopdev#/dev/}/loop/dio")
+((loop_dio == 1)) || fail "$loopdev does not do direct I/O on tmpfs (loop/dio is $loop_dio)"
+
+add_dev() { # add_dev NAME ADD-OPTIONS...
+    local name=$1
+    shift
+    ctl_ok add "$name" --size "${BENCH_SIZE_MIB}MiB" --queues "$BENCH_QUEUES" \
+        --depth "$BENCH_DEPTH" "$@"
+}
+declare -A dev=(
+    [brd]=/dev/ram0
+    [null_blk]=/dev/nullb0
+    [loop]=$loopdev
+    [ublkd-null]=$(add_dev b-null --backend null)
+    [ublkd-mem]=$(add_dev b-mem --backend mem)
+    [ublkd-file]=$(add_dev b-file --backend file --path "$dir/file.img" --create)
+)
+devices=(brd null_blk loop ublkd-null ublkd-mem ublkd-file)
+for d in "${devices[@]}"; do
+    [[ -b ${dev[$d]} ]] || fail "$d: ${dev[$d]} is not a block device"
+    (($(dev_size "${dev[$d]}") >= size)) || fail "$d: ${dev[$d]} is smaller than $size bytes"
+done
+log "devices: $(for d in "${devices[@]}"; do printf '%s=%s ' "$d" "${dev[$d]}"; done)"
+
+# Written in full once, so that reads find data and writes overwrite it.
+for d in brd loop ublkd-mem ublkd-file; do
+    fio --name=fill --filename="${dev[$d]}" --ioengine=io_uring --direct=1 --rw=write \
+        --bs=1M --iodepth=16 --size="$size" --output=/dev/null ||
+        fail "$d: filling ${dev[$d]} failed"
+done
+log "filled"
+
+# ---- the fio matrix ---------------------------------------------------------------
+# run_fio JOB NUMJOBS REP DEVICE...: one fio run, the devices one after the
+# other (stonewall), each its own reporting group named after the device.
+run_fio() {
+    local job=$1 nj=$2 rep=$3 rw bs qd out d
+    shift 3
+    IFS=- read -r rw bs qd <<<"$job"
+    local -a args=(--output-format=json --ioengine=io_uring --direct=1 --time_based
+        --runtime="$BENCH_RUNTIME" --ramp_time="$BENCH_RAMP" --group_reporting
+        --norandommap --randrepeat=0 --rw="$rw" --bs="$bs" --iodepth="$qd"
+        --numjobs="$nj" --size="$size")
+    for d in "$@"; do args+=(--name="$d" --filename="${dev[$d]}" --stonewall); done
+    out=$dir/fio.json
+    fio "${args[@]}" >"$out" 2>"$dir/fio.err" || { cat "$dir/fio.err" >&2; fail "fio $job x$nj failed"; }
+    jq -c --arg k "$kernel" --arg job "$job" --argjson nj "$nj" --argjson rep "$rep" '
+        .jobs[] | (if .read.io_bytes > 0 then .read else .write end) as $d
+        | if .error != 0 then error("\(.jobname): fio error \(.error)") else . end
+        | {kind: "fio", kernel: $k, device: .jobname, job: $job, numjobs: $nj, rep: $rep,
+           iops: $d.iops, mbps: ($d.bw_bytes / 1e6), ios: $d.total_ios,
+           p50_us: ($d.clat_ns.percentile["50.000000"] / 1000),
+           p99_us: ($d.clat_ns.percentile["99.000000"] / 1000)}' "$out" |
+        sed 's/^/@@BENCH /' || fail "fio $job x$nj: unexpected output"
+}
+
+# Repeats are interleaved across devices and jobs, and each repeat starts
+# with another device, so drift over the run hits every device alike.
+total=0
+for ((rep = 1; rep <= BENCH_REPEATS; rep++)); do
+    n=${#devices[@]}
+    order=()
+    for ((i = 0; i < n; i++)); do order+=("${devices[(i + rep - 1) % n]}"); done
+    for nj in $BENCH_NUMJOBS; do
+        for job in $BENCH_JOBS; do
+            run_fio "$job" "$nj" "$rep" "${order[@]}"
+            total=$((total + 1))
+        done
+    done
+    log "repeat $rep of $BENCH_REPEATS done"
+done
+
+# ---- CPU per I/O of ublkd's threads at iodepth 64 ---------------------------------
+# utime + stime in clock ticks (USER_HZ, 100 on x86) around one fio run per
+# device: of the whole process (which keeps the time of threads that have
+# exited, such as io_uring's io-wq workers), and of the queue threads.
+# Also the queue threads' context switches: each voluntary one is a sleep
+# in io_uring_enter and so one wake-up.
+cpu_ticks() {
+    local t stat f all q=0 comm k v sw=0
+    read -r stat <"/proc/$UBLKD_PID/stat"
+    read -r -a f <<<"${stat##*) }"
+    all=$((f[11] + f[12]))
+    for t in /proc/"$UBLKD_PID"/task/*; do
+        read -r stat <"$t/stat" || continue
+        comm=${stat#*(}
+        comm=${comm%)*}
+        [[ $comm == ublk*-q* ]] || continue
+        read -r -a f <<<"${stat##*) }"
+        q=$((q + f[11] + f[12]))
+        while read -r k v; do
+            [[ $k == voluntary_ctxt_switches: ]] && sw=$((sw + v))
+        done <"$t/status"
+    done
+    echo "$all $q $sw"
+}
+for d in ublkd-null ublkd-mem ublkd-file; do
+    for rw in randread randwrite; do
+        read -r a0 q0 w0 <<<"$(cpu_ticks)"
+        ios=$(fio --output-format=json --name="$d" --filename="${dev[$d]}" --ioengine=io_uring \
+            --direct=1 --time_based --runtime="$BENCH_RUNTIME" --norandommap --randrepeat=0 \
+            --rw=$rw --bs=4k --iodepth=64 --size="$size" |
+            jq '.jobs[0] | .read.total_ios + .write.total_ios') || fail "$d: fio for CPU cost failed"
+        read -r a1 q1 w1 <<<"$(cpu_ticks)"
+        emit "{\"kind\":\"cpu\",\"kernel\":\"$kernel\",\"device\":\"$d\",\"job\":\"$rw-4k-64\",\"ios\":$ios,\"ticks_all\":$((a1 - a0)),\"ticks_queues\":$((q1 - q0)),\"queue_wakeups\":$((w1 - w0)),\"hz\":100}"
+    done
+done
+
+# Whether the guest CPU has fast short rep movsb (see docs/performance.md).
+fsrm=false
+grep -qw fsrm /proc/cpuinfo && fsrm=true
+emit "{\"kind\":\"run\",\"kernel\":\"$kernel\",\"runtime_s\":$BENCH_RUNTIME,\"ramp_s\":$BENCH_RAMP,\"repeats\":$BENCH_REPEATS,\"size_mib\":$BENCH_SIZE_MIB,\"queues\":$BENCH_QUEUES,\"depth\":$BENCH_DEPTH,\"cpus\":$(nproc),\"cpu_fsrm\":$fsrm,\"fio_runs\":$total,\"fio\":\"$(fio --version)\",\"loop_dio\":$loop_dio}"
+
+for n in b-null b-mem b-file; do ctl_ok del "$n" >/dev/null; done
+stop_ublkd
