@@ -34,6 +34,12 @@ readonly HUNG_TASK_SECS=60
 # A dmesg line without its timestamp; a case's timeout header.
 readonly DMESG_TS_RE='^\[[ 0-9.]*\] (.*)'
 readonly TIMEOUT_RE='^# vm-timeout: *([0-9]+)'
+# `# vm-known-splat: REGEX` in a case's header: a kernel report the case
+# expects (a known kernel bug its feature triggers). The whole report, up to
+# its end marker, is logged as known instead of failing the case; any other
+# report still fails it.
+readonly KNOWN_SPLAT_RE='^# vm-known-splat: *(.+)$'
+readonly SPLAT_END_RE='---\[ end trace|</TASK>'
 readonly SPLAT_RE='WARNING:|BUG:|Oops|lockdep|possible circular locking|INFO: task .* blocked for more than|general protection fault|Call Trace:|kernel BUG at|UBSAN:|KASAN:|Kernel panic'
 
 mount -t proc -o nosuid,nodev,noexec proc /proc
@@ -232,6 +238,17 @@ case_timeout() {
     done <"$1"
 }
 
+# known_splats FILE: KNOWN_SPLATS=(the `# vm-known-splat:` regexes in the
+# first 30 lines of a case).
+known_splats() {
+    local line n=0
+    KNOWN_SPLATS=()
+    while IFS= read -r line && ((n++ < 30)); do
+        [[ $line =~ $KNOWN_SPLAT_RE ]] && KNOWN_SPLATS+=("${BASH_REMATCH[1]}")
+    done <"$1"
+    return 0
+}
+
 # cleanup_after_case PGID FORWARDER_PID: put the system back to the
 # baseline. LEFTOVERS=(what was left behind), for the verdict.
 cleanup_after_case() {
@@ -304,7 +321,8 @@ run_case() {
     local name=$1 file=$TESTS/cases/$1.sh
     local log=$LOGS/$name.log dir=/tmp/cases/$name
     local timeout start end secs rc verdict reason pid fwd line why
-    local -a splats dmesg_lines
+    local -a splats known dmesg_lines
+    local in_known re
 
     case_timeout "$file"
     timeout=$CASE_TIMEOUT
@@ -338,9 +356,23 @@ run_case() {
     cleanup_after_case "$pid" "$fwd"
     dmesg >"$LOGS/$name.dmesg" 2>&1
     mapfile -t dmesg_lines <"$LOGS/$name.dmesg"
-    splats=()
+    splats=() known=() in_known=0
+    known_splats "$file"
     for line in "${dmesg_lines[@]}"; do
-        [[ $line =~ $SPLAT_RE ]] && splats+=("$line")
+        if ((in_known)); then
+            [[ $line =~ $SPLAT_RE ]] && known+=("$line")
+            [[ $line =~ $SPLAT_END_RE ]] && in_known=0
+            continue
+        fi
+        [[ $line =~ $SPLAT_RE ]] || continue
+        for re in "${KNOWN_SPLATS[@]}"; do
+            [[ $line =~ $re ]] && in_known=1
+        done
+        if ((in_known)); then
+            known+=("$line")
+        else
+            splats+=("$line")
+        fi
     done
 
     case $rc in
@@ -386,6 +418,10 @@ run_case() {
         if ((${#splats[@]})); then
             echo "---- kernel splat lines:"
             printf '%s\n' "${splats[@]}"
+        fi
+        if ((${#known[@]})); then
+            echo "---- known kernel report the case declares (# vm-known-splat), not a failure:"
+            printf '%s\n' "${known[@]}"
         fi
         echo "---- dmesg during the case:"
         ((${#dmesg_lines[@]})) && printf '%s\n' "${dmesg_lines[@]}"
