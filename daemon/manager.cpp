@@ -171,6 +171,7 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
   cfg.logical_block_size = spec.logical_block_size;
   cfg.read_only = spec.read_only;
   cfg.kernel_features = features_;
+  cfg.zero_copy = spec.backend.zero_copy;
   cfg.start_timeout = options_.start_timeout;
   cfg.control_path = options_.control_path;
   if (!options_.unprimed_tag_device.empty() && options_.unprimed_tag_device == name) {
@@ -248,8 +249,13 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
       e.spec.source = dropin_path(name).string();
       devlog::info(name, "device {}: spec persisted to {}", e.spec.source);
     }
-    devlog::info(name, "device {} live at {} (queue rings: {})", e.dev->block_device(),
-                 setup_flags_string(e.dev->queue_ring_flags()));
+    std::string notes = e.dev->backend().io_notes();
+    if (e.dev->zero_copy()) {
+      notes += notes.empty() ? "" : "; ";
+      notes += "zero copy (the kernel registers each request's pages for the backend)";
+    }
+    devlog::info(name, "device {} live at {} (queue rings: {}{}{})", e.dev->block_device(),
+                 setup_flags_string(e.dev->queue_ring_flags()), notes.empty() ? "" : "; ", notes);
     if (const auto& f = e.dev->io_flusher_error()) {
       devlog::warn(name,
                    "device {}: queue threads are not I/O flushers: {} (ublkd lacks "

@@ -33,8 +33,7 @@ std::string bytes_text(uint64_t v) {
 // `required`: the type cannot work without a size. `max`: the largest size
 // the type can serve.
 void read_size(FieldReader& reader, const nlohmann::json& backend,
-               std::optional<uint32_t> block_size, bool required, uint64_t max,
-               BackendSpec& out) {
+               std::optional<uint32_t> block_size, bool required, uint64_t max, BackendSpec& out) {
   std::optional<uint64_t> size = reader.size(backend, "backend", "size", required);
   if (!size) return;
   const std::string shown = config::dump_value(backend.at("size"));
@@ -83,6 +82,7 @@ void read_file(FieldReader& reader, const nlohmann::json& backend,
   }
   if (auto create = reader.boolean(backend, "backend", "create", false)) out.create = *create;
   if (auto direct = reader.boolean(backend, "backend", "direct_io", false)) out.direct_io = *direct;
+  if (auto zc = reader.boolean(backend, "backend", "zero_copy", false)) out.zero_copy = *zc;
   const bool size_given = backend.contains("size");
   read_size(reader, backend, block_size, /*required=*/false, kMaxDeviceSize, out);
   if (out.create && !size_given) {
@@ -92,7 +92,7 @@ void read_file(FieldReader& reader, const nlohmann::json& backend,
 
 const std::array<BackendType, 3> kBackendTypes = {{
     {"mem", {"type", "size"}, read_mem},
-    {"file", {"type", "path", "size", "create", "direct_io"}, read_file},
+    {"file", {"type", "path", "size", "create", "direct_io", "zero_copy"}, read_file},
     {"null", {"type", "size"}, read_null},
 }};
 
@@ -243,6 +243,7 @@ nlohmann::json backend_json(const BackendSpec& b) {
     if (b.size != 0) j["size"] = b.size;
     j["create"] = b.create;
     j["direct_io"] = b.direct_io;
+    j["zero_copy"] = b.zero_copy;
   } else {
     j["size"] = b.size;
   }

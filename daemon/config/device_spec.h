@@ -40,14 +40,15 @@ inline constexpr uint64_t kMaxDeviceSize = (uint64_t{1} << 63) - 1;
 // backend types), so a key that belongs to another type is rejected.
 //   mem:  size (required)
 //   file: path (required, absolute), size (required with create, else the
-//         file's or block device's own), create, direct_io
+//         file's or block device's own), create, direct_io, zero_copy
 //   null: size (required)
 struct BackendSpec {
-  std::string type;   // "mem", "file" or "null"
-  uint64_t size = 0;  // bytes, a multiple of the logical block size; 0: a file's own size
-  std::string path;   // file
-  bool create = false;     // file: create a missing file at `size`
-  bool direct_io = true;   // file: O_DIRECT
+  std::string type;       // "mem", "file" or "null"
+  uint64_t size = 0;      // bytes, a multiple of the logical block size; 0: a file's own size
+  std::string path;       // file
+  bool create = false;    // file: create a missing file at `size`
+  bool direct_io = true;  // file: O_DIRECT
+  bool zero_copy = false;  // file: UBLK_F_AUTO_BUF_REG where the kernel has it
 
   bool operator==(const BackendSpec&) const = default;
 };

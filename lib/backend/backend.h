@@ -35,6 +35,11 @@ struct IoRequest {
   void* buffer;     // the tag's buffer: READ fills it, WRITE reads it
   uint16_t queue;
   uint16_t tag;
+  // Zero copy (Backend::zero_copy()): buffer is null and the request's own
+  // pages are in the queue ring's fixed buffer table at this index, for
+  // READ_FIXED / WRITE_FIXED with addr = byte offset into the request.
+  // -1 otherwise.
+  int32_t buf_index = -1;
 };
 
 struct BackendFeatures {
@@ -88,6 +93,10 @@ class Backend {
   // How requests are served, where an operator would want to know (for
   // the log when the device goes live); empty when there is nothing to say.
   virtual std::string io_notes() const { return {}; }
+  // Whether submit() can serve READ and WRITE from a fixed buffer index
+  // (IoRequest::buf_index) instead of a buffer of the server's: the device
+  // then asks the kernel for zero copy where it offers it.
+  virtual bool zero_copy() const { return false; }
 
   // Serves one request on the calling queue thread and returns the ublk
   // result: bytes transferred for READ/WRITE, 0 for FLUSH/DISCARD/

@@ -157,6 +157,7 @@ struct FileBackend::Tag {
   uint32_t flags;
   IoOp op;
   uint16_t step;
+  int32_t buf_index;  // the request's pages as a fixed buffer, or -1
 };
 
 struct FileBackend::QueueState {
@@ -350,7 +351,7 @@ int FileBackend::check(const IoRequest& req) const noexcept {
   if (req.offset > size_ || req.length > size_ - req.offset) return -EINVAL;
   if (req.op == IoOp::kRead || req.op == IoOp::kWrite) {
     if (req.length > static_cast<uint32_t>(INT_MAX)) return -EINVAL;
-    if (req.buffer == nullptr && req.length != 0) return -EINVAL;
+    if (req.buffer == nullptr && req.buf_index < 0 && req.length != 0) return -EINVAL;
   }
   return 0;
 }
@@ -421,8 +422,14 @@ int FileBackend::submit(QueueContext& q, const IoRequest& req) noexcept {
   if (const int err = check(req); err != 0) return err;
 
   Tag& t = s->tags[req.tag];
-  t = Tag{
-      static_cast<std::byte*>(req.buffer), req.offset, req.length, 0, req.flags, req.op, kStepNone};
+  t = Tag{static_cast<std::byte*>(req.buffer),
+          req.offset,
+          req.length,
+          0,
+          req.flags,
+          req.op,
+          kStepNone,
+          req.buf_index};
   switch (req.op) {
     case IoOp::kRead:
     case IoOp::kWrite:
@@ -450,12 +457,22 @@ int FileBackend::queue_rw(QueueContext& q, Tag& t, uint16_t tag) noexcept {
   const int file = q.backend_file_index();
   const uint32_t rest = t.length - t.done;
   const uint64_t offset = t.offset + t.done;
-  if (t.op == IoOp::kRead) {
+  if (t.buf_index >= 0) {
+    // The request's own pages: a fixed buffer whose addresses start at 0,
+    // so the address is the offset into the request.
+    void* at = reinterpret_cast<void*>(static_cast<uintptr_t>(t.done));
+    const auto index = static_cast<int>(t.buf_index);
+    if (t.op == IoOp::kRead) {
+      io_uring_prep_read_fixed(sqe, file, at, rest, offset, index);
+    } else {
+      io_uring_prep_write_fixed(sqe, file, at, rest, offset, index);
+    }
+  } else if (t.op == IoOp::kRead) {
     io_uring_prep_read(sqe, file, t.buffer + t.done, rest, offset);
   } else {
     io_uring_prep_write(sqe, file, t.buffer + t.done, rest, offset);
-    if (t.flags & uapi::kIoFlagFua) sqe->rw_flags = RWF_DSYNC;
   }
+  if (t.op == IoOp::kWrite && (t.flags & uapi::kIoFlagFua)) sqe->rw_flags = RWF_DSYNC;
   return queued(sqe, t, tag, kStepRw);
 }
 
@@ -517,7 +534,10 @@ int FileBackend::handle(const IoRequest& req) noexcept {
   switch (req.op) {
     case IoOp::kRead:
     case IoOp::kWrite:
-      return req.length == 0 ? 0 : sync_rw(req);
+      if (req.length == 0) return 0;
+      // A fixed buffer index is only for submit(); this path needs memory.
+      if (req.buffer == nullptr) return -EINVAL;
+      return sync_rw(req);
     case IoOp::kFlush:
       if (read_only_) return 0;
       return ::fdatasync(fd_.get()) == 0 ? 0 : -errno;

@@ -56,6 +56,8 @@ class FileBackend final : public Backend {
   uint64_t size() const override { return size_; }
   BackendFeatures features() const override;
   std::string io_notes() const override;
+  // Whenever the requests go through io_uring (not served inline).
+  bool zero_copy() const override { return !inline_; }
 
   // The synchronous path (pread / pwrite / fdatasync / fallocate), with the
   // same results as submit() + complete(). It blocks the calling thread for

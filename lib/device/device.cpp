@@ -157,6 +157,11 @@ Result<void> Device::bring_up() {
   want.ublksrv_pid = ::getpid();
   want.flags =
       config_.kernel_features & (uapi::kFeatCmdIoctlEncode | uapi::kFeatUringCmdCompInTask);
+  // Zero copy where both sides can: the backend reads and writes the
+  // request's pages itself instead of a buffer the kernel copies to or from.
+  // Kernels before 6.16 lack it and keep the copy.
+  if (config_.zero_copy && backend_->zero_copy())
+    want.flags |= config_.kernel_features & uapi::kFeatAutoBufReg;
   auto added = ctrl_->add_dev(want, config_.command_timeout);
   if (!added) return added.error();
   // From here on only what the kernel accepted counts: it may have granted
@@ -189,6 +194,7 @@ Result<void> Device::bring_up() {
     qc.buf_bytes = info_.max_io_buf_bytes;
     qc.char_fd = char_fd_.get();
     qc.ioctl_encoding = io_ioctl;
+    qc.auto_buf_reg = zero_copy();
     if (config_.unprimed_tag && config_.unprimed_tag->first == q)
       qc.unprimed_tag = config_.unprimed_tag->second;
     auto hook = [this](uint16_t) {

@@ -179,14 +179,26 @@ Result<void> QueueWorker::serve() {
   const auto* descs = static_cast<const uapi::IoDesc*>(desc_addr);
 
   // Buffers are reserved, not committed: a tag's pages are only backed once
-  // a request of that size has used them.
-  const size_t buf_len = static_cast<size_t>(c.depth) * c.buf_bytes;
-  void* buf_addr = ::mmap(nullptr, buf_len, PROT_READ | PROT_WRITE,
-                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (buf_addr == MAP_FAILED) return fail(errno_error("mmap io buffers"));
-  Mapping bufs_map(buf_addr, buf_len);
-  auto buffer = [&](uint16_t tag) {
-    return static_cast<char*>(buf_addr) + static_cast<size_t>(tag) * c.buf_bytes;
+  // a request of that size has used them. With automatic buffer
+  // registration there are none: the kernel lends the request's own pages,
+  // into a table slot per tag.
+  Mapping bufs_map;
+  char* buf_base = nullptr;
+  if (c.auto_buf_reg) {
+    if (const int ret = io_uring_register_buffers_sparse(ring.get(), c.depth); ret < 0)
+      return fail(Error(ret, "io_uring register a sparse buffer table of " +
+                                 std::to_string(c.depth) + " entries"));
+  } else {
+    const size_t buf_len = static_cast<size_t>(c.depth) * c.buf_bytes;
+    void* buf_addr = ::mmap(nullptr, buf_len, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (buf_addr == MAP_FAILED) return fail(errno_error("mmap io buffers"));
+    bufs_map = Mapping(buf_addr, buf_len);
+    buf_base = static_cast<char*>(buf_addr);
+  }
+  auto buffer = [&](uint16_t tag) -> char* {
+    if (buf_base == nullptr) return nullptr;
+    return buf_base + static_cast<size_t>(tag) * c.buf_bytes;
   };
 
   const uint32_t fetch_op =
@@ -203,6 +215,10 @@ Result<void> QueueWorker::serve() {
     cmd.addr = reinterpret_cast<uintptr_t>(buffer(tag));
     prep_uring_cmd(sqe, 0, op, cmd);  // fixed file 0 is the char device
     sqe->flags |= IOSQE_FIXED_FILE;
+    // No fallback flag: slot `tag` is this tag's alone, so registration
+    // can only fail for want of memory, and then the request fails rather
+    // than reaching us without its pages.
+    if (c.auto_buf_reg) sqe->addr = uapi::auto_buf_reg_sqe_addr(uapi::AutoBufReg{tag, 0, 0, 0});
     sqe->user_data = tag;
     return true;
   };
@@ -265,6 +281,7 @@ Result<void> QueueWorker::serve() {
                         buffer(tag),
                         c.queue_id,
                         tag};
+          if (c.auto_buf_reg && (op == uapi::kOpRead || op == uapi::kOpWrite)) req.buf_index = tag;
           result = backend_.submit(ctx, req);
         }
         if (result == kIoQueued) continue;

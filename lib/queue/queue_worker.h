@@ -28,6 +28,11 @@ struct QueueConfig {
   uint32_t buf_bytes = 0;  // per tag; the device's max_io_buf_bytes
   int char_fd = -1;        // /dev/ublkcN, shared by all queues, owned by Device
   bool ioctl_encoding = true;
+  // The device has UBLK_F_AUTO_BUF_REG: the kernel puts each READ/WRITE
+  // request's pages into this queue ring's fixed buffer table at the tag's
+  // index, and the backend serves them from there (Backend::zero_copy()).
+  // No buffers of our own are set up.
+  bool auto_buf_reg = false;
   // Test-only fault injection: this tag gets no FETCH_REQ although the queue
   // still reports itself primed, which must make START_DEV time out.
   std::optional<uint16_t> unprimed_tag;

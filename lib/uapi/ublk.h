@@ -103,6 +103,29 @@ struct IoCmd {
 };
 static_assert(sizeof(IoCmd) == 16);
 
+// UBLK_F_AUTO_BUF_REG (6.16+): the kernel registers each request's pages in
+// the fixed buffer table of the ring that fetched it, at `index`, and drops
+// them again at COMMIT_AND_FETCH from that ring. It travels in the SQE's own
+// addr field (IoCmd::addr must then be 0), packed as
+// index | flags << 16 | reserved0 << 24 | reserved1 << 32.
+struct AutoBufReg {
+  uint16_t index;
+  uint8_t flags;  // kAutoBufRegFallback
+  uint8_t reserved0;
+  uint32_t reserved1;
+};
+static_assert(sizeof(AutoBufReg) == 8);
+static_assert(offsetof(AutoBufReg, flags) == 2);
+static_assert(offsetof(AutoBufReg, reserved1) == 4);
+// With it, a failed registration hands the request to the server with
+// kIoFlagNeedRegBuf instead of failing it; without it, the request fails.
+constexpr uint8_t kAutoBufRegFallback = 1u << 0;
+constexpr uint64_t auto_buf_reg_sqe_addr(const AutoBufReg& r) {
+  return uint64_t{r.index} | uint64_t{r.flags} << 16 | uint64_t{r.reserved0} << 24 |
+         uint64_t{r.reserved1} << 32;
+}
+static_assert(auto_buf_reg_sqe_addr(AutoBufReg{0x1234, kAutoBufRegFallback, 0, 0}) == 0x11234);
+
 enum IoCmdOp : uint8_t {
   kIoFetchReq = 0x20,
   kIoCommitAndFetchReq = 0x21,
@@ -138,6 +161,9 @@ enum IoOpCode : uint8_t {
 
 constexpr uint32_t kIoFlagFua = 1u << 13;
 constexpr uint32_t kIoFlagNoUnmap = 1u << 15;
+// Set by a kernel whose automatic buffer registration failed (only with
+// kAutoBufRegFallback).
+constexpr uint32_t kIoFlagNeedRegBuf = 1u << 17;
 
 constexpr int kIoResOk = 0;
 constexpr int kIoResNeedGetData = 1;

@@ -223,9 +223,14 @@ TEST_CASE("device spec: every kind of mistake is rejected naming field and value
        "backend.path",
        {"\"disk.img\" is not an absolute path"}},
       {"file create without size",
-       patched({{"backend", {{"type", "file"}, {"path", "/x"}, {"create", true}, {"size", nullptr}}}}),
+       patched(
+           {{"backend", {{"type", "file"}, {"path", "/x"}, {"create", true}, {"size", nullptr}}}}),
        "backend.size",
        {"required with \"create\": true"}},
+      {"zero_copy of wrong type",
+       patched({{"backend", {{"type", "file"}, {"path", "/x"}, {"zero_copy", 1}}}}),
+       "backend.zero_copy",
+       {"expected true or false", "number 1"}},
       {"direct_io of wrong type",
        patched({{"backend", {{"type", "file"}, {"path", "/x"}, {"direct_io", "no"}}}}),
        "backend.direct_io",
@@ -452,8 +457,9 @@ TEST_CASE("device spec: file and null backends", "[spec]") {
     CHECK_FALSE(r->backend.create);
     CHECK(r->backend.direct_io);
     const Json out = ublkd::to_json(r.value());
+    CHECK_FALSE(r->backend.zero_copy);
     CHECK(out["backend"] == Json::parse(R"({"type": "file", "path": "/srv/disk0.img",
-        "create": false, "direct_io": true})"));
+        "create": false, "direct_io": true, "zero_copy": false})"));
     auto again = ublkd::parse_device_spec(out, "t", SpecDefaults{});
     REQUIRE(again.ok());
     CHECK(again->backend == r->backend);
@@ -461,12 +467,15 @@ TEST_CASE("device spec: file and null backends", "[spec]") {
   SECTION("a file to create, buffered") {
     auto r = ublkd::parse_device_spec(
         R"({"name": "disk1", "logical_block_size": 4096, "backend": {"type": "file",
-            "path": "/srv/d1.img", "size": "1GiB", "create": true, "direct_io": false}})",
+            "path": "/srv/d1.img", "size": "1GiB", "create": true, "direct_io": false,
+            "zero_copy": true}})",
         "t", kDefaults);
     REQUIRE(r.ok());
     CHECK(r->backend.size == (uint64_t{1} << 30));
     CHECK(r->backend.create);
     CHECK_FALSE(r->backend.direct_io);
+    CHECK(r->backend.zero_copy);
+    CHECK(ublkd::to_json(r.value())["backend"]["zero_copy"] == true);
     CHECK(ublkd::to_json(r.value())["backend"]["size"] == (uint64_t{1} << 30));
   }
   SECTION("a file size must fit the block size") {
@@ -475,13 +484,15 @@ TEST_CASE("device spec: file and null backends", "[spec]") {
             "path": "/srv/d.img", "size": 6144}})");
     REQUIRE(problems.size() == 1);
     CHECK(problems[0].field == "backend.size");
-    CHECK_THAT(problems[0].message, Catch::Contains("not a multiple of the logical block size 4096"));
+    CHECK_THAT(problems[0].message,
+               Catch::Contains("not a multiple of the logical block size 4096"));
   }
   SECTION("null, larger than any mem device") {
-    auto r = ublkd::parse_device_spec(R"({"name": "n0", "backend": {"type": "null", "size": "1024TiB"}})",
-                                      "t", kDefaults);
+    auto r = ublkd::parse_device_spec(
+        R"({"name": "n0", "backend": {"type": "null", "size": "1024TiB"}})", "t", kDefaults);
     REQUIRE(r.ok());
     CHECK(r->backend.size == (uint64_t{1} << 50));
-    CHECK(ublkd::to_json(r.value())["backend"] == Json::parse(R"({"type": "null", "size": 1125899906842624})"));
+    CHECK(ublkd::to_json(r.value())["backend"] ==
+          Json::parse(R"({"type": "null", "size": 1125899906842624})"));
   }
 }

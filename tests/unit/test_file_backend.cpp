@@ -189,7 +189,9 @@ struct SqeRecord {
   uint16_t tag;
   uint32_t len;
   uint64_t off;
-  uint32_t op_flags;  // rw_flags / fsync_flags (the same union in the SQE)
+  uint32_t op_flags;   // rw_flags / fsync_flags (the same union in the SQE)
+  uint64_t addr = 0;   // READ_FIXED / WRITE_FIXED: the offset into the buffer
+  int buf_index = -1;  // READ_FIXED / WRITE_FIXED: the fixed buffer
 };
 
 // What the queue worker lends a backend, on a real io_uring: fixed file 0 is
@@ -240,6 +242,17 @@ class TestQueue final : public QueueContext {
     return n;
   }
 
+  // Registers `buf` as fixed buffer `index`, the way automatic buffer
+  // registration lends a request's pages: the backend addresses it from 0,
+  // and flush() turns those offsets into the buffer's real addresses.
+  void lend_buffer(uint16_t index, Buffer& buf) {
+    lent_.resize(std::max<size_t>(lent_.size(), index + 1u));
+    lent_[index] = iovec{buf.data(), buf.size()};
+    io_uring_unregister_buffers(&ring_);
+    REQUIRE(io_uring_register_buffers(&ring_, lent_.data(), static_cast<unsigned>(lent_.size())) ==
+            0);
+  }
+
   // Checks and submits what the backend queued since the last call.
   void flush() {
     for (io_uring_sqe* sqe : handed_) {
@@ -250,7 +263,10 @@ class TestQueue final : public QueueContext {
       const uint16_t tag = tag_of(sqe->user_data);
       REQUIRE(tag < kDepth);
       REQUIRE(++in_flight_[tag] == 1);
-      if ((sqe->opcode == IORING_OP_READ || sqe->opcode == IORING_OP_WRITE) && shorten_ > 0) {
+      const bool fixed =
+          sqe->opcode == IORING_OP_READ_FIXED || sqe->opcode == IORING_OP_WRITE_FIXED;
+      if ((sqe->opcode == IORING_OP_READ || sqe->opcode == IORING_OP_WRITE || fixed) &&
+          shorten_ > 0) {
         const uint32_t half = sqe->len / 2 / shorten_align_ * shorten_align_;
         if (half > 0) {
           sqe->len = half;
@@ -258,6 +274,14 @@ class TestQueue final : public QueueContext {
         }
       }
       log_.push_back({sqe->opcode, tag, sqe->len, sqe->off, static_cast<uint32_t>(sqe->rw_flags)});
+      if (fixed) {
+        log_.back().addr = sqe->addr;
+        log_.back().buf_index = sqe->buf_index;
+        REQUIRE(sqe->buf_index < lent_.size());
+        const iovec& b = lent_[sqe->buf_index];
+        REQUIRE(sqe->addr + sqe->len <= b.iov_len);
+        sqe->addr += reinterpret_cast<uintptr_t>(b.iov_base);
+      }
     }
     handed_.clear();
     REQUIRE(io_uring_submit(&ring_) >= 0);
@@ -285,6 +309,7 @@ class TestQueue final : public QueueContext {
   std::vector<io_uring_sqe*> handed_;
   std::array<int, kDepth> in_flight_{};
   std::vector<SqeRecord> log_;
+  std::vector<iovec> lent_;
   int shorten_ = 0;
   uint32_t shorten_align_ = 512;
 };
@@ -719,6 +744,56 @@ TEST_CASE("file backend resubmits the rest of short reads and writes", "[file]")
   d.require_pattern(kMiB, 256 * kKiB, 9);
   CHECK(q.count(IORING_OP_READ) == 4);
   CHECK(pattern_mismatch(read_file(dir.file("short.img"), kMiB, 256 * kKiB), kMiB, 9) == -1);
+}
+
+TEST_CASE("file backend serves zero-copy requests from their fixed buffer", "[file]") {
+  TempDir dir;
+  const bool direct = direct_io_works(dir);
+  const std::string path = dir.file("zc.img");
+  Device d(open_ok(options(path, 8 * kMiB, direct)), true);
+  if (d.backend().serves_inline()) {
+    WARN("TMPDIR is in memory: served inline, zero copy not exercised");
+    return;
+  }
+  REQUIRE(d.backend().zero_copy());
+  TestQueue& q = *d.queue();
+  constexpr uint16_t kTag = 3;
+  Buffer lent(256 * kKiB);
+  q.lend_buffer(kTag, lent);
+
+  // A WRITE from the lent pages, in four pieces (short writes resubmitted at
+  // the right offsets into the buffer and the file), FUA on every piece.
+  fill_pattern(lent, kMiB, 21);
+  IoRequest w = request(IoOp::kWrite, kMiB, 256 * kKiB, nullptr, kFua, kTag);
+  w.buf_index = kTag;
+  q.shorten_next(3, 4096);
+  q.clear_log();
+  REQUIRE(run_async(d.backend(), q, {w}).at(0) == static_cast<int>(256 * kKiB));
+  REQUIRE(q.count(IORING_OP_WRITE_FIXED) == 4);
+  uint64_t expect = 0;
+  for (const auto& r : q.log()) {
+    CHECK(r.buf_index == kTag);
+    CHECK(r.addr == expect);
+    CHECK(r.off == kMiB + expect);
+    CHECK(r.op_flags == RWF_DSYNC);
+    expect += r.len;
+  }
+  CHECK(expect == 256 * kKiB);
+  CHECK(pattern_mismatch(read_file(path, kMiB, 256 * kKiB), kMiB, 21) == -1);
+
+  // A READ into the lent pages.
+  std::memset(lent.data(), 0, lent.size());
+  IoRequest r = request(IoOp::kRead, kMiB, 256 * kKiB, nullptr, 0, kTag);
+  r.buf_index = kTag;
+  q.clear_log();
+  REQUIRE(run_async(d.backend(), q, {r}).at(0) == static_cast<int>(256 * kKiB));
+  REQUIRE(q.count(IORING_OP_READ_FIXED) == 1);
+  CHECK(pattern_mismatch(lent.bytes(), kMiB, 21) == -1);
+
+  // Neither a buffer nor a buffer index: refused, not dereferenced.
+  CHECK(d.backend().submit(q, request(IoOp::kRead, 0, 4096, nullptr, 0, 1)) == -EINVAL);
+  // handle() has no ring to read into a fixed buffer.
+  CHECK(d.backend().handle(r) == -EINVAL);
 }
 
 TEST_CASE("file backend fails reads past a file that shrank", "[file]") {
