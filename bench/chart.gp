@@ -1,7 +1,7 @@
 # Clustered bars: per job, each ublkd device's IOPS over its kernel
 # counterpart's, with the targets as lines. Called by bench/run.sh with
 # datafile, outfile and kernel set.
-set terminal pngcairo size 1280,560 font ",10"
+set terminal pngcairo size 1280,560 font ",10" noenhanced
 set output outfile
 set title sprintf("ublkd / kernel device, IOPS ratio (kernel %s, same VM run)", kernel)
 set style data histograms

@@ -30,6 +30,12 @@ group_by(.kernel) | map(
            + (if $r.device == "ublkd-file" and $by["loop \($r.job) \($r.numjobs)"] != null
               then {ratio_loop: ($r.iops / $by["loop \($r.job) \($r.numjobs)"].iops | r3)} else {} end)
          end)) as $fio
+  | ($recs | map(select(.kind == "zerocopy")) | group_by(.job)
+     | map({job: .[0].job,
+            zero_copy_iops: (map(select(.zero_copy) | .iops) | median | if . then r1 else . end),
+            copy_iops: (map(select(.zero_copy | not) | .iops) | median | if . then r1 else . end)}
+           | . + {ratio: (if .copy_iops and .copy_iops > 0 and .zero_copy_iops
+                          then .zero_copy_iops / .copy_iops | r3 else null end)})) as $zc
   | ($recs | map(select(.kind == "add_live")) | .[0]) as $add
   | ($recs | map(select(.kind == "memory")) | .[0]) as $mem
   | ($recs | map(select(.kind == "cpu"))
@@ -52,5 +58,6 @@ group_by(.kernel) | map(
   | {key: $recs[0].kernel,
      value: {run: ($recs | map(select(.kind == "run")) | .[0]),
              fio: $fio, added_latency_qd1: $lat, add_live: $add, memory: $mem, cpu: $cpu,
+             zero_copy: $zc,
              targets: $targets}})
 | {generated: $date, kernels: from_entries}

@@ -6,7 +6,7 @@ def num: if . == null then "-" else tostring end;
 def fmt: if . == null then "-" elif . >= 100 then (. | round | tostring) else tostring end;
 
 .kernels | to_entries[] | .key as $k | .value as $v
-| "== kernel \($k): fio, medians of \($v.run.repeats // "?") repeat(s) of \($v.run.runtime_s // "?") s, \($v.run.cpus // "?") vCPUs (TCG), guest rep movsb fast (fsrm): \($v.run.cpu_fsrm // "?") ==",
+| "== kernel \($k): fio, medians of \($v.run.repeats // "?") repeat(s) of \($v.run.runtime_s // "?") s, \($v.run.cpus // "?") vCPUs (TCG), guest rep movsb fast (fsrm): \(if $v.run.cpu_fsrm == null then "?" else $v.run.cpu_fsrm end) ==",
   (("job" | pad(18)) + ("nj" | pad(3)) + ("device" | pad(11)) + ("IOPS" | lpad(9)) + ("MB/s" | lpad(8))
    + ("p50 us" | lpad(9)) + ("p99 us" | lpad(9)) + "  ratio (counterpart)"),
   ($v.fio | sort_by(.job, .numjobs, (.device | {"brd":0,"null_blk":1,"loop":2,"ublkd-null":3,"ublkd-mem":4,"ublkd-file":5}[.]))[]
@@ -21,6 +21,10 @@ def fmt: if . == null then "-" elif . >= 100 then (. | round | tostring) else to
   "memory: ublkd RSS \(($v.memory.rss_kib // 0) / 1024 | . * 10 | round / 10) MiB with a 1 GiB mem device after 16 MiB written (idle \(($v.memory.rss_idle_kib // 0) / 1024 | . * 10 | round / 10) MiB)",
   "CPU per I/O at iodepth 64, 1 job (all ublkd threads / queue threads; I/Os per queue thread wake-up):",
   ($v.cpu[] | "  \(.device | pad(11)) \(.job | split("-")[0] | pad(10)) \(.cpu_us_per_io | num) / \(.queue_cpu_us_per_io | num) us; \(.ios_per_wakeup | num)"),
+  (if ($v.zero_copy | length) > 0 then
+     "zero copy (file on ext4, \"zero_copy\": true) against the copy (the default), IOPS:",
+     ($v.zero_copy[] | "  \(.job | pad(16)) \(.zero_copy_iops | fmt | lpad(8)) vs \(.copy_iops | fmt | lpad(8))  ratio \(.ratio | num)")
+   else "zero copy: not offered by this kernel (no AUTO_BUF_REG)" end),
   "",
   "targets:",
   ($v.targets[] | "  " + (if .met then "met    " else "MISSED " end) + .name + ": " + (.value | num) + " (target " + (if (.name | test("ms|MiB")) then "<= " else ">= " end) + (.target | tostring) + ")"),

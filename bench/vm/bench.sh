@@ -13,7 +13,7 @@
 : "${BENCH_NUMJOBS:=1 2}"
 : "${BENCH_QUEUES:=2}" "${BENCH_DEPTH:=128}"
 
-require_cmd fio losetup blockdev dd
+require_cmd fio losetup blockdev dd jq mkfs.ext4
 
 size=$((BENCH_SIZE_MIB * 1048576))
 kernel=$(uname -r)
@@ -54,7 +54,8 @@ emit "{\"kind\":\"add_live\",\"kernel\":\"$kernel\",${addlat#\{}"
 log "add->live: $addlat"
 
 # ---- the devices --------------------------------------------------------------------
-load_module brd rd_nr=1 rd_size=$((BENCH_SIZE_MIB * 1024))
+# ram0 is benchmarked; ram1 holds the ext4 for the zero-copy comparison.
+load_module brd rd_nr=2 rd_size=$((BENCH_SIZE_MIB * 1024))
 load_module null_blk nr_devices=1 gb=1 bs=512 submit_queues="$BENCH_QUEUES" \
     hw_queue_depth="$BENCH_DEPTH"
 load_module loop
@@ -168,6 +169,44 @@ for d in ublkd-null ublkd-mem ublkd-file; do
         emit "{\"kind\":\"cpu\",\"kernel\":\"$kernel\",\"device\":\"$d\",\"job\":\"$rw-4k-64\",\"ios\":$ios,\"ticks_all\":$((a1 - a0)),\"ticks_queues\":$((q1 - q0)),\"queue_wakeups\":$((w1 - w0)),\"hz\":100}"
     done
 done
+
+# ---- zero copy against the copy, where the kernel offers it ----------------------
+# Two file devices on one ext4 (on a second brd disk): "zero_copy": true and
+# the default. A file on tmpfs is served inline and never uses zero copy, so
+# the matrix above cannot show it.
+if [[ $(ctl_ok --json features | jq '[.known[].name] | index("AUTO_BUF_REG") != null') == true ]]; then
+    zmnt=$dir/zc-ext4
+    zc_mib=$((BENCH_SIZE_MIB * 3 / 8)) # two of them, and ext4's own space
+    mkdir -p "$zmnt"
+    mkfs.ext4 -q -F /dev/ram1
+    mount /dev/ram1 "$zmnt"
+    add_cleanup "umount $zmnt"
+    for zc in true false; do
+        printf '{"name": "b-zc-%s", "queues": %s, "queue_depth": %s, "backend": {"type": "file", "path": "%s/%s.img", "create": true, "size": "%sMiB", "zero_copy": %s}}' \
+            "$zc" "$BENCH_QUEUES" "$BENCH_DEPTH" "$zmnt" "$zc" "$zc_mib" "$zc" |
+            ctl_ok add --spec - >/dev/null
+        dev[zc-$zc]=/dev/ublkb$(json_get "$(ctl_ok --json info "b-zc-$zc")" .id)
+        fio --name=fill --filename="${dev[zc-$zc]}" --ioengine=io_uring --direct=1 --rw=write \
+            --bs=1M --iodepth=16 --size="${zc_mib}M" --output=/dev/null || fail "filling zc-$zc failed"
+    done
+    for ((rep = 1; rep <= BENCH_REPEATS; rep++)); do
+        for job in randread-4k-64 randwrite-4k-64 read-128k-16 write-128k-16; do
+            IFS=- read -r rw bs qd <<<"$job"
+            for zc in true false; do
+                fio --output-format=json --name=x --filename="${dev[zc-$zc]}" --ioengine=io_uring \
+                    --direct=1 --time_based --runtime="$BENCH_RUNTIME" --ramp_time="$BENCH_RAMP" \
+                    --norandommap --randrepeat=0 --rw="$rw" --bs="$bs" --iodepth="$qd" \
+                    --size="${zc_mib}M" |
+                    jq -c --arg k "$kernel" --arg job "$job" --argjson zc "$zc" --argjson rep "$rep" '
+                        .jobs[0] | (if .read.io_bytes > 0 then .read else .write end) as $d
+                        | {kind: "zerocopy", kernel: $k, job: $job, zero_copy: $zc, rep: $rep,
+                           iops: $d.iops}' | sed 's/^/@@BENCH /' || fail "fio zero copy $job failed"
+            done
+        done
+    done
+    for zc in true false; do ctl_ok del "b-zc-$zc" >/dev/null; done
+    log "zero copy measured"
+fi
 
 # Whether the guest CPU has fast short rep movsb (see docs/performance.md).
 fsrm=false
