@@ -29,7 +29,7 @@ Options:
   --jobs "J..."    only these jobs (default: all six, e.g. randread-4k-64)
   --numjobs "N.."  fio numjobs values (default "1 2")
   --build-dir DIR  meson build directory (default: build; built if missing)
-  --out DIR        where results go (default: BUILD/bench)
+  --out DIR        where results go (default: BUILD/bench-results)
   --help           show this help
 
 Exit status: 0 when every kernel's run completed (targets missed or not),
@@ -91,7 +91,7 @@ if [[ ! -x $build_dir/bench/ublkd-bench-add-live ]]; then
     "$repo/scripts/build.sh" "$build_dir" >/dev/null
 fi
 build_dir=$(cd "$build_dir" && pwd)
-out=${out:-$build_dir/bench}
+out=${out:-$build_dir/bench-results}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
