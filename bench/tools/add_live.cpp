@@ -12,9 +12,6 @@
 //    "samples_ms":[...]}
 // Exit 1, with the reason on standard error, if any round fails.
 #include <fcntl.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,6 +23,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "ctl/client.h"
 
 namespace {
 
@@ -44,48 +43,14 @@ int usage(FILE* out, int rc) {
   return rc;
 }
 
-class Conn {
- public:
-  explicit Conn(int fd) : fd_(fd) {}
-  ~Conn() { ::close(fd_); }
-  // One request line out, one reply line back, within 60 s.
-  bool call(const json& req, json& reply, std::string& err) {
-    const std::string line = req.dump() + "\n";
-    for (size_t off = 0; off < line.size();) {
-      const ssize_t w = ::send(fd_, line.data() + off, line.size() - off, MSG_NOSIGNAL);
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0) return err = std::string("send: ") + std::strerror(errno), false;
-      off += static_cast<size_t>(w);
-    }
-    const auto deadline = Clock::now() + std::chrono::seconds(60);
-    for (;;) {
-      const auto nl = buf_.find('\n');
-      if (nl != std::string::npos) {
-        const std::string got = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        reply = json::parse(got, nullptr, false);
-        if (reply.is_discarded()) return err = "reply is not JSON: " + got, false;
-        return true;
-      }
-      const auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      if (left.count() <= 0) return err = "no reply within 60 s", false;
-      pollfd p{fd_, POLLIN, 0};
-      const int r = ::poll(&p, 1, static_cast<int>(left.count()));
-      if (r < 0 && errno != EINTR) return err = std::string("poll: ") + std::strerror(errno), false;
-      if (r <= 0) continue;
-      char chunk[65536];
-      const ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return err = "connection closed by ublkd", false;
-      buf_.append(chunk, static_cast<size_t>(n));
-    }
-  }
-
- private:
-  int fd_;
-  std::string buf_;
-};
+// One request, one reply, parsed; on the connection `fd`, within 60 s.
+bool call(int fd, const json& req, json& reply, std::string& err) {
+  auto line = ublkd::ctl::exchange_on(fd, req.dump(), std::chrono::seconds(60));
+  if (!line) return err = line.error().message(), false;
+  reply = json::parse(*line, nullptr, false);
+  if (reply.is_discarded()) return err = "reply is not JSON: " + *line, false;
+  return true;
+}
 
 // Opens DEV with O_DIRECT and reads its first 4 KiB.
 bool first_read(const std::string& dev, std::string& err) {
@@ -142,19 +107,12 @@ int main(int argc, char** argv) {
   }
   if (path == nullptr) return usage(stderr, 2);
 
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (std::strlen(path) >= sizeof addr.sun_path) {
-    std::fprintf(stderr, "ublkd-bench-add-live: socket path too long: %s\n", path);
-    return 2;
-  }
-  std::strcpy(addr.sun_path, path);
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    std::fprintf(stderr, "ublkd-bench-add-live: connect %s: %s\n", path, std::strerror(errno));
+  auto conn = ublkd::ctl::connect_to_daemon(path, std::chrono::seconds(5));
+  if (!conn) {
+    std::fprintf(stderr, "ublkd-bench-add-live: %s\n", conn.error().message().c_str());
     return 1;
   }
-  Conn conn(fd);
+  const int fd = conn->get();
 
   std::vector<double> samples, replies;
   for (long i = 0; i < count; ++i) {
@@ -167,7 +125,7 @@ int main(int argc, char** argv) {
     json reply;
     std::string err;
     const auto t0 = Clock::now();
-    if (!conn.call(add, reply, err)) {
+    if (!call(fd, add, reply, err)) {
       std::fprintf(stderr, "ublkd-bench-add-live: add %s: %s\n", name.c_str(), err.c_str());
       return 1;
     }
@@ -185,7 +143,7 @@ int main(int argc, char** argv) {
     const auto t2 = Clock::now();
     samples.push_back(ms_between(t0, t2));
     replies.push_back(ms_between(t0, t1));
-    if (!conn.call({{"op", "del"}, {"name", name}}, reply, err) || !reply.value("ok", false)) {
+    if (!call(fd, {{"op", "del"}, {"name", name}}, reply, err) || !reply.value("ok", false)) {
       std::fprintf(stderr, "ublkd-bench-add-live: del %s: %s\n", name.c_str(),
                    err.empty() ? reply.dump().c_str() : err.c_str());
       return 1;
