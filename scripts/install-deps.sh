@@ -23,13 +23,15 @@ EOF
 # (busybox, fio, e2fsprogs, util-linux, kmod, jq) and the tools that unpack Debian
 # kernels (zstd, xz-utils, cpio). The benchmark (bench/) draws its chart with
 # gnuplot. debootstrap and clang-format are used by other scripts of the
-# project.
+# project. The fuzz targets (scripts/run-fuzz.sh) build with clang, whose
+# libFuzzer runtime is in libclang-rt-14-dev.
 PACKAGES=(
     meson ninja-build g++ pkg-config
     liburing-dev libspdlog-dev nlohmann-json3-dev libsystemd-dev
     catch2
     qemu-system-x86 busybox-static fio e2fsprogs zstd cpio kmod xz-utils jq
     util-linux debootstrap clang-format scdoc gnuplot-nox
+    clang libclang-rt-14-dev
 )
 
 check_only=0
