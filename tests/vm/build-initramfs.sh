@@ -267,6 +267,8 @@ rm "$stage/lib" "$stage/lib64"
 
 # Tests, laid out as in the tree so cases can source ../lib.sh.
 cp "$here/lib.sh" "$stage/ublkd-tests/"
+# For a TSan build of the binaries; init.sh points TSAN_OPTIONS at it.
+cp "$repo/tests/tsan.supp" "$stage/ublkd-tests/" 2>/dev/null || true
 cp "$cases_dir"/*.sh "$stage/ublkd-tests/cases/"
 cp "$here/init.sh" "$stage/init"
 chmod 755 "$stage/init"

@@ -40,6 +40,20 @@ readonly TIMEOUT_RE='^# vm-timeout: *([0-9]+)'
 # report still fails it.
 readonly KNOWN_SPLAT_RE='^# vm-known-splat: *(.+)$'
 readonly SPLAT_END_RE='---\[ end trace|</TASK>'
+# Sanitizer reports of the binaries under test (an ASan+UBSan or TSan build
+# directory given to run.sh) go to files here, per case, instead of into
+# daemon logs a case may never show; any file there fails the case. The
+# options are set for every case: binaries built without a sanitizer
+# ignore them.
+readonly SANITIZER_LOGS=$LOGS/sanitizer
+readonly SANITIZER_SHOWN_LINES=200
+# UBSan next to ASan (GCC's two runtimes) ignores log_path and reports on
+# stderr, so reports are also looked for where stderr goes: the case log and
+# the logs in the case directory (the daemon's). A report's first line.
+readonly SANITIZER_STDERR_RE=':[0-9]+:[0-9]+: runtime error: |ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer'
+# Reviewed ThreadSanitizer suppressions (third-party false positives only).
+TSAN_SUPPRESSIONS=
+[[ -f $TESTS/tsan.supp ]] && TSAN_SUPPRESSIONS=$TESTS/tsan.supp
 readonly SPLAT_RE='WARNING:|BUG:|Oops|lockdep|possible circular locking|INFO: task .* blocked for more than|general protection fault|Call Trace:|kernel BUG at|UBSAN:|KASAN:|Kernel panic'
 
 mount -t proc -o nosuid,nodev,noexec proc /proc
@@ -334,6 +348,14 @@ run_case() {
     forward_log "$log" &
     fwd=$!
 
+    # World-writable: cases run tools as other users too (setpriv).
+    local san_dir=$SANITIZER_LOGS/$name
+    local -a san_reports
+    local san_stderr
+    rm -rf "$san_dir"
+    mkdir -p "$san_dir"
+    chmod 1777 "$san_dir"
+
     echo "$HUNG_TASK_SECS" >/proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
     dmesg -C
     start=$(uptime_cs)
@@ -343,6 +365,12 @@ run_case() {
         cd "$dir" || exit 1
         export UBLKD_VM=1 UBLKD_VM_KSERIES=$kseries UBLKD_CASE=$name UBLKD_CASE_DIR=$dir
         export UBLKD=/usr/local/bin/ublkd UBLKCTL=/usr/local/bin/ublkctl
+        # A memory error or undefined behaviour ends the process at once
+        # (what follows it proves nothing); data races are all collected and
+        # make the process exit 66 at its end. log_path appends .PID.
+        export ASAN_OPTIONS="log_path=$san_dir/asan:halt_on_error=1:detect_leaks=1"
+        export UBSAN_OPTIONS="log_path=$san_dir/ubsan:halt_on_error=1:print_stacktrace=1"
+        export TSAN_OPTIONS="log_path=$san_dir/tsan:halt_on_error=0:exitcode=66:second_deadlock_stack=1${TSAN_SUPPRESSIONS:+:suppressions=$TSAN_SUPPRESSIONS}"
         exec timeout -k 10 "$timeout" bash "$file"
     ) </dev/null >>"$log" 2>&1 &
     pid=$!
@@ -401,6 +429,15 @@ run_case() {
         verdict=FAIL
         reason="left behind: ${LEFTOVERS[*]}"
     fi
+    san_reports=("$san_dir"/*)
+    san_stderr=$(grep -H -m3 -E "$SANITIZER_STDERR_RE" "$log" "$dir"/*.log 2>/dev/null | head -n 20)
+    if ((${#san_reports[@]})) || [[ -n $san_stderr ]]; then
+        verdict=FAIL
+        line=
+        ((${#san_reports[@]})) && line=$(grep -h -m1 -E '^SUMMARY: ' "${san_reports[@]}" | head -n 1)
+        [[ -n $line ]] || line=${san_stderr%%$'\n'*}
+        reason="sanitizer report: ${line:-see the case log}"
+    fi
     if ((${#splats[@]})); then
         verdict=FAIL
         line=${splats[0]}
@@ -419,6 +456,14 @@ run_case() {
             echo "---- kernel splat lines:"
             printf '%s\n' "${splats[@]}"
         fi
+        if [[ -n $san_stderr ]]; then
+            echo "---- sanitizer report lines in the case's output and logs:"
+            printf '%s\n' "$san_stderr"
+        fi
+        for f in "${san_reports[@]}"; do
+            echo "---- sanitizer report ${f#"$SANITIZER_LOGS"/} (first $SANITIZER_SHOWN_LINES lines):"
+            head -n "$SANITIZER_SHOWN_LINES" "$f"
+        done
         if ((${#known[@]})); then
             echo "---- known kernel report the case declares (# vm-known-splat), not a failure:"
             printf '%s\n' "${known[@]}"

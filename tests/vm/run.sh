@@ -101,6 +101,12 @@ done
 [[ -d $build_dir ]] || die "build directory $build_dir does not exist (meson setup $build_dir && ninja -C $build_dir)"
 build_dir=$(cd "$build_dir" && pwd)
 [[ -x $build_dir/daemon/ublkd ]] || echo "run.sh: warning: $build_dir/daemon/ublkd not built; cases needing the daemon will fail" >&2
+# Say so when the daemon is instrumented: its reports fail cases (init.sh).
+if [[ -x $build_dir/daemon/ublkd ]]; then
+    sanitizers=$(ldd "$build_dir/daemon/ublkd" 2>/dev/null | grep -oE 'lib(asan|ubsan|tsan)' |
+        sed 's/^lib//' | sort -u | paste -sd+ || true)
+    [[ -n $sanitizers ]] && echo "run.sh: ublkd is built with ${sanitizers^^}; a sanitizer report fails its case"
+fi
 log_root=${log_root:-$build_dir/vm-logs}
 mkdir -p "$log_root"
 log_root=$(cd "$log_root" && pwd)
