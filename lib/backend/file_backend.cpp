@@ -321,6 +321,9 @@ BackendFeatures FileBackend::features() const {
   // File systems free space in whole blocks; a smaller hole punch only
   // zeroes bytes. Block devices: the logical block size is all we know.
   f.discard_granularity = block_device_ ? 0 : std::max<uint32_t>(4096, logical_block_size_);
+  // Blocks are written in place at their offset: a repeated request leaves
+  // the file as the first one did.
+  f.reissue_safe = true;
   return f;
 }
 

@@ -209,4 +209,29 @@ Result<uapi::CtrlDevInfo> ControlDevice::get_dev_info(uint32_t dev_id, milliseco
   return *info;
 }
 
+Result<uapi::Params> ControlDevice::get_params(uint32_t dev_id, milliseconds timeout) {
+  auto p = std::make_unique<uapi::Params>();
+  p->len = sizeof(uapi::Params);
+  auto r = run(uapi::kCmdGetParams, dev_id, p.get(), sizeof(*p), 0, timeout);
+  if (!r) {
+    if (r.error().code() == ETIMEDOUT) (void)p.release();
+    return r.error();
+  }
+  return *p;
+}
+
+Result<void> ControlDevice::start_user_recovery(uint32_t dev_id, milliseconds timeout) {
+  auto r = run(uapi::kCmdStartUserRecovery, dev_id, nullptr, 0, 0, timeout);
+  if (!r) return r.error();
+  return {};
+}
+
+Result<void> ControlDevice::end_user_recovery(uint32_t dev_id, pid_t server_pid,
+                                              milliseconds timeout, const AbortSignal* abort) {
+  auto r = run(uapi::kCmdEndUserRecovery, dev_id, nullptr, 0,
+               static_cast<uint64_t>(server_pid), timeout, abort);
+  if (!r) return r.error();
+  return {};
+}
+
 }  // namespace ublkd

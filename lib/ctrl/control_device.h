@@ -45,6 +45,16 @@ class ControlDevice {
   Result<void> stop_dev(uint32_t dev_id, std::chrono::milliseconds timeout);
   Result<void> del_dev(uint32_t dev_id, std::chrono::milliseconds timeout);
   Result<uapi::CtrlDevInfo> get_dev_info(uint32_t dev_id, std::chrono::milliseconds timeout);
+  Result<uapi::Params> get_params(uint32_t dev_id, std::chrono::milliseconds timeout);
+  // Recovery of a device whose server died (UBLK_F_USER_RECOVERY): START
+  // resets the kernel's queues for a new server; it is refused with EBUSY
+  // until the old server's char device is closed and the device quiesced.
+  // END waits, like START_DEV, until every tag has a fetch outstanding, then
+  // lets the queued I/O through.
+  Result<void> start_user_recovery(uint32_t dev_id, std::chrono::milliseconds timeout);
+  Result<void> end_user_recovery(uint32_t dev_id, pid_t server_pid,
+                                 std::chrono::milliseconds timeout,
+                                 const AbortSignal* abort = nullptr);
 
  private:
   ControlDevice(UniqueFd fd, Ring ring) : fd_(std::move(fd)), ring_(std::move(ring)) {}

@@ -52,6 +52,7 @@ Result<void> Device::open_backend() {
   Result<std::unique_ptr<Backend>> b =
       backend_factory_ ? backend_factory_() : Error(EINVAL, "no backend");
   if (!b) {
+    released_.store(true, std::memory_order_release);
     (void)sm_.transition(DeviceState::kFailed, b.error().to_string());
     return b.error();
   }
@@ -84,6 +85,102 @@ Result<void> Device::start() {
   if (!problems.empty()) reason += " (cleanup: " + join_lines(problems) + ")";
   (void)sm_.transition(DeviceState::kFailed, reason);
   return Error(r.error().code(), reason);
+}
+
+Result<void> Device::recover(uint32_t dev_id) {
+  if (state() != DeviceState::kNew) return Error(EALREADY, "device was already started once");
+  if (auto b = open_backend(); !b) return b;
+  dev_id_ = dev_id;
+  if (auto r = sm_.transition(DeviceState::kRecovering); !r) return r.error();
+  bool foreign = false;
+  Result<void> r = reattach(dev_id, foreign);
+  if (r) return {};
+  std::string reason = r.error().to_string();
+  if (foreign) {
+    // Not ours to stop: another process serves it.
+    (void)sm_.transition(DeviceState::kFailed, reason);
+    return r.error();
+  }
+  std::vector<std::string> problems = teardown(/*graceful=*/false);
+  if (!problems.empty()) reason += " (cleanup: " + join_lines(problems) + ")";
+  (void)sm_.transition(DeviceState::kFailed, reason);
+  return Error(r.error().code(), reason);
+}
+
+Result<void> Device::reattach(uint32_t dev_id, bool& foreign) {
+  if (abort_.triggered()) return abort_error();
+  if (auto u = abort_.usable(); !u) return u.error();
+  auto ctrl = ControlDevice::open(config_.control_path);
+  if (!ctrl) return ctrl.error();
+  ctrl_.emplace(std::move(ctrl).value());
+  ctrl_->set_ioctl_encoding((config_.kernel_features & uapi::kFeatCmdIoctlEncode) != 0);
+  const auto deadline = steady_clock::now() + config_.start_timeout;
+
+  // A server that just died is still being torn down: the kernel quiesces
+  // the device once its io_uring and char device are gone, and refuses
+  // START_USER_RECOVERY until then.
+  for (milliseconds pause{2};; pause = std::min(pause * 2, milliseconds(100))) {
+    auto info = ctrl_->get_dev_info(dev_id, config_.command_timeout);
+    if (!info) return info.error();
+    info_ = *info;
+    if ((info_.flags & uapi::kFeatUserRecovery) == 0)
+      return Error(EOPNOTSUPP, "the kernel device was created without USER_RECOVERY");
+    if (info_.state == uapi::kDevStateQuiesced) {
+      auto started = ctrl_->start_user_recovery(dev_id, config_.command_timeout);
+      if (started) break;
+      if (started.error().code() != EBUSY) return started.error();
+    } else if (info_.state == uapi::kDevStateDead) {
+      return Error(ENODEV, "the kernel stopped the device (state dead): nothing to recover");
+    } else if (info_.state != uapi::kDevStateLive && info_.state != uapi::kDevStateFailIo) {
+      return Error(EPROTO, "the kernel device is in unknown state " + std::to_string(info_.state));
+    }
+    if (abort_.triggered()) return abort_error("waiting for the device to quiesce");
+    if (steady_clock::now() + pause > deadline) {
+      if (info_.state == uapi::kDevStateLive) {
+        foreign = true;
+        return Error(EBUSY, "the kernel device is live, served by pid " +
+                                std::to_string(info_.ublksrv_pid) + "; left alone");
+      }
+      return Error(ETIMEDOUT, "START_USER_RECOVERY was refused (EBUSY) until the timeout");
+    }
+    std::this_thread::sleep_for(pause);
+  }
+  if (info_.queue_depth == 0 || info_.nr_hw_queues == 0 ||
+      info_.max_io_buf_bytes < config_.logical_block_size) {
+    return Error(EPROTO, "GET_DEV_INFO returned an unusable geometry");
+  }
+  // The kernel kept the old geometry; serving it from a backend of another
+  // size or block size would put blocks where the file system does not
+  // expect them.
+  auto params = ctrl_->get_params(dev_id, config_.command_timeout);
+  if (!params) return params.error();
+  const uint64_t want_sectors = backend_->size() >> 9;
+  if (params->basic.dev_sectors != want_sectors) {
+    return Error(EINVAL, "the kernel device has " + std::to_string(params->basic.dev_sectors) +
+                             " sectors, the backend " + std::to_string(want_sectors));
+  }
+  if ((1u << params->basic.logical_bs_shift) != config_.logical_block_size) {
+    return Error(EINVAL, "the kernel device has logical block size " +
+                             std::to_string(1u << params->basic.logical_bs_shift) +
+                             ", the spec " + std::to_string(config_.logical_block_size));
+  }
+  if (auto r = start_queues(deadline); !r) return r;
+  auto left = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
+  if (left < milliseconds(1)) left = milliseconds(1);
+  if (auto r = ctrl_->end_user_recovery(dev_id, ::getpid(), left, &abort_); !r) {
+    if (r.error().code() == ETIMEDOUT) {
+      return Error(ETIMEDOUT, "END_USER_RECOVERY timed out after " +
+                                  std::to_string(config_.start_timeout.count()) + " ms");
+    }
+    if (r.error().code() == ECANCELED && abort_.triggered())
+      return abort_error(r.error().message());
+    return r.error();
+  }
+  for (auto& w : workers_) {
+    if (w->exited())
+      return Error(EIO, "queue " + std::to_string(w->queue_id()) + " exited during recovery");
+  }
+  return sm_.transition(DeviceState::kLive);
 }
 
 uapi::Params Device::build_params() const {
@@ -157,6 +254,14 @@ Result<void> Device::bring_up() {
   want.ublksrv_pid = ::getpid();
   want.flags =
       config_.kernel_features & (uapi::kFeatCmdIoctlEncode | uapi::kFeatUringCmdCompInTask);
+  if (config_.recovery) {
+    // Without REISSUE the requests the dead server had taken fail with EIO
+    // at recovery; re-sent, they succeed, which is only right where serving
+    // a request twice is harmless.
+    uint64_t bits = uapi::kFeatUserRecovery;
+    if (backend_->features().reissue_safe) bits |= uapi::kFeatUserRecoveryReissue;
+    want.flags |= config_.kernel_features & bits;
+  }
   // Zero copy where both sides can: the backend reads and writes the
   // request's pages itself instead of a buffer the kernel copies to or from.
   // Kernels before 6.16 lack it and keep the copy.
@@ -173,16 +278,40 @@ Result<void> Device::bring_up() {
       info_.max_io_buf_bytes < config_.logical_block_size) {
     return Error(EPROTO, "ADD_DEV returned an unusable geometry");
   }
-  // The io commands follow the encoding of the device, as returned.
-  const bool io_ioctl = (info_.flags & uapi::kFeatCmdIoctlEncode) != 0;
-
   if (auto r = ctrl_->set_params(*dev_id_, build_params(), config_.command_timeout); !r)
     return r.error();
   if (auto r = sm_.transition(DeviceState::kParamsSet); !r) return r.error();
   if (abort_.triggered()) return abort_error();
 
   const auto start_deadline = steady_clock::now() + config_.start_timeout;
-  auto fd = open_char_device(steady_clock::now() + kCharOpenTimeout);
+  if (auto r = start_queues(start_deadline); !r) return r;
+  if (auto r = sm_.transition(DeviceState::kQueuesPrimed); !r) return r.error();
+
+  // Only now: START_DEV sleeps in the kernel until every tag has a fetch
+  // outstanding, so sending it earlier could never complete.
+  if (auto r = sm_.transition(DeviceState::kStartPending); !r) return r.error();
+  auto left = std::chrono::duration_cast<milliseconds>(start_deadline - steady_clock::now());
+  if (left < milliseconds(1)) left = milliseconds(1);
+  if (auto r = ctrl_->start_dev(*dev_id_, ::getpid(), left, &abort_); !r) {
+    if (r.error().code() == ETIMEDOUT) {
+      return Error(ETIMEDOUT, "START_DEV timed out after " +
+                                  std::to_string(config_.start_timeout.count()) + " ms");
+    }
+    if (r.error().code() == ECANCELED && abort_.triggered())
+      return abort_error(r.error().message());
+    return r.error();
+  }
+  for (auto& w : workers_) {
+    if (w->exited())
+      return Error(EIO, "queue " + std::to_string(w->queue_id()) + " exited during start");
+  }
+  return sm_.transition(DeviceState::kLive);
+}
+
+Result<void> Device::start_queues(steady_clock::time_point start_deadline) {
+  // The io commands follow the encoding of the device, as returned.
+  const bool io_ioctl = (info_.flags & uapi::kFeatCmdIoctlEncode) != 0;
+  auto fd = open_char_device(std::min(start_deadline, steady_clock::now() + kCharOpenTimeout));
   if (!fd) return fd.error();
   char_fd_ = std::move(fd).value();
 
@@ -219,27 +348,7 @@ Result<void> Device::bring_up() {
     }
   }
   queue_ring_flags_ = workers_.front()->ring_flags();
-  if (auto r = sm_.transition(DeviceState::kQueuesPrimed); !r) return r.error();
-
-  // Only now: START_DEV sleeps in the kernel until every tag has a fetch
-  // outstanding, so sending it earlier could never complete.
-  if (auto r = sm_.transition(DeviceState::kStartPending); !r) return r.error();
-  auto left = std::chrono::duration_cast<milliseconds>(start_deadline - steady_clock::now());
-  if (left < milliseconds(1)) left = milliseconds(1);
-  if (auto r = ctrl_->start_dev(*dev_id_, ::getpid(), left, &abort_); !r) {
-    if (r.error().code() == ETIMEDOUT) {
-      return Error(ETIMEDOUT, "START_DEV timed out after " +
-                                  std::to_string(config_.start_timeout.count()) + " ms");
-    }
-    if (r.error().code() == ECANCELED && abort_.triggered())
-      return abort_error(r.error().message());
-    return r.error();
-  }
-  for (auto& w : workers_) {
-    if (w->exited())
-      return Error(EIO, "queue " + std::to_string(w->queue_id()) + " exited during start");
-  }
-  return sm_.transition(DeviceState::kLive);
+  return {};
 }
 
 std::vector<std::string> Device::teardown(bool graceful) {
@@ -272,6 +381,10 @@ std::vector<std::string> Device::teardown(bool graceful) {
     // why every fd, mapping and registered file is released first.
     if (auto r = ctrl_->del_dev(*dev_id_, config_.command_timeout); !r)
       problems.push_back(r.error().to_string());
+    else
+      released_.store(true, std::memory_order_release);
+  } else if (!dev_id_) {
+    released_.store(true, std::memory_order_release);
   }
   if (!problems.empty()) cleanup_failed_.store(true, std::memory_order_release);
   return problems;

@@ -43,6 +43,10 @@ struct DeviceConfig {
   // for: 7.2's io_uring logs a UBSAN report on the first registration
   // (docs/configuration.md).
   bool zero_copy = false;
+  // Ask for UBLK_F_USER_RECOVERY (and _REISSUE where the backend tolerates
+  // a repeated request): if this process dies the kernel keeps the device
+  // quiesced, its I/O waiting, until a new server recover()s it.
+  bool recovery = true;
   // START_DEV, and the wait for primed queues before it.
   std::chrono::milliseconds start_timeout{10'000};
   // Every other control command, and each step of the shutdown.
@@ -81,6 +85,16 @@ class Device {
   // and the error says which step failed.
   Result<void> start();
 
+  // new -> recovering -> live: takes over device `dev_id`, which a server
+  // that has died left quiesced (UBLK_F_USER_RECOVERY): waits (bounded by
+  // the start timeout) for the kernel to finish quiescing it, checks that
+  // its size matches the backend, START_USER_RECOVERY, primes every queue
+  // and END_USER_RECOVERY. The queued I/O then flows again, to this
+  // process. On failure the device is stopped and deleted (its I/O fails)
+  // and ends in failed; except that a device some live process still serves
+  // is left alone (EBUSY, released() stays false).
+  Result<void> recover(uint32_t dev_id);
+
   // live -> stopping -> removed: STOP_DEV, queue threads finish, fds and
   // mappings released, DEL_DEV. Every step bounded; a step that fails ends
   // the device in failed with the reason, but the later steps still run.
@@ -102,6 +116,10 @@ class Device {
   // or in stop()) met a problem: a step failed or timed out, so the device
   // may linger in the kernel. Safe from any thread.
   bool cleanup_failed() const { return cleanup_failed_.load(std::memory_order_acquire); }
+  // True once the kernel holds nothing of the device: DEL_DEV succeeded, or
+  // it never got as far as ADD_DEV. What may be kept for a later recovery
+  // can be dropped then. Safe from any thread.
+  bool released() const { return released_.load(std::memory_order_acquire); }
 
   // False once a queue thread of a live device has exited.
   bool queues_healthy() const;
@@ -135,6 +153,10 @@ class Device {
 
  private:
   Result<void> bring_up();
+  Result<void> reattach(uint32_t dev_id, bool& foreign);
+  // Opens the char device and starts one primed queue worker per queue of
+  // info_, by `deadline`.
+  Result<void> start_queues(std::chrono::steady_clock::time_point deadline);
   // Stops and deletes whatever bring_up() or the running device left, in the
   // order the kernel needs; returns the problems met on the way.
   std::vector<std::string> teardown(bool graceful);
@@ -160,6 +182,7 @@ class Device {
   mutable std::mutex abort_mu_;  // guards abort_reason_
   std::string abort_reason_;
   std::atomic<bool> cleanup_failed_{false};
+  std::atomic<bool> released_{false};
 };
 
 }  // namespace ublkd
