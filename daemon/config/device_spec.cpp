@@ -159,7 +159,7 @@ std::optional<DeviceSpec> check_device_spec_document(const nlohmann::json& doc,
     if (!reader.expect_object(doc, "")) return std::nullopt;
     reader.reject_unknown_keys(doc, "",
                                {"name", "backend", "queues", "queue_depth", "logical_block_size",
-                                "read_only", "autostart"});
+                                "read_only", "autostart", "recovery"});
 
     DeviceSpec spec;
     spec.source = std::string(origin);
@@ -204,6 +204,7 @@ std::optional<DeviceSpec> check_device_spec_document(const nlohmann::json& doc,
 
     if (auto ro = reader.boolean(doc, "", "read_only", false)) spec.read_only = *ro;
     if (auto autostart = reader.boolean(doc, "", "autostart", false)) spec.autostart = *autostart;
+    if (auto recovery = reader.boolean(doc, "", "recovery", false)) spec.recovery = *recovery;
 
     read_backend(reader, doc, block_size, spec.backend);
 
@@ -259,6 +260,7 @@ nlohmann::json to_json(const DeviceSpec& spec) {
       {"logical_block_size", spec.logical_block_size},
       {"read_only", spec.read_only},
       {"autostart", spec.autostart},
+      {"recovery", spec.recovery},
   };
 }
 

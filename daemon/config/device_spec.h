@@ -2,7 +2,7 @@
 //
 //   { "name": "mem0", "backend": { "type": "mem", "size": "256MiB" },
 //     "queues": 2, "queue_depth": 128, "logical_block_size": 512,
-//     "read_only": false, "autostart": true }
+//     "read_only": false, "autostart": true, "recovery": true }
 //
 // Parsing checks the whole document and reports every problem it finds, each
 // naming the file, the field and the offending value.
@@ -61,6 +61,10 @@ struct DeviceSpec {
   uint32_t logical_block_size = kDefaultLogicalBlockSize;  // power of two, 512..4096
   bool read_only = false;
   bool autostart = true;
+  // Survive a daemon crash or upgrade: the kernel keeps the device quiesced
+  // (UBLK_F_USER_RECOVERY) until the next ublkd reattaches. Off: the device
+  // goes away with the daemon and its I/O fails.
+  bool recovery = true;
   std::string source;  // the file it came from (the parser's origin), or ""
 
   bool operator==(const DeviceSpec&) const = default;

@@ -112,6 +112,10 @@ TEST_CASE("device spec: every kind of mistake is rejected naming field and value
        patched({{"autostart", 1}}),
        "autostart",
        {"expected true or false", "number 1"}},
+      {"recovery as string",
+       patched({{"recovery", "off"}}),
+       "recovery",
+       {"expected true or false", "string \"off\""}},
       {"backend as string",
        patched({{"backend", "mem"}}),
        "backend",
@@ -337,6 +341,7 @@ TEST_CASE("device spec: omitted fields take the defaults", "[spec]") {
   CHECK(r->logical_block_size == 512);
   CHECK(r->read_only == false);
   CHECK(r->autostart == true);
+  CHECK(r->recovery == true);
   CHECK(r->source == "");
 
   auto built_in = ublkd::parse_device_spec(minimal, "", SpecDefaults{});
@@ -385,9 +390,14 @@ TEST_CASE("device spec: accepted values at the edges", "[spec]") {
   }
 
   auto limits = ublkd::parse_device_spec(
-      patched({{"queues", 64}, {"queue_depth", 4096}, {"read_only", true}, {"autostart", false}}),
+      patched({{"queues", 64},
+               {"queue_depth", 4096},
+               {"read_only", true},
+               {"autostart", false},
+               {"recovery", false}}),
       kOrigin, kDefaults);
   REQUIRE(limits.ok());
+  CHECK_FALSE(limits->recovery);
   CHECK(limits->queues == 64);
   CHECK(limits->queue_depth == 4096);
   CHECK(limits->read_only);
@@ -410,7 +420,7 @@ TEST_CASE("device spec: parsed documents and to_json round-trip", "[spec]") {
   const Json out = ublkd::to_json(r.value());
   CHECK(out == Json::parse(R"({"name": "r1", "backend": {"type": "mem", "size": 8192},
       "queues": 1, "queue_depth": 64, "logical_block_size": 4096,
-      "read_only": true, "autostart": true})"));
+      "read_only": true, "autostart": true, "recovery": true})"));
 
   auto again = ublkd::parse_device_spec(out, "request", SpecDefaults{});
   REQUIRE(again.ok());
