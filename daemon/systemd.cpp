@@ -201,8 +201,50 @@ Result<std::optional<int>> check_listen_fds(int count, int first_fd) {
                                         describe_fd(first_fd) + "; " + kWanted);
 }
 
-Result<std::optional<int>> listen_fd_from_systemd() {
-  return check_listen_fds(sd_listen_fds(1), SD_LISTEN_FDS_START);
+Result<SystemdFds> split_systemd_fds(int count, int first_fd,
+                                     const std::vector<std::string>& names) {
+  if (count < 0) return check_listen_fds(count, first_fd).error();
+  SystemdFds out;
+  std::vector<int> sockets;
+  for (int i = 0; i < count; ++i) {
+    const int fd = first_fd + i;
+    const std::string name = static_cast<size_t>(i) < names.size() ? names[i] : std::string();
+    if (name.rfind(kStoredMemPrefix, 0) == 0 && name.size() > std::strlen(kStoredMemPrefix)) {
+      out.stored.emplace(name, UniqueFd(fd));
+    } else {
+      sockets.push_back(fd);
+    }
+  }
+  if (sockets.empty()) return out;
+  if (sockets.size() > 1) {
+    std::string list;
+    for (int fd : sockets) list += (list.empty() ? "" : ", ") + std::to_string(fd);
+    for (int fd : sockets) ::close(fd);
+    return Error(EINVAL, "systemd passed " + std::to_string(sockets.size()) +
+                             " file descriptors that are not stored memory (fds " + list + "); " +
+                             kWanted);
+  }
+  auto one = check_listen_fds(1, sockets.front());
+  if (!one) {
+    ::close(sockets.front());
+    return one.error();
+  }
+  out.socket = UniqueFd(sockets.front());
+  return out;
+}
+
+Result<SystemdFds> fds_from_systemd() {
+  char** names = nullptr;
+  const int count = sd_listen_fds_with_names(1, &names);
+  std::vector<std::string> v;
+  if (count > 0 && names != nullptr) {
+    for (int i = 0; i < count; ++i) v.emplace_back(names[i] != nullptr ? names[i] : "");
+  }
+  if (names != nullptr) {
+    for (int i = 0; names[i] != nullptr; ++i) std::free(names[i]);
+    std::free(names);
+  }
+  return split_systemd_fds(count, SD_LISTEN_FDS_START, v);
 }
 
 std::string unix_socket_path(int fd) {

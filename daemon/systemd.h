@@ -6,12 +6,14 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "base/error.h"
+#include "base/unique_fd.h"
 #include "device/state_machine.h"
 
 namespace ublkd {
@@ -76,9 +78,24 @@ class ServiceNotifier {
 // error's message explains itself.
 Result<std::optional<int>> check_listen_fds(int count, int first_fd);
 
-// check_listen_fds() on what systemd passed. Call before any thread starts:
-// it removes LISTEN_FDS and LISTEN_PID from the environment.
-Result<std::optional<int>> listen_fd_from_systemd();
+// What systemd passes when it starts ublkd: the admin socket (ublkd.socket)
+// and the memfds an earlier ublkd parked in the fd store, by FDNAME.
+inline constexpr const char* kStoredMemPrefix = "mem-";
+struct SystemdFds {
+  UniqueFd socket;                          // invalid when none was passed
+  std::map<std::string, UniqueFd> stored;  // names starting with kStoredMemPrefix
+};
+
+// Sorts `count` fds from `first_fd` on by their names (LISTEN_FDNAMES):
+// stored memory, and at most one listening AF_UNIX SOCK_STREAM socket
+// (check_listen_fds()); anything else is an error naming the fds, which are
+// then closed.
+Result<SystemdFds> split_systemd_fds(int count, int first_fd,
+                                     const std::vector<std::string>& names);
+
+// split_systemd_fds() on what systemd passed. Call before any thread starts:
+// it removes LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES from the environment.
+Result<SystemdFds> fds_from_systemd();
 
 // The path a unix socket is bound to, or "" if none can be told.
 std::string unix_socket_path(int fd);

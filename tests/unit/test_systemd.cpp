@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -241,9 +242,10 @@ TEST_CASE("outside systemd there is no watchdog and no socket", "[systemd]") {
     CHECK_FALSE(w->has_value());
   }
   if (std::getenv("LISTEN_FDS") == nullptr) {
-    auto l = listen_fd_from_systemd();
+    auto l = fds_from_systemd();
     REQUIRE(l.ok());
-    CHECK_FALSE(l->has_value());
+    CHECK_FALSE(l->socket);
+    CHECK(l->stored.empty());
   }
 }
 
@@ -361,4 +363,44 @@ TEST_CASE("socket activation: anything else is refused, saying what was passed",
     CHECK(r.error().code() == EBADMSG);
     CHECK_THAT(r.error().message(), Catch::StartsWith("cannot take the sockets systemd passed"));
   }
+}
+
+TEST_CASE("systemd fds: stored memory is told from the socket by its name", "[systemd][socket]") {
+  UnixSocket s(SOCK_STREAM, true);
+  // Consecutive fds, as systemd passes them: the socket, then two memfds.
+  UniqueFd base(::fcntl(s.fd.get(), F_DUPFD_CLOEXEC, 100));
+  REQUIRE(base.get() >= 100);
+  const int first = base.get();
+  UniqueFd m1(::memfd_create("a", MFD_CLOEXEC));
+  UniqueFd m2(::memfd_create("b", MFD_CLOEXEC));
+  REQUIRE(::dup3(m1.get(), first + 1, O_CLOEXEC) == first + 1);
+  REQUIRE(::dup3(m2.get(), first + 2, O_CLOEXEC) == first + 2);
+  (void)base.release();  // owned by the result from here on
+
+  auto r = split_systemd_fds(3, first, {"ublkd.socket", "mem-disk0", "mem-x.y"});
+  REQUIRE(r.ok());
+  CHECK(r->socket.get() == first);
+  REQUIRE(r->stored.size() == 2);
+  CHECK(r->stored.at("mem-disk0").get() == first + 1);
+  CHECK(r->stored.at("mem-x.y").get() == first + 2);
+}
+
+TEST_CASE("systemd fds: only memory, no socket", "[systemd][socket]") {
+  UniqueFd m(::memfd_create("a", MFD_CLOEXEC));
+  UniqueFd moved(::fcntl(m.get(), F_DUPFD_CLOEXEC, 100));
+  const int fd = moved.release();
+  auto r = split_systemd_fds(1, fd, {"mem-d"});
+  REQUIRE(r.ok());
+  CHECK_FALSE(r->socket);
+  CHECK(r->stored.count("mem-d") == 1);
+}
+
+TEST_CASE("systemd fds: an unnamed non-socket is refused", "[systemd][socket]") {
+  UniqueFd m(::memfd_create("a", MFD_CLOEXEC));
+  const int fd = UniqueFd(::fcntl(m.get(), F_DUPFD_CLOEXEC, 100)).release();
+  auto r = split_systemd_fds(1, fd, {"stored"});
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.error().message(), Catch::Contains("not a socket"));
+  // The refused fd was closed.
+  CHECK(::fcntl(fd, F_GETFD) == -1);
 }
