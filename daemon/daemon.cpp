@@ -219,6 +219,15 @@ void AdminHandler::handle(const Request& req, const admin::Server::Reply& reply)
                             reply(admin::ok_response(id, std::move(r)));
                           });
   }
+  if (req.op == "upgrade") {
+    if (auto e = admin::check_fields(req, {})) return fail(*e);
+    auto r = manager_.hand_over();
+    if (auto* err = std::get_if<OpError>(&r)) return fail(to_admin_error(*err));
+    const auto& names = std::get<std::vector<std::string>>(r);
+    ok({{"handed_over", names}});
+    if (hooks_.handed_over) hooks_.handed_over();
+    return;
+  }
   if (req.op == "reload") {
     if (auto e = admin::check_fields(req, {})) return fail(*e);
     if (hooks_.begin) hooks_.begin();
@@ -234,18 +243,30 @@ void AdminHandler::handle(const Request& req, const admin::Server::Reply& reply)
     });
   }
   fail({code::kUnknownOp, "unknown op \"" + req.op +
-                              "\" (known: add, del, list, info, up, watch, features, reload, version)"});
+                              "\" (known: add, del, list, info, up, watch, features, reload, upgrade, "
+                              "version)"});
 }
 
 int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
   // Taking the sockets systemd passed edits the environment, which is only
   // safe while no other thread exists.
-  auto inherited = listen_fd_from_systemd();
-  if (!inherited) {
-    spdlog::error("admin socket: {}", inherited.error().message());
+  auto passed = fds_from_systemd();
+  if (!passed) {
+    spdlog::error("fds from systemd: {}", passed.error().message());
     return 1;
   }
-  UniqueFd inherited_fd(inherited->value_or(-1));
+  UniqueFd inherited_fd = std::move(passed->socket);
+  // As a systemd service mem devices keep their memory in its fd store,
+  // which outlives the process but not `systemctl stop`; elsewhere in the
+  // state dir, which must then be on tmpfs.
+  std::shared_ptr<MemStore> mem_store;
+  if (std::getenv("NOTIFY_SOCKET") != nullptr) {
+    mem_store = MemStore::fd_store(std::move(passed->stored));
+  } else {
+    if (!passed->stored.empty())
+      spdlog::warn("ignoring {} stored fd(s) passed outside systemd", passed->stored.size());
+    mem_store = MemStore::directory(options.state_dir / "mem");
+  }
 
   // Signals are taken through a signalfd; blocking them before any thread
   // exists keeps them away from the queue threads.
@@ -288,6 +309,8 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
   ManagerOptions mo;
   mo.start_timeout = options.start_timeout.value_or(config.daemon.start_timeout);
   mo.config_dir = options.config_dir;
+  mo.state_dir = options.state_dir;
+  mo.mem_store = mem_store;
   if (const char* hook = std::getenv("UBLKD_TEST_UNPRIMED_TAG")) mo.unprimed_tag_device = hook;
   Manager manager(loop, mo);
   manager.on_change([&notifier, &manager] { notifier.devices_changed(manager.states()); });
@@ -307,8 +330,14 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
     return 1;
   }
   so.admin_gid = *gid;
+  bool handed_over = false;
   ReloadHooks hooks{[&notifier] { notifier.reload_begin(); },
-                    [&notifier] { notifier.reload_end(); }};
+                    [&notifier] { notifier.reload_end(); },
+                    [&loop, &handed_over] {
+                      handed_over = true;
+                      // After this turn of the loop, so the answer is sent.
+                      loop.post([&loop] { loop.stop(); });
+                    }};
   AdminHandler handler(manager, options.config_dir, config.daemon.spec_defaults(), hooks);
   admin::Server server(loop, so, [&handler](const admin::Request& req, const admin::Peer&,
                                             admin::Server::Reply reply) {
@@ -373,16 +402,31 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
   });
 
   for (const ConfigProblem& p : config.problems) spdlog::error("config: {}", p.to_string());
-  manager.reload(config, [&manager, &stopping, &notifier](const ReloadReport&) {
-    // Starts cut short by a signal end here too; ublkd is not running then.
+  // Devices an earlier ublkd left first, then the drop-ins: a recovered
+  // device keeps its name, and reload() leaves a live device of that name
+  // alone.
+  manager.recover_all([&manager, &stopping, &notifier, &config] {
     if (stopping) return;
-    spdlog::info("ublkd {} running: {} device(s) live", UBLKD_VERSION, manager.live_count());
-    notifier.ready();
+    manager.reload(config, [&manager, &stopping, &notifier](const ReloadReport&) {
+      // Starts cut short by a signal end here too; ublkd is not running then.
+      if (stopping) return;
+      spdlog::info("ublkd {} running: {} device(s) live", UBLKD_VERSION, manager.live_count());
+      notifier.ready();
+    });
   });
 
   if (auto r = loop.run(); !r) {
     spdlog::error("{}", r.error().to_string());
     return 1;
+  }
+  if (handed_over) {
+    // Not a return: unwinding would stop the devices (Manager's and
+    // Device's destructors). The kernel quiesces each device as this
+    // process goes, holding its I/O for the next ublkd.
+    spdlog::info("ublkd exiting: {} device(s) handed over, quiesced until the next ublkd",
+                 manager.live_count());
+    spdlog::shutdown();
+    std::_Exit(kExitHandedOver);
   }
   if (!left_behind.empty()) {
     std::string names;

@@ -24,15 +24,21 @@ struct DaemonOptions {
   std::optional<std::chrono::milliseconds> start_timeout;  // overrides ublkd.json
 };
 
-// Runs until SIGTERM/SIGINT; returns the process exit code: 0, or 1 when
-// setup failed or a device may be left in the kernel (its stop or cleanup
-// failed).
+// The exit status after `ublkctl upgrade`: the devices were left quiesced
+// for the next ublkd (ublkd.service restarts on it: RestartForceExitStatus=).
+inline constexpr int kExitHandedOver = 75;
+
+// Runs until SIGTERM/SIGINT or an upgrade; returns the process exit code: 0,
+// 1 when setup failed or a device may be left in the kernel (its stop or
+// cleanup failed), or kExitHandedOver.
 int run_daemon(const DaemonOptions& options, const LoadedConfig& config);
 
 // Told when a reload starts and when it has ended (systemd hears of both).
 struct ReloadHooks {
   std::function<void()> begin;
   std::function<void()> end;
+  // The devices were handed over (`upgrade`, already answered): exit.
+  std::function<void()> handed_over;
 };
 
 // The admin request dispatcher, exposed for tests: answers `req` through

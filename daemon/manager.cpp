@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <set>
 
 #include <spdlog/spdlog.h>
 
@@ -20,8 +21,19 @@ namespace ublkd {
 
 using std::chrono::milliseconds;
 
-Result<std::unique_ptr<Backend>> make_backend(const DeviceSpec& spec) {
+Result<std::unique_ptr<Backend>> make_backend(const DeviceSpec& spec, MemStore* mem_store,
+                                              bool reopen) {
   const BackendSpec& b = spec.backend;
+  if (b.type == "mem" && mem_store != nullptr && spec.recovery) {
+    auto fd = reopen ? mem_store->reopen(spec.name, b.size) : mem_store->create(spec.name, b.size);
+    if (!fd) {
+      return fd.error().wrap(reopen ? "memory kept by the last ublkd"
+                                    : "memory in " + mem_store->describe());
+    }
+    auto m = MemBackend::adopt(std::move(fd).value(), b.size);
+    if (!m) return m.error();
+    return std::unique_ptr<Backend>(std::move(m).value());
+  }
   if (b.type == "mem") {
     auto m = MemBackend::create(b.size);
     if (!m) return m.error();
@@ -76,6 +88,7 @@ nlohmann::json to_json(const DeviceSnapshot& d) {
       {"queue_depth", d.queue_depth},
       {"logical_block_size", d.logical_block_size},
       {"read_only", d.read_only},
+      {"recovery", d.recovery},
       {"block_device",
        d.block_device.empty() ? nlohmann::json(nullptr) : nlohmann::json(d.block_device)},
       {"persistent", d.persistent},
@@ -86,7 +99,9 @@ nlohmann::json to_json(const DeviceSnapshot& d) {
 }
 
 Manager::Manager(EventLoop& loop, ManagerOptions options)
-    : loop_(loop), options_(std::move(options)) {}
+    : loop_(loop), options_(std::move(options)) {
+  if (!options_.state_dir.empty()) state_.emplace(options_.state_dir / "devices");
+}
 
 Manager::~Manager() {
   // Normally shutdown() has run. Otherwise stop what is left, bounded, so no
@@ -146,9 +161,84 @@ void Manager::changed() {
   if (on_change_) on_change_();
 }
 
+Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, bool reopen,
+                                    std::shared_ptr<std::optional<Error>> record_failed) {
+  const std::string name = spec.name;
+  DeviceConfig cfg;
+  cfg.name = name;
+  cfg.queues = static_cast<uint16_t>(spec.queues);
+  cfg.queue_depth = static_cast<uint16_t>(spec.queue_depth);
+  cfg.logical_block_size = spec.logical_block_size;
+  cfg.read_only = spec.read_only;
+  cfg.kernel_features = features_;
+  cfg.zero_copy = spec.backend.zero_copy;
+  cfg.recovery = spec.recovery;
+  cfg.start_timeout = options_.start_timeout;
+  cfg.control_path = options_.control_path;
+  if (!options_.unprimed_tag_device.empty() && options_.unprimed_tag_device == name) {
+    cfg.unprimed_tag = std::make_pair(uint16_t{0}, static_cast<uint16_t>(spec.queue_depth - 1));
+    devlog::warn(name, "device {}: test hook active: queue 0 tag {} gets no FETCH_REQ",
+                 spec.queue_depth - 1);
+  }
+  // The listener runs on the operation's thread, before the device exists
+  // for it to be handed; it reaches the device through this slot.
+  auto slot = std::make_shared<Device*>(nullptr);
+  const DeviceRecord record{spec, 0, persistent};
+  auto listener = [this, name, slot, record, record_failed](
+                      DeviceState from, DeviceState to, const std::string& reason) {
+    if (to == DeviceState::kFailed) {
+      devlog::error(name, "device {}: state {} -> failed: {}", to_string(from), reason);
+    } else {
+      devlog::info(name, "device {}: state {} -> {}", to_string(from), to_string(to));
+    }
+    Device* dev = *slot;
+    // Recorded the moment the kernel knows the device: a crash from here
+    // on leaves something a later ublkd must find.
+    if (to == DeviceState::kAdded && state_ && dev != nullptr && dev->dev_id()) {
+      DeviceRecord r = record;
+      r.dev_id = *dev->dev_id();
+      if (auto w = state_->save(r); !w) *record_failed = w.error();
+    }
+    // Once the kernel holds nothing of it, nothing needs keeping.
+    if (is_terminal(to) && dev != nullptr && dev->released()) {
+      if (state_) {
+        if (auto w = state_->remove(name); !w)
+          devlog::warn(name, "device {}: state record: {}", w.error().to_string());
+      }
+      if (options_.mem_store && record.spec.backend.type == "mem" && record.spec.recovery)
+        options_.mem_store->drop(name);
+    }
+    // Runs on the operation's thread; whoever watches states lives on the loop.
+    loop_.post([this] { changed(); });
+  };
+  const int efd = queue_exit_fd_.get();
+  auto on_queue_exit = [efd] {
+    const uint64_t one = 1;
+    (void)!::write(efd, &one, sizeof(one));
+  };
+
+  auto entry = std::make_unique<Entry>();
+  entry->spec = spec;
+  MemStore* store = options_.mem_store.get();
+  Device::BackendFactory open = [spec, store, reopen] { return make_backend(spec, store, reopen); };
+  entry->dev = std::make_unique<Device>(cfg, std::move(open), listener, on_queue_exit);
+  *slot = entry->dev.get();
+  entry->persistent = persistent;
+  Entry& e = *entry;
+  entries_[name] = std::move(entry);
+  return e;
+}
+
+void Manager::save_record(const Entry& e) {
+  if (!state_ || !e.dev->dev_id()) return;
+  if (auto w = state_->save({e.spec, *e.dev->dev_id(), e.persistent}); !w)
+    devlog::error(e.spec.name, "device {}: state record: {}", w.error().to_string());
+}
+
 void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
   const std::string name = spec.name;
-  if (shutting_down_) return done(OpError{Failure::kShuttingDown, "ublkd is shutting down"});
+  if (shutting_down_ || handed_over_)
+    return done(OpError{Failure::kShuttingDown, "ublkd is shutting down"});
   if (auto it = entries_.find(name); it != entries_.end()) {
     Entry& old = *it->second;
     if (old.op.joinable())
@@ -164,49 +254,15 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
     if (std::filesystem::exists(path, ec))
       return done(OpError{Failure::kExists, "drop-in " + path.string() + " already exists"});
   }
-  DeviceConfig cfg;
-  cfg.name = name;
-  cfg.queues = static_cast<uint16_t>(spec.queues);
-  cfg.queue_depth = static_cast<uint16_t>(spec.queue_depth);
-  cfg.logical_block_size = spec.logical_block_size;
-  cfg.read_only = spec.read_only;
-  cfg.kernel_features = features_;
-  cfg.zero_copy = spec.backend.zero_copy;
-  cfg.start_timeout = options_.start_timeout;
-  cfg.control_path = options_.control_path;
-  if (!options_.unprimed_tag_device.empty() && options_.unprimed_tag_device == name) {
-    cfg.unprimed_tag = std::make_pair(uint16_t{0}, static_cast<uint16_t>(spec.queue_depth - 1));
-    devlog::warn(name, "device {}: test hook active: queue 0 tag {} gets no FETCH_REQ",
-                 spec.queue_depth - 1);
-  }
-  auto listener = [this, name](DeviceState from, DeviceState to, const std::string& reason) {
-    if (to == DeviceState::kFailed) {
-      devlog::error(name, "device {}: state {} -> failed: {}", to_string(from), reason);
-    } else {
-      devlog::info(name, "device {}: state {} -> {}", to_string(from), to_string(to));
-    }
-    // Runs on the operation's thread; whoever watches states lives on the loop.
-    loop_.post([this] { changed(); });
-  };
-  const int efd = queue_exit_fd_.get();
-  auto on_queue_exit = [efd] {
-    const uint64_t one = 1;
-    (void)!::write(efd, &one, sizeof(one));
-  };
-
-  auto entry = std::make_unique<Entry>();
-  entry->spec = spec;
-  Device::BackendFactory open = [spec] { return make_backend(spec); };
-  entry->dev = std::make_unique<Device>(cfg, std::move(open), listener, on_queue_exit);
-  entry->persistent = persist || !spec.source.empty();
-  entry->from_api = spec.source.empty();
-  entry->starting = true;
-  Device* dev = entry->dev.get();
-  entries_[name] = std::move(entry);
+  auto record_failed = std::make_shared<std::optional<Error>>();
+  Entry& entry = make_entry(spec, persist || !spec.source.empty(), /*reopen=*/false, record_failed);
+  entry.from_api = spec.source.empty();
+  entry.starting = true;
+  Device* dev = entry.dev.get();
   changed();
 
   auto failure = std::make_shared<std::optional<OpError>>();
-  auto work = [this, dev, persist, spec, failure] {
+  auto work = [this, dev, persist, spec, failure, record_failed] {
     if (auto b = dev->open_backend(); !b) {
       *failure = OpError{Failure::kBackend, "device " + spec.name + ": backend " +
                                                 spec.backend.type + ": " + b.error().to_string()};
@@ -218,6 +274,15 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
                            : code == ECANCELED ? Failure::kShuttingDown
                                                : Failure::kKernel;
       *failure = OpError{kind, "device " + spec.name + ": " + r.error().message()};
+      return;
+    }
+    if (*record_failed) {
+      // Without its record a crash would leave the device where no later
+      // ublkd finds it: not a device to hand out.
+      *failure = OpError{Failure::kIo, "device " + spec.name + ": state record: " +
+                                           (*record_failed)->to_string() +
+                                           " (device removed again)"};
+      (void)dev->stop();
       return;
     }
     if (persist) {
@@ -248,6 +313,12 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
     if (persist) {
       e.spec.source = dropin_path(name).string();
       devlog::info(name, "device {}: spec persisted to {}", e.spec.source);
+      save_record(e);
+    }
+    if (e.spec.recovery && (info.flags & uapi::kFeatUserRecovery) == 0) {
+      devlog::warn(name,
+                   "device {}: the kernel did not grant USER_RECOVERY: the device will not "
+                   "survive ublkd exiting");
     }
     std::string notes = e.dev->backend().io_notes();
     if (e.dev->zero_copy()) {
@@ -314,7 +385,8 @@ void Manager::remove(const std::string& name, DelDone done) {
   if (e.op.joinable())
     return done(OpError{Failure::kBusy, "device " + name + " is busy (" +
                                             std::string(to_string(e.dev->state())) + ")"});
-  if (shutting_down_) return done(OpError{Failure::kShuttingDown, "ublkd is shutting down"});
+  if (shutting_down_ || handed_over_)
+    return done(OpError{Failure::kShuttingDown, "ublkd is shutting down"});
   if (is_terminal(e.dev->state())) {
     forget(it);
     devlog::info(name, "device {} removed (it had failed)");
@@ -334,6 +406,85 @@ void Manager::remove(const std::string& name, DelDone done) {
     done(std::nullopt);
   };
   start_op(name, std::move(work), std::move(then));
+}
+
+void Manager::recover_all(std::function<void()> done) {
+  std::vector<DeviceRecord> records;
+  if (state_) {
+    std::vector<std::string> problems;
+    records = state_->load(problems);
+    // An unreadable record names no device to recover; it stays for a
+    // person to look at.
+    for (const auto& p : problems) spdlog::error("state: {}", p);
+  }
+  std::set<std::string> claimed;
+  for (const auto& r : records) claimed.insert(r.spec.name);
+  if (options_.mem_store) {
+    for (const auto& name : options_.mem_store->drop_unclaimed(claimed))
+      spdlog::warn("dropped the memory of mem device {}: no state record claims it", name);
+  }
+  if (records.empty()) return done();
+  spdlog::info("recovering {} device(s) from {}", records.size(), state_->dir().string());
+
+  auto pending = std::make_shared<size_t>(records.size());
+  auto finish = std::make_shared<std::function<void()>>(std::move(done));
+  for (const DeviceRecord& r : records) {
+    const std::string name = r.spec.name;
+    Entry& e = make_entry(r.spec, r.persistent, /*reopen=*/true,
+                          std::make_shared<std::optional<Error>>());
+    e.from_api = r.spec.source.empty();
+    e.starting = true;
+    Device* dev = e.dev.get();
+    const uint32_t id = r.dev_id;
+    devlog::info(name, "device {}: recovering /dev/ublkb{} (recovery {})", id,
+                 r.spec.recovery ? "on" : "off");
+    auto work = [dev, id] { (void)dev->recover(id); };
+    auto then = [this, name, pending, finish] {
+      auto it = entries_.find(name);
+      if (it != entries_.end()) {
+        Entry& entry = *it->second;
+        entry.starting = false;
+        if (entry.dev->state() == DeviceState::kLive) {
+          devlog::info(name, "device {} recovered: live again at {}", entry.dev->block_device());
+        } else if (entry.dev->released()) {
+          devlog::warn(name, "device {}: not recovered; deleted from the kernel");
+        } else {
+          devlog::error(name, "device {}: not recovered and left in the kernel: {}",
+                        entry.dev->failure_reason());
+        }
+      }
+      if (--*pending == 0) (*finish)();
+    };
+    start_op(name, std::move(work), std::move(then));
+  }
+}
+
+std::variant<std::vector<std::string>, OpError> Manager::hand_over() {
+  if (shutting_down_ || handed_over_)
+    return OpError{Failure::kShuttingDown, "ublkd is shutting down"};
+  std::vector<std::string> names;
+  std::string busy;
+  std::string unrecoverable;
+  for (const auto& [name, e] : entries_) {
+    if (e->op.joinable()) {
+      busy += (busy.empty() ? "" : ", ") + name;
+      continue;
+    }
+    if (is_terminal(e->dev->state())) continue;
+    if ((e->dev->kernel_info().flags & uapi::kFeatUserRecovery) == 0)
+      unrecoverable += (unrecoverable.empty() ? "" : ", ") + name;
+    names.push_back(name);
+  }
+  if (!busy.empty())
+    return OpError{Failure::kBusy, "devices busy (an operation is under way): " + busy};
+  if (!unrecoverable.empty()) {
+    return OpError{Failure::kBusy,
+                   "devices without USER_RECOVERY would not survive: " + unrecoverable +
+                       " (delete them first, or stop ublkd instead)"};
+  }
+  if (!state_) return OpError{Failure::kIo, "ublkd keeps no state dir to hand devices over in"};
+  handed_over_ = true;
+  return names;
 }
 
 void Manager::on_queue_exit() {
@@ -446,6 +597,7 @@ DeviceSnapshot Manager::snapshot(const Entry& e) const {
   d.queue_depth = e.spec.queue_depth;
   d.logical_block_size = e.spec.logical_block_size;
   d.read_only = e.spec.read_only;
+  d.recovery = e.spec.recovery;
   d.persistent = e.persistent;
   d.source = e.persistent ? e.spec.source : std::string();
   if (d.state != DeviceState::kNew && e.dev->dev_id()) {

@@ -24,6 +24,8 @@
 #include "config/device_spec.h"
 #include "device/device.h"
 #include "event_loop.h"
+#include "recovery/mem_store.h"
+#include "recovery/state_store.h"
 
 namespace ublkd {
 
@@ -35,6 +37,12 @@ struct ManagerOptions {
   // Test hook (UBLKD_TEST_UNPRIMED_TAG): the device of this name leaves the
   // last tag of queue 0 without a FETCH_REQ, so its START_DEV must time out.
   std::string unprimed_tag_device;
+  // STATE_DIR: devices/ holds a record per device for a later recovery
+  // (StateStore). Empty: no records are kept.
+  std::filesystem::path state_dir;
+  // Where mem devices with recovery keep their memory. Null: a plain memfd
+  // that dies with the process.
+  std::shared_ptr<MemStore> mem_store;
 };
 
 // Why an operation failed, in the terms the admin API reports.
@@ -66,6 +74,7 @@ struct DeviceSnapshot {
   uint32_t queue_depth = 0;
   uint32_t logical_block_size = 0;
   bool read_only = false;
+  bool recovery = true;
   std::string block_device;
   bool persistent = false;
   std::string source;
@@ -101,6 +110,21 @@ class Manager {
   void add(DeviceSpec spec, bool persist, AddDone done);
   // Stops and deletes a device.
   void remove(const std::string& name, DelDone done);
+
+  // Takes back the devices an earlier ublkd left in the kernel, from their
+  // records in the state dir: each is recovered (quiesced ones, see
+  // Device::recover) or deleted (those that cannot be), all in parallel;
+  // what an earlier process kept that no record claims is dropped. `done`
+  // runs on the loop thread when every device is live or failed.
+  void recover_all(std::function<void()> done);
+
+  // Prepares ublkd to exit and leave its devices to the next process (an
+  // upgrade): refuses, with the reason, while an operation is under way or
+  // if a device could not be recovered (recovery off, or not granted by the
+  // kernel). On success returns the names handed over; the records and the
+  // memory stay, and from now on the manager refuses new work. The caller
+  // then ends the process without stopping the devices.
+  std::variant<std::vector<std::string>, OpError> hand_over();
 
   // Brings a drop-in's device live, or answers at once if it is live
   // already (it may have been autostarted): what ublkd@NAME.service needs.
@@ -147,6 +171,12 @@ class Manager {
   };
   using Entries = std::map<std::string, std::unique_ptr<Entry>>;
 
+  // A new entry for `spec`, registered under its name, whose device reopens
+  // kept memory (recovery) or creates it. `record_failed` is set when the
+  // state record could not be written at ADD_DEV.
+  Entry& make_entry(const DeviceSpec& spec, bool persistent, bool reopen,
+                    std::shared_ptr<std::optional<Error>> record_failed);
+  void save_record(const Entry& e);
   void start_op(const std::string& name, std::function<void()> work,
                 std::function<void()> then);
   // Drops an entry, remembering it for shutdown's report if its device may
@@ -178,14 +208,18 @@ class Manager {
   Entries entries_;
   size_t ops_running_ = 0;
   bool shutting_down_ = false;
+  bool handed_over_ = false;
+  std::optional<StateStore> state_;
   ShutdownDone shutdown_done_;
   // Devices dropped from entries_ whose cleanup failed (see forget()).
   std::vector<std::string> left_behind_;
   std::function<void()> on_change_;
 };
 
-// A backend for the spec, or why not.
-Result<std::unique_ptr<Backend>> make_backend(const DeviceSpec& spec);
+// A backend for the spec, or why not. A mem device with recovery takes its
+// memory from `mem_store` when given: kept memory when `reopen`, else new.
+Result<std::unique_ptr<Backend>> make_backend(const DeviceSpec& spec,
+                                              MemStore* mem_store = nullptr, bool reopen = false);
 
 // "ZERO_COPY|USER_RECOVERY|...|bit40" for logs.
 std::string describe_features(uint64_t features);

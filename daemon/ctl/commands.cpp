@@ -42,6 +42,7 @@ constexpr std::string_view kGlobalHelp =
     "  attach NAME                        bring up a drop-in and stay while it is live\n"
     "  features                           show the ublk features of the kernel\n"
     "  reload                             re-read the configuration directory\n"
+    "  upgrade                            hand the devices over to the next ublkd\n"
     "  version                            show the versions of ublkctl and ublkd\n"
     "  help [COMMAND]                     show this help, or a command's\n"
     "\n"
@@ -70,6 +71,8 @@ constexpr std::string_view kAddHelp =
     "  --depth N         tags per queue\n"
     "  --block-size N    logical block size in bytes\n"
     "  --read-only       refuse writes\n"
+    "  --no-recovery     let the device go with ublkd instead of keeping it\n"
+    "                    quiesced for the next ublkd to recover\n"
     "  --spec FILE       the whole device spec as a JSON object, as in devices.d\n"
     "                    ('-' reads standard input); replaces NAME and the options\n"
     "                    above\n"
@@ -117,6 +120,14 @@ constexpr std::string_view kReloadHelp =
     "autostart are brought up; running devices are left alone and reported\n"
     "if their drop-in changed or disappeared.\n";
 
+constexpr std::string_view kUpgradeHelp =
+    "Usage: ublkctl upgrade\n"
+    "Make ublkd exit without removing its devices, for a new ublkd binary to\n"
+    "take them over: each device stays, quiesced (its I/O waits), until the\n"
+    "next ublkd recovers it. Under systemd, ublkd.service restarts at once\n"
+    "(exit status 75); elsewhere, start ublkd again yourself. Refused while a\n"
+    "device is starting or stopping, or if one has recovery off.\n";
+
 constexpr std::string_view kVersionHelp =
     "Usage: ublkctl version\n"
     "Show the version of ublkctl, and the version and API level of ublkd.\n";
@@ -132,7 +143,7 @@ struct CommandInfo {
   std::string_view help;
 };
 
-constexpr std::array<CommandInfo, 9> kCommands = {{
+constexpr std::array<CommandInfo, 10> kCommands = {{
     {"add", 0, 1, kAddHelp},
     {"list", 0, 0, kListHelp},
     {"info", 1, 1, kInfoHelp},
@@ -140,6 +151,7 @@ constexpr std::array<CommandInfo, 9> kCommands = {{
     {"attach", 1, 1, kAttachHelp},
     {"features", 0, 0, kFeaturesHelp},
     {"reload", 0, 0, kReloadHelp},
+    {"upgrade", 0, 0, kUpgradeHelp},
     {"version", 0, 0, kVersionHelp},
     {"help", 0, 1, kHelpHelp},
 }};
@@ -156,7 +168,7 @@ struct AddOption {
   bool takes_value;
 };
 
-constexpr std::array<AddOption, 11> kAddOptions = {{
+constexpr std::array<AddOption, 12> kAddOptions = {{
     {"backend", true},
     {"size", true},
     {"path", true},
@@ -166,6 +178,7 @@ constexpr std::array<AddOption, 11> kAddOptions = {{
     {"depth", true},
     {"block-size", true},
     {"read-only", false},
+    {"no-recovery", false},
     {"spec", true},
     {"persist", false},
 }};
@@ -719,6 +732,7 @@ Result<Invocation> parse_command_line(const std::vector<std::string>& args,
         spec[field] = *n;
       }
       if (flags.count("read-only")) spec["read_only"] = true;
+      if (flags.count("no-recovery")) spec["recovery"] = false;
       inv.request["spec"] = std::move(spec);
     }
   }
@@ -852,6 +866,18 @@ Result<std::string> format_result(std::string_view command, const json& result, 
   if (command == "info") return format_info(result);
   if (command == "features") return format_features(result);
   if (command == "reload") return format_reload(result);
+  if (command == "upgrade") {
+    const json& names = member(result, "handed_over");
+    if (!names.is_array()) return shape_error("upgrade", "\"handed_over\" is not an array");
+    std::string list;
+    for (const json& n : names) {
+      if (!n.is_string()) return shape_error("upgrade", "a device name is not a string");
+      list += (list.empty() ? "" : ", ") + n.get<std::string>();
+    }
+    return "handed over " + std::to_string(names.size()) + " device(s)" +
+           (list.empty() ? std::string() : ": " + list) +
+           "; ublkd exits, the next ublkd recovers them\n";
+  }
   return pretty(result);
 }
 

@@ -478,7 +478,7 @@ TEST_CASE("admin ops: an unknown op is unknown-op and lists the known ones", "[a
   CHECK(r.at("id") == 9);
   CHECK(
       h.error(R"({"op": "frobnicate"})") ==
-      R"(unknown-op: unknown op "frobnicate" (known: add, del, list, info, up, watch, features, reload, version))");
+      R"(unknown-op: unknown op "frobnicate" (known: add, del, list, info, up, watch, features, reload, upgrade, version))");
   // Ops are case-sensitive.
   CHECK_THAT(h.error(R"({"op": "LIST"})"), Catch::StartsWith("unknown-op: "));
 }
@@ -612,7 +612,7 @@ TEST_CASE("admin API: the device object of a file device names its path and O_DI
     "name": "disk0", "id": 3, "state": "live",
     "backend": {"type": "file", "path": "/var/lib/ublkd/disk0.img", "direct_io": false},
     "size": 1073741824, "queues": 2, "queue_depth": 128, "logical_block_size": 4096,
-    "read_only": false, "block_device": "/dev/ublkb3", "persistent": true,
+    "read_only": false, "recovery": true, "block_device": "/dev/ublkb3", "persistent": true,
     "source": "/etc/ublkd/devices.d/disk0.json"})"));
 }
 
@@ -727,4 +727,13 @@ TEST_CASE("admin server: one answer per non-blank line, in order, echoing ids", 
             R"(1, column 2"},"ok":false})",
             R"({"ok":true,"result":{"op":"version"}})",
         });
+}
+
+TEST_CASE("admin ops: upgrade is refused without a state dir to hand devices over in",
+          "[admin]") {
+  Handler h;
+  CHECK(h.error(R"({"op": "upgrade"})") ==
+        "io-error: ublkd keeps no state dir to hand devices over in");
+  CHECK(h.error(R"({"op": "upgrade", "now": true})") ==
+        R"(invalid-request: unknown field "now" for op "upgrade")");
 }
