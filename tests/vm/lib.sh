@@ -353,3 +353,86 @@ _lib_on_exit() {
 trap _lib_on_exit EXIT
 # A signal (the harness's timeout sends SIGTERM) must still run the cleanup.
 trap 'log "terminated by signal"; exit 143' TERM INT HUP
+
+# ---- crash recovery -------------------------------------------------------
+
+# kill9_ublkd: SIGKILL the current daemon and reap it.
+kill9_ublkd() {
+    local pid=$UBLKD_PID
+    log "kill -9 ublkd (pid $pid)"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# restart_recover CONFIG_DIR STATE_DIR TIMEOUT NAME...: start ublkd again on
+# the same state dir and wait until each NAME is recovered and the daemon is
+# ready.
+restart_recover() {
+    local cfg=$1 state=$2 timeout=$3 name
+    shift 3
+    start_ublkd "$cfg" --state-dir "$state"
+    for name in "$@"; do
+        wait_for_log "device $name recovered: live again at /dev/ublkb[0-9]+" "$timeout" >/dev/null
+    done
+    wait_for_log "running: [0-9]+ device\(s\) live" "$timeout" >/dev/null
+}
+
+# rand_ms LO HI: a random whole number of milliseconds in [LO, HI].
+rand_ms() { echo $((RANDOM % ($2 - $1 + 1) + $1)); }
+
+# sleep_ms MS
+sleep_ms() { sleep "$(printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)))"; }
+
+# kill9_verify_cycles CONFIG_DIR STATE_DIR NAME DEV CYCLES: no acknowledged
+# write is lost across kill -9. Each cycle: fio writes random 4 KiB blocks
+# with crc32c headers (O_DIRECT, iodepth 16, its own seed); ublkd is killed
+# at a random moment and restarted after a random pause; in odd cycles fio
+# is then interrupted (SIGINT) at a random moment, in even ones it runs to
+# its end. fio saves which writes completed (verify_state_save) and a second
+# fio verifies exactly those (verify_state_load). Any I/O error of the
+# writer or any verify failure fails the case.
+kill9_verify_cycles() {
+    local cfg=$1 state=$2 name=$3 dev=$4 cycles=$5 c seed out rc t_kill t_pause
+    local common
+    for ((c = 1; c <= cycles; c++)); do
+        seed=$((RANDOM * 32768 + RANDOM))
+        out=$CASE_DIR/w.$name.$c
+        rm -f "$CASE_DIR"/*-verify.state
+        common=(--name=w --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite
+            --bs=4k --iodepth=16 --size=48M --verify=crc32c --randseed="$seed")
+        t_kill=$(rand_ms 100 1200)
+        t_pause=$(rand_ms 0 800)
+        log "cycle $c/$cycles on $name: kill after ${t_kill} ms, restart after ${t_pause} ms"
+        (cd "$CASE_DIR" && exec fio "${common[@]}" --do_verify=0 --verify_state_save=1) \
+            >"$out.write" 2>&1 &
+        local fio_pid=$!
+        sleep_ms "$t_kill"
+        ublkd_alive "$fio_pid" || log "cycle $c: fio was done before the kill"
+        kill9_ublkd
+        sleep_ms "$t_pause"
+        restart_recover "$cfg" "$state" 30 "$name"
+        local interrupted=0
+        if ((c % 2 == 1)) && ublkd_alive "$fio_pid"; then
+            sleep_ms "$(rand_ms 0 1500)"
+            kill -INT "$fio_pid" 2>/dev/null && interrupted=1
+        fi
+        rc=0
+        wait "$fio_pid" || rc=$?
+        # fio ends with status 128 when a signal stopped it.
+        ((interrupted && rc == 128)) && rc=0
+        if ((rc != 0)) || grep -qE 'err= *[1-9]|error' "$out.write"; then
+            cat "$out.write" >&2
+            fail "cycle $c: the writer saw an error (status $rc)"
+        fi
+        [[ -f $CASE_DIR/w-0-verify.state || -f $CASE_DIR/local-w-0-verify.state ]] ||
+            { ls "$CASE_DIR" >&2; fail "cycle $c: fio saved no verify state"; }
+        rc=0
+        (cd "$CASE_DIR" && exec fio "${common[@]}" --verify_only --verify_state_load=1 \
+            --verify_fatal=1) >"$out.verify" 2>&1 || rc=$?
+        if ((rc != 0)); then
+            cat "$out.verify" >&2
+            fail "cycle $c: verification of the acknowledged writes failed (status $rc)"
+        fi
+        grep -E '^ *(write|read):' "$out.write" "$out.verify" >&2 || true
+    done
+}
