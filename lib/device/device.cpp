@@ -121,10 +121,20 @@ Result<void> Device::reattach(uint32_t dev_id, bool& foreign) {
   // START_USER_RECOVERY until then.
   for (milliseconds pause{2};; pause = std::min(pause * 2, milliseconds(100))) {
     auto info = ctrl_->get_dev_info(dev_id, config_.command_timeout);
+    if (!info && info.error().code() == ENODEV) {
+      // Gone already (deleted by hand, or the kernel was rebooted under a
+      // persistent state dir): nothing of it left to clean up either.
+      dev_id_.reset();
+      return Error(ENODEV, "the kernel has no device " + std::to_string(dev_id));
+    }
     if (!info) return info.error();
     info_ = *info;
-    if ((info_.flags & uapi::kFeatUserRecovery) == 0)
-      return Error(EOPNOTSUPP, "the kernel device was created without USER_RECOVERY");
+    const bool recoverable = (info_.flags & uapi::kFeatUserRecovery) != 0;
+    if (!recoverable && info_.state != uapi::kDevStateLive) {
+      return Error(EOPNOTSUPP,
+                   "the device was created without USER_RECOVERY (recovery off): nothing to "
+                   "recover");
+    }
     if (info_.state == uapi::kDevStateQuiesced) {
       auto started = ctrl_->start_user_recovery(dev_id, config_.command_timeout);
       if (started) break;
