@@ -1,0 +1,46 @@
+#!/bin/bash
+# With fio running, kill -9 and restart: fio sees no I/O error, its I/O only
+# stalls while no daemon runs. Twice in a row: the second kill comes right
+# after the first recovery. Two fio jobs on a mem device: one writes random
+# blocks with crc32c headers and verifies them all at the end, the other
+# reads at random the whole time.
+# vm-timeout: 150
+. "${BASH_SOURCE%/*}/../lib.sh"
+require_cmd fio
+
+cfg=$CASE_DIR/config
+state=$CASE_DIR/state
+write_spec "$cfg" busy '{"name":"busy","backend":{"type":"mem","size":"128MiB"},"queues":2,"queue_depth":64}'
+start_ublkd "$cfg" --state-dir "$state"
+dev=$(wait_live busy 20)
+
+out=$CASE_DIR/fio.out
+fio --filename="$dev" --direct=1 --ioengine=io_uring --bs=4k \
+    --name=writer --rw=randwrite --iodepth=32 --size=64M --verify=crc32c --do_verify=1 \
+    --verify_fatal=1 \
+    --name=reader --rw=randread --iodepth=32 --offset=64M --size=64M --time_based --runtime=12 \
+    >"$out" 2>&1 &
+fio_pid=$!
+add_cleanup "kill -KILL $fio_pid 2>/dev/null || true"
+sleep 2
+ublkd_alive "$fio_pid" || { cat "$out" >&2; fail "fio ended before the first kill"; }
+
+for round in 1 2; do
+    kill9_ublkd
+    t0=${EPOCHREALTIME/./}
+    ((round == 1)) && sleep 0.5
+    restart_recover "$cfg" "$state" 30 busy
+    log "round $round: daemon gone for $(((${EPOCHREALTIME/./} - t0) / 1000)) ms until recovered"
+    ublkd_alive "$fio_pid" || { cat "$out" >&2; fail "fio ended during round $round"; }
+done
+
+rc=0
+wait "$fio_pid" || rc=$?
+if ((rc != 0)) || grep -qE 'err= *[1-9]|verify|error' "$out"; then
+    cat "$out" >&2
+    fail "fio saw an error across two kill -9 (status $rc)"
+fi
+grep -E '^ *(write|read):|err=' "$out" >&2
+stop_ublkd 20
+assert_no_ublk_devices
+log "fio ran through two kill -9 without an error"
