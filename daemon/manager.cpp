@@ -175,6 +175,10 @@ Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, boo
   cfg.recovery = spec.recovery;
   cfg.start_timeout = options_.start_timeout;
   cfg.control_path = options_.control_path;
+  if (reopen && state_) {
+    cfg.earlier_recovery_cut_short = state_->recovering_marked(name);
+    cfg.before_recovery_start = [this, name] { return state_->mark_recovering(name); };
+  }
   if (!options_.unprimed_tag_device.empty() && options_.unprimed_tag_device == name) {
     cfg.unprimed_tag = std::make_pair(uint16_t{0}, static_cast<uint16_t>(spec.queue_depth - 1));
     devlog::warn(name, "device {}: test hook active: queue 0 tag {} gets no FETCH_REQ",
@@ -199,9 +203,14 @@ Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, boo
       r.dev_id = *dev->dev_id();
       if (auto w = state_->save(r); !w) *record_failed = w.error();
     }
+    if (to == DeviceState::kLive && from == DeviceState::kRecovering && state_) {
+      if (auto w = state_->clear_recovering(name); !w)
+        devlog::warn(name, "device {}: state: {}", w.error().to_string());
+    }
     // Once the kernel holds nothing of it, nothing needs keeping.
     if (is_terminal(to) && dev != nullptr && dev->released()) {
       if (state_) {
+        (void)state_->clear_recovering(name);
         if (auto w = state_->remove(name); !w)
           devlog::warn(name, "device {}: state record: {}", w.error().to_string());
       }

@@ -104,6 +104,26 @@ Result<void> StateStore::save(const DeviceRecord& r) const {
   return {};
 }
 
+Result<void> StateStore::mark_recovering(const std::string& name) const {
+  const fs::path p = dir_ / (name + ".recovering");
+  UniqueFd fd(::open(p.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd) return errno_error("create " + p.string());
+  if (::fsync(fd.get()) != 0) return errno_error("fsync " + p.string());
+  UniqueFd dfd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dfd || ::fsync(dfd.get()) != 0) return errno_error("fsync " + dir_.string());
+  return {};
+}
+
+bool StateStore::recovering_marked(const std::string& name) const {
+  return ::access((dir_ / (name + ".recovering")).c_str(), F_OK) == 0;
+}
+
+Result<void> StateStore::clear_recovering(const std::string& name) const {
+  const fs::path p = dir_ / (name + ".recovering");
+  if (::unlink(p.c_str()) != 0 && errno != ENOENT) return errno_error("remove " + p.string());
+  return {};
+}
+
 Result<void> StateStore::remove(const std::string& name) const {
   const fs::path p = path(name);
   if (::unlink(p.c_str()) != 0 && errno != ENOENT) return errno_error("remove " + p.string());

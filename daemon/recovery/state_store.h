@@ -36,6 +36,13 @@ class StateStore {
   Result<void> save(const DeviceRecord& r) const;
   // ENOENT counts as done.
   Result<void> remove(const std::string& name) const;
+  // A marker (NAME.recovering) that a recovery of the device has sent
+  // START_USER_RECOVERY and not finished yet: if it is still there at the
+  // next start, that recovery was cut short. Written durably.
+  Result<void> mark_recovering(const std::string& name) const;
+  bool recovering_marked(const std::string& name) const;
+  Result<void> clear_recovering(const std::string& name) const;
+
   // Every readable record; each unreadable one adds a line to `problems`.
   std::vector<DeviceRecord> load(std::vector<std::string>& problems) const;
 

@@ -4,6 +4,9 @@
 #include <unistd.h>
 
 #include <bit>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <thread>
 
 namespace ublkd {
@@ -19,6 +22,7 @@ constexpr milliseconds kQueueDrainTimeout{5'000};
 constexpr milliseconds kQueueQuitTimeout{2'000};
 // udev may hold the new char device open for a moment after ADD_DEV.
 constexpr milliseconds kCharOpenTimeout{3'000};
+constexpr const char* kUblksMaxPath = "/sys/module/ublk_drv/parameters/ublks_max";
 
 std::string join_lines(const std::vector<std::string>& v) {
   std::string out;
@@ -27,6 +31,30 @@ std::string join_lines(const std::vector<std::string>& v) {
     out += s;
   }
   return out;
+}
+
+// ublk_drv answers ADD_DEV with EACCES once it holds ublks_max devices,
+// which on its own reads like a permission problem.
+Error explain_add_refused(const Error& e) {
+  std::string max;
+  if (FILE* f = std::fopen(kUblksMaxPath, "re")) {
+    char buf[32] = {};
+    if (std::fgets(buf, sizeof(buf), f) != nullptr) max = buf;
+    std::fclose(f);
+    while (!max.empty() && (max.back() == '\n' || max.back() == ' ')) max.pop_back();
+  }
+  size_t devices = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/sys/class/ublk-char", ec)) {
+    (void)entry;
+    ++devices;
+  }
+  if (!max.empty() && !ec && devices >= std::strtoull(max.c_str(), nullptr, 10)) {
+    return Error(e.code(), e.message() + ": the kernel's limit of ublk devices is reached (" +
+                               std::to_string(devices) + " exist, ublks_max is " + max + " in " +
+                               kUblksMaxPath + ")");
+  }
+  return e;
 }
 
 }  // namespace
@@ -135,7 +163,16 @@ Result<void> Device::reattach(uint32_t dev_id, bool& foreign) {
                    "the device was created without USER_RECOVERY (recovery off): nothing to "
                    "recover");
     }
+    if (info_.state == uapi::kDevStateQuiesced && config_.earlier_recovery_cut_short &&
+        (config_.kernel_features & uapi::kFeatUserRecoveryFailIo) == 0) {
+      return Error(EAGAIN,
+                   "an earlier recovery of this device was cut short, and this kernel (without "
+                   "USER_RECOVERY_FAIL_IO) cannot safely start another: deleting it instead");
+    }
     if (info_.state == uapi::kDevStateQuiesced) {
+      if (config_.before_recovery_start) {
+        if (auto h = config_.before_recovery_start(); !h) return h.error();
+      }
       auto started = ctrl_->start_user_recovery(dev_id, config_.command_timeout);
       if (started) break;
       if (started.error().code() != EBUSY) return started.error();
@@ -278,7 +315,10 @@ Result<void> Device::bring_up() {
   if (config_.zero_copy && backend_->zero_copy())
     want.flags |= config_.kernel_features & uapi::kFeatAutoBufReg;
   auto added = ctrl_->add_dev(want, config_.command_timeout);
-  if (!added) return added.error();
+  if (!added) {
+    if (added.error().code() == EACCES) return explain_add_refused(added.error());
+    return added.error();
+  }
   // From here on only what the kernel accepted counts: it may have granted
   // fewer queues (capped at the CPU count) and rewritten the flags.
   info_ = *added;

@@ -52,6 +52,16 @@ struct DeviceConfig {
   // Every other control command, and each step of the shutdown.
   std::chrono::milliseconds command_timeout{5'000};
   std::string control_path = ControlDevice::kDefaultPath;
+  // recover(): called just before START_USER_RECOVERY, whose effect a later
+  // process may need to know of (see Device::recover); an error stops the
+  // recovery there.
+  std::function<Result<void>()> before_recovery_start;
+  // recover(): an earlier recovery of this device was cut short after its
+  // START_USER_RECOVERY. Kernels before the recovery rework of 6.13 (they
+  // lack UBLK_F_USER_RECOVERY_FAIL_IO) may dereference a NULL queue daemon
+  // if START_USER_RECOVERY comes again then; on those the device is deleted
+  // instead of recovered.
+  bool earlier_recovery_cut_short = false;
   // Test-only fault injection: (queue, tag) that never gets a FETCH_REQ.
   std::optional<std::pair<uint16_t, uint16_t>> unprimed_tag;
 };
