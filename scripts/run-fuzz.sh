@@ -7,8 +7,8 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: scripts/run-fuzz.sh [--seconds N] [--jobs N] [--build-dir DIR]
-                           [--replay-only] [TARGET...]
+Usage: scripts/run-fuzz.sh [--seconds N] [--replay-only] [--build-dir DIR]
+                           [TARGET...]
 
   1. configure (once) and build DIR (default build-fuzz): CXX=clang++,
      -Dfuzz=true -Db_sanitize=address,undefined

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Every test: install what is needed, build, run the unit tests (plain and
-# under ASan+UBSan), then the VM suite on both kernels (6.12 and 7.2).
+# Every test: install what is needed, build, run the unit tests (plain, under
+# ASan+UBSan and under TSan), fuzz the parsers for a bounded time, then the
+# VM suite on both kernels (6.12 and 7.2) with the plain daemon and again
+# with the ASan+UBSan and the TSan daemon.
 set -euo pipefail
 
 usage() {
@@ -10,21 +12,36 @@ Usage: scripts/run-tests.sh [--unit-only] [--vm-only] [--kernel K] [--quick|--fu
   1. scripts/install-deps.sh
   2. build ./build and run the unit tests (Catch2)
   3. build ./build-asan (-Db_sanitize=address,undefined) and run them again
-  4. tests/vm/run.sh on kernels 6.12 and 7.2: every case in tests/vm/cases
+  4. build ./build-tsan (-Db_sanitize=thread) and run them again
+  5. scripts/run-fuzz.sh: replay tests/fuzz/regressions, then fuzz each
+     parser for 30 s (quick tier) or 300 s (full tier)
+  6. tests/vm/run.sh on kernels 6.12 and 7.2: every case in tests/vm/cases
      (the full tier), or with --quick the cases not marked `# vm-tier: full`;
      then tests/vm/run-systemd.sh, the same for tests/vm/systemd-cases in a
      VM booted by systemd
+  7. tests/vm/run.sh with ublkd, ublkctl and the test tools from build-asan,
+     then from build-tsan; a sanitizer report fails its case. Full tier:
+     every case on the kernels of step 6. Quick tier: only the cases that
+     drive the io workers and the control plane hardest (10-mem-fio-verify,
+     60-sigterm-under-load, 74-parallel-clients), on one kernel (7.2 unless
+     --kernel names one)
 
-  --unit-only   steps 1-3
-  --vm-only     steps 1, 2 (build only) and 4
+  --unit-only   steps 1-5
+  --vm-only     steps 1, 2 (build only), 6 and 7 (building the sanitizer
+                builds' binaries, not running their unit tests)
   --kernel K    VM kernels: 6.12, 7.2 or all (default all)
-  --quick       the quick VM tier; the default when CI=true
-  --full        the full VM tier; the default otherwise
+  --quick       the quick tier; the default when CI=true
+  --full        the full tier; the default otherwise
 Must run as root (packages, and the VM tests' downloads and cache).
-Ends with one line "N passed, N failed": unit test cases of both builds plus
-VM cases per kernel.
+Ends with one line "N passed, N failed": unit test cases of the three
+builds, fuzz replays and runs, and VM cases per kernel and build.
 USAGE
 }
+
+# The quick tier's sanitizer VM cases: I/O through the queue workers with
+# verification, SIGTERM while every tag is busy (workers and control plane
+# tear down together), and eight concurrent admin clients.
+SANITIZER_VM_CASES=(10-mem-fio-verify 60-sigterm-under-load 74-parallel-clients)
 
 unit=1
 vm=1
@@ -73,47 +90,97 @@ unit_suite() {
     failed=$((failed + fails))
 }
 
+# add_summary NAME OUT RC: add the closing "N passed, N failed" line of a
+# script's output OUT to the totals; no such line is one failure.
+add_summary() {
+    local name=$1 out=$2 rc=$3 line p f
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$out" | tail -n 1 || true)
+    if [[ -z $line ]]; then
+        failures+=("$name (no summary)")
+        failed=$((failed + 1))
+        return
+    fi
+    p=$(grep -oE '^[0-9]+' <<<"$line")
+    f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '^[0-9]+')
+    passed=$((passed + p))
+    failed=$((failed + f))
+    ((f == 0 && rc == 0)) || failures+=("$name")
+}
+
 scripts/install-deps.sh
 echo "== build"
 scripts/build.sh build
 
-if ((unit)); then
-    unit_suite plain build
-    echo "== build with ASan+UBSan"
-    # GCC 12 reports false -Wmaybe-uninitialized inside std::function and
-    # std::regex once ASan instruments them; every other warning stays fatal.
-    # Only the unit test binary: the daemon and tools are not run from this
-    # build, and instrumenting them too costs CI minutes.
+# GCC 12 reports false -Wmaybe-uninitialized inside std::function and
+# std::regex once ASan instruments them; every other warning stays fatal.
+# Everything is built: the VM suite runs these builds' daemon and tools too.
+setup_asan() {
     [[ -f build-asan/build.ninja ]] ||
         meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false \
             -Dcpp_args=-Wno-maybe-uninitialized >/dev/null
-    ninja -C build-asan tests/unit/unit-tests
+    echo "== build with ASan+UBSan"
+    ninja -C build-asan
+}
+setup_tsan() {
+    [[ -f build-tsan/build.ninja ]] ||
+        meson setup build-tsan -Db_sanitize=thread -Db_lundef=false >/dev/null
+    echo "== build with TSan"
+    ninja -C build-tsan
+}
+# Suppressions only for reviewed third-party false positives, each with its
+# reason in the file.
+tsan_options=halt_on_error=0:second_deadlock_stack=1
+[[ -f tests/tsan.supp ]] && tsan_options+=:suppressions=$top/tests/tsan.supp
+
+if ((unit)); then
+    unit_suite plain build
+    setup_asan
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
         unit_suite asan build-asan
+    setup_tsan
+    TSAN_OPTIONS=$tsan_options unit_suite tsan build-tsan
+
+    # Fuzzing: a crash, a sanitizer report or a broken invariant fails it.
+    fuzz_seconds=300
+    [[ $tier == quick ]] && fuzz_seconds=30
+    echo "== fuzz (${fuzz_seconds}s per target)"
+    fuzz_out=build/fuzz-summary.out
+    rc=0
+    scripts/run-fuzz.sh --seconds "$fuzz_seconds" 2>&1 | tee "$fuzz_out" || rc=$?
+    add_summary fuzz "$fuzz_out" "$rc"
 fi
 
-# vm_suite NAME SCRIPT OUT: a VM suite on the chosen kernels and tier; its
-# closing "N passed, N failed" line goes into the totals.
+# vm_suite NAME SCRIPT OUT BUILD_DIR KERNEL [CASE...]: a VM suite on the
+# given kernels (and the tier's cases, unless named); its closing line goes
+# into the totals.
 vm_suite() {
-    local name=$1 script=$2 vm_out=$3 rc=0 line p f
-    echo "== $name (kernel $kernel, $tier tier)"
-    "$script" --kernel "$kernel" --tier "$tier" --build-dir build 2>&1 | tee "$vm_out" || rc=$?
-    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$vm_out" | tail -n 1 || true)
-    if [[ -z $line ]]; then
-        failures+=("$name (no summary)")
-        failed=$((failed + 1))
-    else
-        p=$(grep -oE '^[0-9]+' <<<"$line")
-        f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '^[0-9]+')
-        passed=$((passed + p))
-        failed=$((failed + f))
-        ((f == 0 && rc == 0)) || failures+=("$name")
-    fi
+    local name=$1 script=$2 vm_out=$3 dir=$4 kernels=$5 rc=0
+    shift 5
+    echo "== $name (kernel $kernels, $tier tier${*:+: $*})"
+    "$script" --kernel "$kernels" --tier "$tier" --build-dir "$dir" "$@" 2>&1 |
+        tee "$vm_out" || rc=$?
+    add_summary "$name" "$vm_out" "$rc"
 }
 
 if ((vm)); then
-    vm_suite "VM tests" tests/vm/run.sh build/vm-summary.out
-    vm_suite "VM tests under systemd" tests/vm/run-systemd.sh build/vm-systemd-summary.out
+    vm_suite "VM tests" tests/vm/run.sh build/vm-summary.out build "$kernel"
+    vm_suite "VM tests under systemd" tests/vm/run-systemd.sh build/vm-systemd-summary.out \
+        build "$kernel"
+
+    # The same cases with instrumented binaries: a report fails the case
+    # (tests/vm/init.sh). The quick tier keeps to a few cases on one kernel.
+    san_kernel=$kernel
+    san_cases=()
+    if [[ $tier == quick ]]; then
+        [[ $kernel == all ]] && san_kernel=7.2
+        san_cases=("${SANITIZER_VM_CASES[@]}")
+    fi
+    ((unit)) || setup_asan
+    vm_suite "VM tests (ASan+UBSan)" tests/vm/run.sh build-asan/vm-summary.out build-asan \
+        "$san_kernel" "${san_cases[@]}"
+    ((unit)) || setup_tsan
+    vm_suite "VM tests (TSan)" tests/vm/run.sh build-tsan/vm-summary.out build-tsan \
+        "$san_kernel" "${san_cases[@]}"
 fi
 
 echo
