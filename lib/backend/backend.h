@@ -119,6 +119,11 @@ class Backend {
   virtual Result<void> attach(QueueContext& /*q*/) { return {}; }
   // Called on each queue thread after its last request.
   virtual void detach(QueueContext& /*q*/) noexcept {}
+
+  // Makes everything written so far durable; called once the queues have
+  // stopped, before the device is deleted, so that a clean stop leaves
+  // nothing in a cache that the kernel never asked to flush.
+  virtual Result<void> sync() { return {}; }
   // Serves a request: either a result as handle() returns it, or kIoQueued
   // after queueing SQEs on q's ring whose completions go to complete().
   virtual int submit(QueueContext& /*q*/, const IoRequest& req) noexcept { return handle(req); }

@@ -604,4 +604,10 @@ int FileBackend::sync_zero_write(uint64_t offset, uint64_t length) noexcept {
   return 0;
 }
 
+Result<void> FileBackend::sync() {
+  if (read_only_) return {};
+  if (::fdatasync(fd_.get()) != 0) return errno_error("fdatasync");
+  return {};
+}
+
 }  // namespace ublkd

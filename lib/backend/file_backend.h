@@ -67,6 +67,7 @@ class FileBackend final : public Backend {
   int attach_fd() const override { return fd_.get(); }
   Result<void> attach(QueueContext& q) override;
   void detach(QueueContext& q) noexcept override;
+  Result<void> sync() override;
   int submit(QueueContext& q, const IoRequest& req) noexcept override;
   int complete(QueueContext& q, const io_uring_cqe& cqe) noexcept override;
 

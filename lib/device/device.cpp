@@ -425,6 +425,9 @@ std::vector<std::string> Device::teardown(bool graceful) {
   // The threads that did not exit still use the char fd and their mappings;
   // the QueueWorker destructor joins them, after which the fd may close.
   workers_.clear();
+  if (graceful && backend_) {
+    if (auto r = backend_->sync(); !r) problems.push_back("backend: " + r.error().to_string());
+  }
   char_fd_.reset();
   if (dev_id_ && ctrl_) {
     // DEL_DEV waits until the last reference to the device is gone, which is
