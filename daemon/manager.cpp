@@ -572,8 +572,9 @@ void Manager::reload(const LoadedConfig& config, std::function<void(ReloadReport
   }
   for (auto& [name, e] : entries_) {
     if (!e->persistent || is_terminal(e->dev->state())) continue;
+    const std::string& n = name;  // clang before 16 cannot capture a structured binding
     const bool still = std::any_of(config.devices.begin(), config.devices.end(),
-                                   [&](const DeviceSpec& s) { return s.name == name; });
+                                   [&n](const DeviceSpec& s) { return s.name == n; });
     if (!still) {
       report->orphaned.push_back(name);
       e->persistent = false;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "config/json_fields.h"
+
 namespace ublkd::admin {
 
 using nlohmann::json;
@@ -42,6 +44,11 @@ const char* type_name(const json& v) {
 std::variant<Request, RequestError> parse_request(std::string_view line) {
   if (line.size() >= kMaxRequestLine)
     return RequestError{{code::kRequestTooLarge, "request line exceeds 1 MiB"}, std::nullopt};
+  if (config::json_nesting_depth(line) > config::kMaxJsonDepth) {
+    return RequestError{{code::kInvalidJson, "request nests deeper than " +
+                                                 std::to_string(config::kMaxJsonDepth) + " levels"},
+                        std::nullopt};
+  }
   json doc;
   try {
     doc = json::parse(line.begin(), line.end());
@@ -49,6 +56,11 @@ std::variant<Request, RequestError> parse_request(std::string_view line) {
     // byte is 1-based and points just past the offending character.
     const size_t at = e.byte > 0 ? e.byte - 1 : 0;
     return RequestError{{code::kInvalidJson, "request is not valid JSON at " + position(line, at)},
+                        std::nullopt};
+  } catch (const json::exception& e) {
+    // Valid syntax the library still refuses, e.g. a number too large for
+    // a double (out_of_range 406).
+    return RequestError{{code::kInvalidJson, std::string("request is not valid JSON: ") + e.what()},
                         std::nullopt};
   }
   if (!doc.is_object())

@@ -50,6 +50,34 @@ std::string parse_error_reason(const char* what) {
 
 }  // namespace
 
+size_t json_nesting_depth(std::string_view text, size_t limit) {
+  size_t depth = 0;
+  size_t deepest = 0;
+  bool in_string = false;
+  bool escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+      if (deepest > limit) return deepest;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
 std::string dump_value(const nlohmann::json& value) {
   std::string s = value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   if (s.size() > kMaxShownValue) {
@@ -78,6 +106,10 @@ void FieldReader::problem(std::string field, std::string message) {
 std::optional<nlohmann::json> FieldReader::parse(std::string_view text) {
   if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
     problem("", "invalid JSON: the document is empty");
+    return std::nullopt;
+  }
+  if (json_nesting_depth(text) > kMaxJsonDepth) {
+    problem("", "invalid JSON: nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
     return std::nullopt;
   }
   try {

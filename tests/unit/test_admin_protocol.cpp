@@ -139,6 +139,26 @@ TEST_CASE("admin protocol: op missing or not a string is invalid-request", "[adm
   }
 }
 
+TEST_CASE("admin protocol: numbers out of range and deep nesting are invalid-json, not a crash",
+          "[admin]") {
+  // Both once ended ublkd: an exception nobody caught, and recursion deep
+  // enough to overflow the stack (tests/fuzz/regressions).
+  const RequestError big = rejected(R"({"op": "list", "id": 1e400})");
+  CHECK(big.error.code == "invalid-json");
+  CHECK_THAT(big.error.message, Catch::StartsWith("request is not valid JSON: "));
+
+  const std::string deep = R"({"op": "list", "id": )" + std::string(100000, '[') +
+                           std::string(100000, ']') + "}";
+  const RequestError d = rejected(deep);
+  CHECK(d.error.code == "invalid-json");
+  CHECK(d.error.message == "request nests deeper than 64 levels");
+
+  // 64 levels are fine, brackets inside strings do not count.
+  const std::string ok = R"({"op": "list", "s": "[[[[{{{{", "id": )" + std::string(63, '[') +
+                         std::string(63, ']') + "}";
+  CHECK(std::holds_alternative<Request>(admin::parse_request(ok)));
+}
+
 TEST_CASE("admin protocol: invalid JSON is invalid-json with the column", "[admin]") {
   // The column is that of the character where the parser gave up, 1-based;
   // one past the end when the line stops short.

@@ -270,6 +270,15 @@ TEST_CASE("device spec: every kind of mistake is rejected naming field and value
   }
 }
 
+TEST_CASE("device spec: a document nested too deep is refused before it is parsed", "[spec]") {
+  const std::string deep = R"({"name": "d", "backend": )" + std::string(100000, '[') +
+                           std::string(100000, ']') + "}";
+  std::vector<ConfigProblem> problems;
+  CHECK_FALSE(ublkd::check_device_spec(deep, kOrigin, kDefaults, problems));
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].message == "invalid JSON: nested deeper than 64 levels");
+}
+
 TEST_CASE("device spec: all problems of a document are reported together", "[spec]") {
   const std::string text = R"({
     "name": "bad name",
