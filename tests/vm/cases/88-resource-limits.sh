@@ -8,6 +8,10 @@
 # vm-timeout: 120
 . "${BASH_SOURCE%/*}/../lib.sh"
 
+# A sanitizer's shadow memory does not fit in the address-space limit.
+if LD_TRACE_LOADED_OBJECTS=1 "$UBLKD" 2>/dev/null | grep -qE 'lib(asan|tsan)'; then
+    skip "ublkd is built with a sanitizer, which cannot run under ulimit -v"
+fi
 cfg=$CASE_DIR/config
 mkdir -p "$cfg"
 # 40 fds: enough for the daemon and a few small devices.
