@@ -1,6 +1,7 @@
 #include "device/device.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <bit>
@@ -22,6 +23,9 @@ constexpr milliseconds kQueueDrainTimeout{5'000};
 constexpr milliseconds kQueueQuitTimeout{2'000};
 // udev may hold the new char device open for a moment after ADD_DEV.
 constexpr milliseconds kCharOpenTimeout{3'000};
+// How long a live device whose server has exited may take to be quiesced
+// by the kernel before it is taken for stuck (normally: milliseconds).
+constexpr milliseconds kDeadServerGrace{3'000};
 constexpr const char* kUblksMaxPath = "/sys/module/ublk_drv/parameters/ublks_max";
 
 std::string join_lines(const std::vector<std::string>& v) {
@@ -31,6 +35,11 @@ std::string join_lines(const std::vector<std::string>& v) {
     out += s;
   }
   return out;
+}
+
+bool process_exists(pid_t pid) {
+  if (pid <= 0) return false;
+  return ::kill(pid, 0) == 0 || errno == EPERM;
 }
 
 // ublk_drv answers ADD_DEV with EACCES once it holds ublks_max devices,
@@ -143,6 +152,7 @@ Result<void> Device::reattach(uint32_t dev_id, bool& foreign) {
   ctrl_.emplace(std::move(ctrl).value());
   ctrl_->set_ioctl_encoding((config_.kernel_features & uapi::kFeatCmdIoctlEncode) != 0);
   const auto deadline = steady_clock::now() + config_.start_timeout;
+  const auto waiting_since = steady_clock::now();
 
   // A server that just died is still being torn down: the kernel quiesces
   // the device once its io_uring and char device are gone, and refuses
@@ -182,6 +192,16 @@ Result<void> Device::reattach(uint32_t dev_id, bool& foreign) {
       return Error(EPROTO, "the kernel device is in unknown state " + std::to_string(info_.state));
     }
     if (abort_.triggered()) return abort_error("waiting for the device to quiesce");
+    if (info_.state == uapi::kDevStateLive && !process_exists(info_.ublksrv_pid) &&
+        steady_clock::now() - waiting_since > kDeadServerGrace) {
+      // Seen on 6.12 when a server dies just after its own recovery: the
+      // device stays live with nobody serving it, and its I/O would hang
+      // for good. Deleting it fails that I/O instead.
+      return Error(EIO, "the kernel kept the device live after its server (pid " +
+                            std::to_string(info_.ublksrv_pid) +
+                            ") died instead of quiescing it; deleting it so that its I/O fails "
+                            "rather than hangs");
+    }
     if (steady_clock::now() + pause > deadline) {
       if (info_.state == uapi::kDevStateLive) {
         foreign = true;
