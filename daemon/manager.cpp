@@ -10,6 +10,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "atomic_file.h"
 #include "backend/file_backend.h"
 #include "backend/mem_backend.h"
 #include "backend/null_backend.h"
@@ -651,41 +652,9 @@ Result<void> Manager::write_dropin(const DeviceSpec& spec) const {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Error(ec.value(), "create " + dir.string());
-  const fs::path final_path = dir / (spec.name + ".json");
-  const fs::path tmp = dir / ("." + spec.name + ".json.tmp" + std::to_string(::getpid()));
   DeviceSpec clean = spec;
   clean.source.clear();
-  const std::string text = to_json(clean).dump(2) + "\n";
-  {
-    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (!fd) return errno_error("create " + tmp.string());
-    size_t off = 0;
-    while (off < text.size()) {
-      const ssize_t n = ::write(fd.get(), text.data() + off, text.size() - off);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        Error e = errno_error("write " + tmp.string());
-        ::unlink(tmp.c_str());
-        return e;
-      }
-      off += static_cast<size_t>(n);
-    }
-    // The rename below must not expose a file whose contents are not yet on
-    // disk, or a crash could leave an empty drop-in behind.
-    if (::fsync(fd.get()) != 0) {
-      Error e = errno_error("fsync " + tmp.string());
-      ::unlink(tmp.c_str());
-      return e;
-    }
-  }
-  if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
-    Error e = errno_error("rename " + tmp.string() + " to " + final_path.string());
-    ::unlink(tmp.c_str());
-    return e;
-  }
-  UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dfd || ::fsync(dfd.get()) != 0) return errno_error("fsync " + dir.string());
-  return {};
+  return write_file_atomically(dir / (spec.name + ".json"), to_json(clean).dump(2) + "\n", 0644);
 }
 
 }  // namespace ublkd

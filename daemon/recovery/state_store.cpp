@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "atomic_file.h"
 #include "base/unique_fd.h"
 
 namespace ublkd {
@@ -17,17 +18,6 @@ using nlohmann::json;
 namespace {
 
 constexpr int kRecordVersion = 1;
-
-Result<void> write_all(int fd, const std::string& text, const fs::path& path) {
-  size_t off = 0;
-  while (off < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + off, text.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return errno_error("write " + path.string());
-    off += static_cast<size_t>(n);
-  }
-  return {};
-}
 
 }  // namespace
 
@@ -79,29 +69,9 @@ Result<void> StateStore::save(const DeviceRecord& r) const {
   std::error_code ec;
   fs::create_directories(dir_, ec);
   if (ec) return Error(ec.value(), "create " + dir_.string());
-  const fs::path final_path = path(r.spec.name);
-  const fs::path tmp = dir_ / ("." + r.spec.name + ".json.tmp");
-  {
-    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!fd) return errno_error("create " + tmp.string());
-    if (auto w = write_all(fd.get(), record_text(r), tmp); !w) {
-      ::unlink(tmp.c_str());
-      return w;
-    }
-    // A record is what stands between a crash and a device nobody can find
-    // again: it must not be renamed into place before its contents exist.
-    if (::fsync(fd.get()) != 0) {
-      Error e = errno_error("fsync " + tmp.string());
-      ::unlink(tmp.c_str());
-      return e;
-    }
-  }
-  if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
-    Error e = errno_error("rename " + tmp.string() + " to " + final_path.string());
-    ::unlink(tmp.c_str());
-    return e;
-  }
-  return {};
+  // A record is what stands between a crash and a device nobody can find
+  // again: never torn, never empty.
+  return write_file_atomically(path(r.spec.name), record_text(r), 0600);
 }
 
 Result<void> StateStore::mark_recovering(const std::string& name) const {

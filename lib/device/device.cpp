@@ -144,13 +144,18 @@ Result<void> Device::recover(uint32_t dev_id) {
   return Error(r.error().code(), reason);
 }
 
-Result<void> Device::reattach(uint32_t dev_id, bool& foreign) {
+Result<void> Device::open_control() {
   if (abort_.triggered()) return abort_error();
   if (auto u = abort_.usable(); !u) return u.error();
   auto ctrl = ControlDevice::open(config_.control_path);
   if (!ctrl) return ctrl.error();
   ctrl_.emplace(std::move(ctrl).value());
   ctrl_->set_ioctl_encoding((config_.kernel_features & uapi::kFeatCmdIoctlEncode) != 0);
+  return {};
+}
+
+Result<void> Device::reattach(uint32_t dev_id, bool& foreign) {
+  if (auto r = open_control(); !r) return r;
   const auto deadline = steady_clock::now() + config_.start_timeout;
   const auto waiting_since = steady_clock::now();
 
@@ -232,11 +237,19 @@ Result<void> Device::reattach(uint32_t dev_id, bool& foreign) {
                              ", the spec " + std::to_string(config_.logical_block_size));
   }
   if (auto r = start_queues(deadline); !r) return r;
+  return go_live("END_USER_RECOVERY", "recovery", deadline, [&](milliseconds left) {
+    return ctrl_->end_user_recovery(dev_id, ::getpid(), left, &abort_);
+  });
+}
+
+Result<void> Device::go_live(std::string_view command, std::string_view phase,
+                             steady_clock::time_point deadline,
+                             const std::function<Result<void>(milliseconds)>& send) {
   auto left = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
   if (left < milliseconds(1)) left = milliseconds(1);
-  if (auto r = ctrl_->end_user_recovery(dev_id, ::getpid(), left, &abort_); !r) {
+  if (auto r = send(left); !r) {
     if (r.error().code() == ETIMEDOUT) {
-      return Error(ETIMEDOUT, "END_USER_RECOVERY timed out after " +
+      return Error(ETIMEDOUT, std::string(command) + " timed out after " +
                                   std::to_string(config_.start_timeout.count()) + " ms");
     }
     if (r.error().code() == ECANCELED && abort_.triggered())
@@ -244,8 +257,10 @@ Result<void> Device::reattach(uint32_t dev_id, bool& foreign) {
     return r.error();
   }
   for (auto& w : workers_) {
-    if (w->exited())
-      return Error(EIO, "queue " + std::to_string(w->queue_id()) + " exited during recovery");
+    if (w->exited()) {
+      return Error(EIO, "queue " + std::to_string(w->queue_id()) + " exited during " +
+                            std::string(phase));
+    }
   }
   return sm_.transition(DeviceState::kLive);
 }
@@ -306,12 +321,7 @@ Result<UniqueFd> Device::open_char_device(steady_clock::time_point deadline) con
 Result<void> Device::bring_up() {
   // Between the bounded steps below the abort is only looked at; the two
   // waits that can last the whole start timeout are woken by it.
-  if (abort_.triggered()) return abort_error();
-  if (auto u = abort_.usable(); !u) return u.error();
-  auto ctrl = ControlDevice::open(config_.control_path);
-  if (!ctrl) return ctrl.error();
-  ctrl_.emplace(std::move(ctrl).value());
-  ctrl_->set_ioctl_encoding((config_.kernel_features & uapi::kFeatCmdIoctlEncode) != 0);
+  if (auto r = open_control(); !r) return r;
 
   uapi::CtrlDevInfo want{};
   want.nr_hw_queues = config_.queues;
@@ -360,22 +370,9 @@ Result<void> Device::bring_up() {
   // Only now: START_DEV sleeps in the kernel until every tag has a fetch
   // outstanding, so sending it earlier could never complete.
   if (auto r = sm_.transition(DeviceState::kStartPending); !r) return r.error();
-  auto left = std::chrono::duration_cast<milliseconds>(start_deadline - steady_clock::now());
-  if (left < milliseconds(1)) left = milliseconds(1);
-  if (auto r = ctrl_->start_dev(*dev_id_, ::getpid(), left, &abort_); !r) {
-    if (r.error().code() == ETIMEDOUT) {
-      return Error(ETIMEDOUT, "START_DEV timed out after " +
-                                  std::to_string(config_.start_timeout.count()) + " ms");
-    }
-    if (r.error().code() == ECANCELED && abort_.triggered())
-      return abort_error(r.error().message());
-    return r.error();
-  }
-  for (auto& w : workers_) {
-    if (w->exited())
-      return Error(EIO, "queue " + std::to_string(w->queue_id()) + " exited during start");
-  }
-  return sm_.transition(DeviceState::kLive);
+  return go_live("START_DEV", "start", start_deadline, [&](milliseconds left) {
+    return ctrl_->start_dev(*dev_id_, ::getpid(), left, &abort_);
+  });
 }
 
 Result<void> Device::start_queues(steady_clock::time_point start_deadline) {

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -163,10 +164,18 @@ class Device {
 
  private:
   Result<void> bring_up();
+  // Opens the control device (after checking the abort signal).
+  Result<void> open_control();
   Result<void> reattach(uint32_t dev_id, bool& foreign);
   // Opens the char device and starts one primed queue worker per queue of
   // info_, by `deadline`.
   Result<void> start_queues(std::chrono::steady_clock::time_point deadline);
+  // Sends START_DEV or END_USER_RECOVERY (`send`), which the kernel answers
+  // once every tag has a fetch outstanding, within `deadline` and the
+  // abort; then checks that no queue died meanwhile and goes live.
+  Result<void> go_live(std::string_view command, std::string_view phase,
+                       std::chrono::steady_clock::time_point deadline,
+                       const std::function<Result<void>(std::chrono::milliseconds)>& send);
   // Stops and deletes whatever bring_up() or the running device left, in the
   // order the kernel needs; returns the problems met on the way.
   std::vector<std::string> teardown(bool graceful);

@@ -36,6 +36,9 @@ UBLKD_TEST_UNPRIMED_TAG=r0 start_ublkd "$cfg" --state-dir "$state" --start-timeo
 wait_for_log "device r0: state new -> recovering" 20 >/dev/null
 sleep 2
 grep -q "device r0 recovered" "$UBLKD_LOG" && fail "the hooked daemon recovered r0 after all"
+# The admin socket answers during the recovery, and says what is going on.
+st=$(json_get "$(ctl_ok --json list)" '.[] | select(.name == "r0") | .state')
+[[ $st == recovering ]] || fail "ublkctl list shows r0 as '$st' during its recovery, not recovering"
 log "daemon waits in END_USER_RECOVERY; killing it"
 kill9_ublkd
 
