@@ -35,6 +35,9 @@ case $UBLKD_PHASE in
         (cd "$mnt" && sha256sum data.bin hello.txt) >"$CASE_DIR/sums"
         sync
         log "disk0 at $dev mounted on $mnt from fstab; files written"
+        # Phase 2 judges the kernel log from here on: earlier cases of this
+        # boot may have failed I/O on purpose (50-stop-under-load).
+        echo "ublkd-vm-tests: 60-fstab-reboot: rebooting" >/dev/kmsg
         reboot_and_continue
         ;;
     2)
@@ -45,7 +48,9 @@ case $UBLKD_PHASE in
         [[ $src == /dev/ublkb* ]] || fail "$mnt is mounted from '$src'"
         (cd "$mnt" && sha256sum -c --quiet "$CASE_DIR/sums") || fail "files changed across the reboot"
         log "$mnt mounted at boot from $src; files intact"
-        prev=$(journalctl -b -1 -k --no-pager -o cat)
+        prev=$(journalctl -b -1 -k --no-pager -o cat |
+            sed -n '/ublkd-vm-tests: 60-fstab-reboot: rebooting/,$p')
+        [[ -n $prev ]] || fail "the previous boot's kernel log lacks the marker phase 1 wrote"
         if grep -E "I/O error|blocked for more than|Buffer I/O error" <<<"$prev" >&2; then
             fail "I/O errors or hung tasks in the previous boot"
         fi
