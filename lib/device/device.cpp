@@ -25,7 +25,7 @@ constexpr milliseconds kQueueQuitTimeout{2'000};
 constexpr milliseconds kCharOpenTimeout{3'000};
 // How long a live device whose server has exited may take to be quiesced
 // by the kernel before it is taken for stuck (normally: milliseconds).
-constexpr milliseconds kDeadServerGrace{3'000};
+constexpr milliseconds kDeadServerGrace{5'000};
 constexpr const char* kUblksMaxPath = "/sys/module/ublk_drv/parameters/ublks_max";
 
 std::string join_lines(const std::vector<std::string>& v) {
