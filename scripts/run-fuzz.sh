@@ -75,6 +75,21 @@ passed=0
 failed=0
 failures=()
 
+# tally RC WHAT LOG LINES: count a replay or fuzz run; on failure name it and
+# show the first LINES report lines of its log.
+tally() {
+    local rc=$1 what=$2 log=$3 lines=$4
+    if ((rc == 0)); then
+        passed=$((passed + 1))
+        return
+    fi
+    failed=$((failed + 1))
+    failures+=("$what")
+    echo "FAIL $what: exit status $rc (log: $log)"
+    grep -m"$lines" -E 'ERROR:|SUMMARY:|terminate called|what\(\):|invariant broken|Test unit written' \
+        "$log" | sed 's/^/    /' | cut -c1-240
+}
+
 # Replay: one process per file, so that every broken file is named, not
 # only the first.
 for t in "${targets[@]}"; do
@@ -87,14 +102,9 @@ for t in "${targets[@]}"; do
     for f in "${files[@]}"; do
         log=$build_dir/fuzz-replay-$t-${f##*/}.log
         # The group's 2>/dev/null silences bash's "Aborted" job notice.
-        if { "$bin" -timeout=25 -rss_limit_mb=4096 "$f" >"$log" 2>&1; } 2>/dev/null; then
-            passed=$((passed + 1))
-        else
-            failed=$((failed + 1))
-            failures+=("$t replay ${f##*/}")
-            echo "FAIL $f (log: $log)"
-            grep -m3 -E 'ERROR:|SUMMARY:|terminate called|what\(\):|invariant broken' "$log" | sed 's/^/    /' | cut -c1-240
-        fi
+        rc=0
+        { "$bin" -timeout=25 -rss_limit_mb=4096 "$f" >"$log" 2>&1; } 2>/dev/null || rc=$?
+        tally "$rc" "$t replay ${f##*/}" "$log" 3
     done
 done
 
@@ -115,14 +125,7 @@ if ((seconds > 0)); then
             -dict=tests/fuzz/json.dict -artifact_prefix="$artifacts" -print_final_stats=1 \
             "$work" "tests/fuzz/corpus/$t" >"$log" 2>&1; } 2>/dev/null || rc=$?
         grep -E '^stat::number_of_executed_units|^stat::new_units_added' "$log" | sed 's/^/    /' || true
-        if ((rc == 0)); then
-            passed=$((passed + 1))
-        else
-            failed=$((failed + 1))
-            failures+=("$t fuzz")
-            echo "FAIL $t: exit status $rc (log: $log)"
-            grep -m5 -E 'ERROR:|SUMMARY:|terminate called|what\(\):|invariant broken|Test unit written' "$log" | sed 's/^/    /' | cut -c1-240
-        fi
+        tally "$rc" "$t fuzz" "$log" 5
     done
 fi
 
