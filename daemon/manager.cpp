@@ -22,10 +22,19 @@ namespace ublkd {
 
 using std::chrono::milliseconds;
 
+namespace {
+
+// A device whose memory lives in the MemStore, to outlive the process.
+bool memory_is_kept(const DeviceSpec& spec) {
+  return spec.backend.type == "mem" && spec.recovery;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Backend>> make_backend(const DeviceSpec& spec, MemStore* mem_store,
                                               bool reopen) {
   const BackendSpec& b = spec.backend;
-  if (b.type == "mem" && mem_store != nullptr && spec.recovery) {
+  if (mem_store != nullptr && memory_is_kept(spec)) {
     auto fd = reopen ? mem_store->reopen(spec.name, b.size) : mem_store->create(spec.name, b.size);
     if (!fd) {
       return fd.error().wrap(reopen ? "memory kept by the last ublkd"
@@ -215,8 +224,7 @@ Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, boo
         if (auto w = state_->remove(name); !w)
           devlog::warn(name, "device {}: state record: {}", w.error().to_string());
       }
-      if (options_.mem_store && record.spec.backend.type == "mem" && record.spec.recovery)
-        options_.mem_store->drop(name);
+      if (options_.mem_store && memory_is_kept(record.spec)) options_.mem_store->drop(name);
     }
     // Runs on the operation's thread; whoever watches states lives on the loop.
     loop_.post([this] { changed(); });
