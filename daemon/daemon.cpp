@@ -140,9 +140,13 @@ void AdminHandler::handle(const Request& req, const admin::Server::Reply& reply)
     auto name = admin::string_field(req, "name");
     if (auto* e = std::get_if<AdminError>(&name)) return fail(*e);
     const std::string n = std::get<std::string>(name);
-    return manager_.remove(n, [reply, id, n](std::optional<OpError> err) {
-      if (err) return reply(admin::error_response(id, to_admin_error(*err)));
-      reply(admin::ok_response(id, {{"name", n}}));
+    return manager_.remove(n, [reply, id, n](auto result) {
+      if (auto* err = std::get_if<OpError>(&result))
+        return reply(admin::error_response(id, to_admin_error(*err)));
+      const auto& d = std::get<DeviceSnapshot>(result);
+      json r = {{"name", n}, {"state", std::string(to_string(d.state))}};
+      if (d.state == DeviceState::kRemovedPending) r["id"] = *d.id;
+      reply(admin::ok_response(id, std::move(r)));
     });
   }
   if (req.op == "add") {
@@ -256,6 +260,11 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
     return 1;
   }
   UniqueFd inherited_fd = std::move(passed->socket);
+  auto state_lock = lock_state_dir(options.state_dir);
+  if (!state_lock) {
+    spdlog::error("{}", state_lock.error().message());
+    return 1;
+  }
   // As a systemd service mem devices keep their memory in its fd store,
   // which outlives the process but not `systemctl stop`; elsewhere in the
   // state dir, which must then be on tmpfs.
@@ -312,6 +321,14 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
   mo.state_dir = options.state_dir;
   mo.mem_store = mem_store;
   if (const char* hook = std::getenv("UBLKD_TEST_UNPRIMED_TAG")) mo.unprimed_tag_device = hook;
+  if (const char* hook = std::getenv("UBLKD_TEST_CRASH_AT")) {
+    mo.crash_at = hook;
+    spdlog::warn("test hook active: ublkd exits at {}", mo.crash_at);
+  }
+  if (std::getenv("UBLKD_TEST_NO_IDENTITY") != nullptr) {
+    mo.no_identity = true;
+    spdlog::warn("test hook active: new devices get no identity");
+  }
   Manager manager(loop, mo);
   manager.on_change([&notifier, &manager] { notifier.devices_changed(manager.states()); });
   if (auto r = manager.probe(); !r) {

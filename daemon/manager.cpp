@@ -24,6 +24,16 @@ using std::chrono::milliseconds;
 
 namespace {
 
+// How often the kernel is asked whether it released a deleted device that
+// its users still held.
+constexpr milliseconds kReleaseCheckPeriod{500};
+
+// Why a deleted device still has an id, for errors and logs.
+std::string held_by_users(const Device& dev) {
+  return "the kernel releases /dev/ublkb" + std::to_string(dev.dev_id().value_or(0)) +
+         " when its last user (a mount, a process) closes it";
+}
+
 // A device whose memory lives in the MemStore, to outlive the process.
 bool memory_is_kept(const DeviceSpec& spec) {
   return spec.backend.type == "mem" && spec.recovery;
@@ -171,7 +181,8 @@ void Manager::changed() {
   if (on_change_) on_change_();
 }
 
-Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, bool reopen,
+Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, uint64_t identity,
+                                    bool reopen,
                                     std::shared_ptr<std::optional<Error>> record_failed) {
   const std::string name = spec.name;
   DeviceConfig cfg;
@@ -183,11 +194,24 @@ Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, boo
   cfg.kernel_features = features_;
   cfg.zero_copy = spec.backend.zero_copy;
   cfg.recovery = spec.recovery;
+  cfg.identity = identity;
   cfg.start_timeout = options_.start_timeout;
   cfg.control_path = options_.control_path;
+  const DeviceRecord record{spec, std::nullopt, identity, persistent};
   if (reopen && state_) {
     cfg.earlier_recovery_cut_short = state_->recovering_marked(name);
     cfg.before_recovery_start = [this, name] { return state_->mark_recovering(name); };
+  }
+  if (!reopen && state_) {
+    // The record exists before the kernel can hold the device: a crash right
+    // after ADD_DEV still leaves its identity to find the device by.
+    cfg.before_add = [this, record, record_failed]() -> Result<void> {
+      if (auto w = state_->save(record); !w) {
+        *record_failed = w.error();
+        return w.error().wrap("state record");
+      }
+      return {};
+    };
   }
   if (!options_.unprimed_tag_device.empty() && options_.unprimed_tag_device == name) {
     cfg.unprimed_tag = std::make_pair(uint16_t{0}, static_cast<uint16_t>(spec.queue_depth - 1));
@@ -197,21 +221,22 @@ Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, boo
   // The listener runs on the operation's thread, before the device exists
   // for it to be handed; it reaches the device through this slot.
   auto slot = std::make_shared<Device*>(nullptr);
-  const DeviceRecord record{spec, 0, persistent};
-  auto listener = [this, name, slot, record, record_failed](
-                      DeviceState from, DeviceState to, const std::string& reason) {
+  auto listener = [this, name, slot, record, record_failed](DeviceState from, DeviceState to,
+                                                            const std::string& reason) {
     if (to == DeviceState::kFailed) {
       devlog::error(name, "device {}: state {} -> failed: {}", to_string(from), reason);
     } else {
       devlog::info(name, "device {}: state {} -> {}", to_string(from), to_string(to));
     }
     Device* dev = *slot;
-    // Recorded the moment the kernel knows the device: a crash from here
-    // on leaves something a later ublkd must find.
+    // Completed the moment the kernel names the device: a crash from here
+    // on leaves a record with the id a later ublkd looks at first.
+    if (to == DeviceState::kAdded) crash_here("after-add-dev");
     if (to == DeviceState::kAdded && state_ && dev != nullptr && dev->dev_id()) {
       DeviceRecord r = record;
-      r.dev_id = *dev->dev_id();
+      r.dev_id = dev->dev_id();
       if (auto w = state_->save(r); !w) *record_failed = w.error();
+      retire_records_naming(*dev->dev_id(), name);
     }
     if (to == DeviceState::kLive && from == DeviceState::kRecovering && state_) {
       if (auto w = state_->clear_recovering(name); !w)
@@ -219,12 +244,8 @@ Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, boo
     }
     // Once the kernel holds nothing of it, nothing needs keeping.
     if (is_terminal(to) && dev != nullptr && dev->released()) {
-      if (state_) {
-        (void)state_->clear_recovering(name);
-        if (auto w = state_->remove(name); !w)
-          devlog::warn(name, "device {}: state record: {}", w.error().to_string());
-      }
-      if (options_.mem_store && memory_is_kept(record.spec)) options_.mem_store->drop(name);
+      if (dev->dev_id()) crash_here("after-del-dev");
+      retire(record.spec);
     }
     // Runs on the operation's thread; whoever watches states lives on the loop.
     loop_.post([this] { changed(); });
@@ -237,6 +258,7 @@ Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, boo
 
   auto entry = std::make_unique<Entry>();
   entry->spec = spec;
+  entry->identity = identity;
   MemStore* store = options_.mem_store.get();
   Device::BackendFactory open = [spec, store, reopen] { return make_backend(spec, store, reopen); };
   entry->dev = std::make_unique<Device>(cfg, std::move(open), listener, on_queue_exit);
@@ -247,10 +269,39 @@ Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, boo
   return e;
 }
 
+void Manager::crash_here(std::string_view point) const {
+  if (options_.crash_at != point) return;
+  spdlog::warn("test hook: exiting at {}", point);
+  spdlog::shutdown();
+  std::_Exit(99);
+}
+
 void Manager::save_record(const Entry& e) {
   if (!state_ || !e.dev->dev_id()) return;
-  if (auto w = state_->save({e.spec, *e.dev->dev_id(), e.persistent}); !w)
+  const bool removed = e.dev->state() == DeviceState::kRemovedPending;
+  if (auto w = state_->save({e.spec, e.dev->dev_id(), e.identity, e.persistent, removed}); !w)
     devlog::error(e.spec.name, "device {}: state record: {}", w.error().to_string());
+}
+
+void Manager::retire(const DeviceSpec& spec) {
+  if (state_) {
+    (void)state_->clear_recovering(spec.name);
+    if (auto w = state_->remove(spec.name); !w)
+      devlog::warn(spec.name, "device {}: state record: {}", w.error().to_string());
+  }
+  if (options_.mem_store && memory_is_kept(spec)) options_.mem_store->drop(spec.name);
+}
+
+void Manager::retire_records_naming(uint32_t dev_id, const std::string& owner) {
+  std::vector<std::string> problems;
+  for (const DeviceRecord& r : state_->load(problems)) {
+    if (r.spec.name == owner || r.dev_id != dev_id) continue;
+    devlog::warn(r.spec.name,
+                 "device {}: its state record names /dev/ublkb{}, which the kernel has just given "
+                 "to device {}: the record is stale and retired",
+                 dev_id, owner);
+    retire(r.spec);
+  }
 }
 
 void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
@@ -259,6 +310,9 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
     return done(OpError{Failure::kShuttingDown, "ublkd is shutting down"});
   if (auto it = entries_.find(name); it != entries_.end()) {
     Entry& old = *it->second;
+    if (old.dev->state() == DeviceState::kRemovedPending)
+      return done(OpError{Failure::kBusy,
+                          "device " + name + " was removed and " + held_by_users(*old.dev)});
     if (old.op.joinable())
       return done(OpError{Failure::kBusy, "device " + name + " is busy (" +
                                               std::string(to_string(old.dev->state())) + ")"});
@@ -273,7 +327,9 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
       return done(OpError{Failure::kExists, "drop-in " + path.string() + " already exists"});
   }
   auto record_failed = std::make_shared<std::optional<Error>>();
-  Entry& entry = make_entry(spec, persist || !spec.source.empty(), /*reopen=*/false, record_failed);
+  const uint64_t identity = options_.no_identity ? 0 : Device::new_identity();
+  Entry& entry =
+      make_entry(spec, persist || !spec.source.empty(), identity, /*reopen=*/false, record_failed);
   entry.from_api = spec.source.empty();
   entry.starting = true;
   Device* dev = entry.dev.get();
@@ -288,7 +344,8 @@ void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
     }
     if (auto r = dev->start(); !r) {
       const int code = r.error().code();
-      const Failure kind = code == ETIMEDOUT   ? Failure::kTimeout
+      const Failure kind = *record_failed      ? Failure::kIo
+                           : code == ETIMEDOUT ? Failure::kTimeout
                            : code == ECANCELED ? Failure::kShuttingDown
                                                : Failure::kKernel;
       *failure = OpError{kind, "device " + spec.name + ": " + r.error().message()};
@@ -400,16 +457,27 @@ void Manager::remove(const std::string& name, DelDone done) {
   auto it = entries_.find(name);
   if (it == entries_.end()) return done(OpError{Failure::kNotFound, "no device named " + name});
   Entry& e = *it->second;
+  // Removed already; only the kernel's release is outstanding.
+  if (e.dev->state() == DeviceState::kRemovedPending) return done(snapshot(e));
   if (e.op.joinable())
     return done(OpError{Failure::kBusy, "device " + name + " is busy (" +
                                             std::string(to_string(e.dev->state())) + ")"});
   if (shutting_down_ || handed_over_)
     return done(OpError{Failure::kShuttingDown, "ublkd is shutting down"});
   if (is_terminal(e.dev->state())) {
+    DeviceSnapshot gone = snapshot(e);
+    gone.state = DeviceState::kRemoved;
+    if (e.dev->delete_pending()) {
+      devlog::info(name,
+                   "device {} removed (it had failed); its state record stays until the kernel "
+                   "releases /dev/ublkb{}",
+                   *e.dev->dev_id());
+    } else {
+      devlog::info(name, "device {} removed (it had failed)");
+    }
     forget(it);
-    devlog::info(name, "device {} removed (it had failed)");
     changed();
-    return done(std::nullopt);
+    return done(gone);
   }
   auto failure = std::make_shared<std::optional<OpError>>();
   Device* dev = e.dev.get();
@@ -418,12 +486,64 @@ void Manager::remove(const std::string& name, DelDone done) {
       *failure = OpError{Failure::kKernel, "device " + name + ": " + r.error().message()};
   };
   auto then = [this, name, failure, done = std::move(done)] {
-    if (auto it = entries_.find(name); it != entries_.end()) forget(it);
-    if (*failure) return done(**failure);
+    auto it = entries_.find(name);
+    if (*failure) {
+      if (it != entries_.end()) forget(it);
+      return done(**failure);
+    }
+    Entry& e = *it->second;
+    const DeviceSnapshot after = snapshot(e);
+    if (after.state == DeviceState::kRemovedPending) {
+      devlog::warn(name, "device {} removed from the system; {}", held_by_users(*e.dev));
+      watch_release(e);
+      return done(after);
+    }
+    forget(it);
     devlog::info(name, "device {} removed");
-    done(std::nullopt);
+    done(after);
   };
   start_op(name, std::move(work), std::move(then));
+}
+
+void Manager::watch_release(const Entry& e) {
+  // The record now says "removed": a later ublkd only waits for the release.
+  save_record(e);
+  if (!release_timer_) {
+    release_timer_ = true;
+    (void)loop_.every(kReleaseCheckPeriod, [this] { check_releases(); });
+  }
+}
+
+void Manager::check_releases() {
+  if (shutting_down_ || handed_over_) return;
+  for (auto& [name, e] : entries_) {
+    if (e->op.joinable() || !e->dev->delete_pending()) continue;
+    Device* dev = e->dev.get();
+    auto result = std::make_shared<Result<bool>>(false);
+    const std::string n = name;  // clang before 16 cannot capture a structured binding
+    start_op(
+        n, [dev, result] { *result = dev->check_released(); },
+        [this, n, result] {
+          auto it = entries_.find(n);
+          if (it == entries_.end()) return;
+          Entry& entry = *it->second;
+          if (!*result) {
+            devlog::warn(n, "device {}: asking the kernel whether it released /dev/ublkb{}: {}",
+                         *entry.dev->dev_id(), result->error().to_string());
+            return;
+          }
+          if (!**result) return;
+          devlog::info(n,
+                       "device {}: the kernel released /dev/ublkb{}; its state record is retired",
+                       *entry.dev->dev_id());
+          // A removed device is done with; a failed one stays listed, with
+          // its reason, until deleted or replaced.
+          if (entry.dev->state() == DeviceState::kRemoved)
+            forget(it);
+          else
+            retire(entry.spec);
+        });
+  }
 }
 
 void Manager::recover_all(std::function<void()> done) {
@@ -441,6 +561,7 @@ void Manager::recover_all(std::function<void()> done) {
     for (const auto& name : options_.mem_store->drop_unclaimed(claimed))
       spdlog::warn("dropped the memory of mem device {}: no state record claims it", name);
   }
+  records = drop_ambiguous(std::move(records));
   if (records.empty()) return done();
   spdlog::info("recovering {} device(s) from {}", records.size(), state_->dir().string());
 
@@ -448,24 +569,48 @@ void Manager::recover_all(std::function<void()> done) {
   auto finish = std::make_shared<std::function<void()>>(std::move(done));
   for (const DeviceRecord& r : records) {
     const std::string name = r.spec.name;
-    Entry& e = make_entry(r.spec, r.persistent, /*reopen=*/true,
+    Entry& e = make_entry(r.spec, r.persistent, r.identity, /*reopen=*/true,
                           std::make_shared<std::optional<Error>>());
     e.from_api = r.spec.source.empty();
+    if (r.removed) {
+      (void)e.dev->await_release(*r.dev_id);
+      devlog::info(name, "device {}: removed by the last ublkd; {}", held_by_users(*e.dev));
+      watch_release(e);
+      if (--*pending == 0) (*finish)();
+      continue;
+    }
     e.starting = true;
     Device* dev = e.dev.get();
-    const uint32_t id = r.dev_id;
-    devlog::info(name, "device {}: recovering /dev/ublkb{} (recovery {})", id,
+    const std::optional<uint32_t> id = r.dev_id;
+    devlog::info(name, "device {}: recovering {} (recovery {})",
+                 id ? "/dev/ublkb" + std::to_string(*id)
+                    : "the device with identity " + format_identity(r.identity),
                  r.spec.recovery ? "on" : "off");
-    auto work = [dev, id] { (void)dev->recover(id); };
-    auto then = [this, name, pending, finish] {
+    auto stale = std::make_shared<bool>(false);
+    auto work = [dev, id, stale] {
+      auto rec = dev->recover(id);
+      *stale = !rec && rec.error().code() == ESTALE;
+    };
+    auto then = [this, name, pending, finish, stale] {
       auto it = entries_.find(name);
       if (it != entries_.end()) {
         Entry& entry = *it->second;
         entry.starting = false;
         if (entry.dev->state() == DeviceState::kLive) {
           devlog::info(name, "device {} recovered: live again at {}", entry.dev->block_device());
+        } else if (*stale) {
+          devlog::error(name, "device {}: {}", entry.dev->failure_reason());
+          retire(entry.spec);
+          forget(it);
         } else if (entry.dev->released()) {
-          devlog::warn(name, "device {}: not recovered; deleted from the kernel");
+          devlog::warn(name,
+                       "device {}: not recovered ({}); nothing of it is left in the kernel, its "
+                       "record is retired",
+                       entry.dev->failure_reason());
+        } else if (entry.dev->delete_pending()) {
+          devlog::warn(name, "device {}: not recovered ({}); deleted, and {}",
+                       entry.dev->failure_reason(), held_by_users(*entry.dev));
+          watch_release(entry);
         } else {
           devlog::error(name, "device {}: not recovered and left in the kernel: {}",
                         entry.dev->failure_reason());
@@ -477,6 +622,18 @@ void Manager::recover_all(std::function<void()> done) {
   }
 }
 
+std::vector<DeviceRecord> Manager::drop_ambiguous(std::vector<DeviceRecord> records) {
+  for (const auto& [stale, newer] : take_superseded(records)) {
+    devlog::error(stale.spec.name,
+                  "device {}: its state record (written by a ublkd without device identities) "
+                  "names /dev/ublkb{}, as the newer record of device {} does: the record is "
+                  "stale and retired",
+                  *stale.dev_id, newer);
+    retire(stale.spec);
+  }
+  return records;
+}
+
 std::variant<std::vector<std::string>, OpError> Manager::hand_over() {
   if (shutting_down_ || handed_over_)
     return OpError{Failure::kShuttingDown, "ublkd is shutting down"};
@@ -484,11 +641,13 @@ std::variant<std::vector<std::string>, OpError> Manager::hand_over() {
   std::string busy;
   std::string unrecoverable;
   for (const auto& [name, e] : entries_) {
+    // Done with (a release check may be under way): its record, if any,
+    // speaks for it.
+    if (is_terminal(e->dev->state())) continue;
     if (e->op.joinable()) {
       busy += (busy.empty() ? "" : ", ") + name;
       continue;
     }
-    if (is_terminal(e->dev->state())) continue;
     if ((e->dev->kernel_info().flags & uapi::kFeatUserRecovery) == 0)
       unrecoverable += (unrecoverable.empty() ? "" : ", ") + name;
     names.push_back(name);
@@ -529,8 +688,17 @@ void Manager::maybe_finish_shutdown() {
     const std::string n = name;
     start_op(
         n, [dev] { (void)dev->stop(); },
-        [n, dev] {
+        [this, n, dev] {
           if (dev->state() == DeviceState::kRemoved) devlog::info(n, "device {} removed");
+          // Gone from the system all the same; its record stays for the
+          // next ublkd, which waits for the release.
+          if (dev->state() == DeviceState::kRemovedPending) {
+            devlog::warn(n,
+                         "device {} removed from the system; {}; its record stays for the next "
+                         "ublkd",
+                         held_by_users(*dev));
+            watch_release(*entries_.at(n));
+          }
         });
     launched = true;
   }

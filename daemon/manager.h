@@ -37,6 +37,15 @@ struct ManagerOptions {
   // Test hook (UBLKD_TEST_UNPRIMED_TAG): the device of this name leaves the
   // last tag of queue 0 without a FETCH_REQ, so its START_DEV must time out.
   std::string unprimed_tag_device;
+  // Test hook (UBLKD_TEST_CRASH_AT): end the process at once (status 99),
+  // as a crash would, at one point of a device's life: "after-add-dev"
+  // (ADD_DEV answered, the record not yet completed with the id) or
+  // "after-del-dev" (the kernel released the device, its record not yet
+  // removed).
+  std::string crash_at;
+  // Test hook (UBLKD_TEST_NO_IDENTITY): new devices get identity 0, as
+  // ublkd's before identities made them.
+  bool no_identity = false;
   // STATE_DIR: devices/ holds a record per device for a later recovery
   // (StateStore). Empty: no records are kept.
   std::filesystem::path state_dir;
@@ -95,7 +104,9 @@ struct ReloadReport {
 class Manager {
  public:
   using AddDone = std::function<void(std::variant<DeviceSnapshot, OpError>)>;
-  using DelDone = std::function<void(std::optional<OpError>)>;
+  // The device as it was left: removed, or removed-pending while somebody
+  // still holds /dev/ublkbN open.
+  using DelDone = std::function<void(std::variant<DeviceSnapshot, OpError>)>;
 
   Manager(EventLoop& loop, ManagerOptions options);
   ~Manager();
@@ -108,14 +119,19 @@ class Manager {
   // Brings a device live; `done` runs on the loop thread when it is live or
   // torn down again. With persist, its drop-in is written once it is live.
   void add(DeviceSpec spec, bool persist, AddDone done);
-  // Stops and deletes a device.
+  // Stops and deletes a device. If somebody still holds it open, the kernel
+  // keeps its id until they close it: the device stays listed as
+  // removed-pending, with its record, until then.
   void remove(const std::string& name, DelDone done);
 
   // Takes back the devices an earlier ublkd left in the kernel, from their
   // records in the state dir: each is recovered (quiesced ones, see
-  // Device::recover) or deleted (those that cannot be), all in parallel;
-  // what an earlier process kept that no record claims is dropped. `done`
-  // runs on the loop thread when every device is live or failed.
+  // Device::recover) or deleted (those that cannot be), all in parallel; a
+  // record whose kernel device turns out to be another device's is stale:
+  // retired, and that device left alone. Devices the earlier process had
+  // deleted are tracked until the kernel releases them. What an earlier
+  // process kept that no record claims is dropped. `done` runs on the loop
+  // thread when every device is live or failed.
   void recover_all(std::function<void()> done);
 
   // Prepares ublkd to exit and leave its devices to the next process (an
@@ -166,6 +182,7 @@ class Manager {
     std::unique_ptr<Device> dev;
     bool persistent = false;  // described by a drop-in in devices.d
     bool from_api = false;    // added through the admin API
+    uint64_t identity = 0;    // DeviceConfig::identity
     std::thread op;           // the add/remove/fail under way, if any
     bool starting = false;    // that operation is an add
   };
@@ -174,11 +191,30 @@ class Manager {
   // A new entry for `spec`, registered under its name, whose device reopens
   // kept memory (recovery) or creates it. `record_failed` is set when the
   // state record could not be written at ADD_DEV.
-  Entry& make_entry(const DeviceSpec& spec, bool persistent, bool reopen,
+  Entry& make_entry(const DeviceSpec& spec, bool persistent, uint64_t identity, bool reopen,
                     std::shared_ptr<std::optional<Error>> record_failed);
+  // Rewrites the entry's record (its spec, id, identity; removed once the
+  // device is removed-pending).
   void save_record(const Entry& e);
-  void start_op(const std::string& name, std::function<void()> work,
-                std::function<void()> then);
+  // Drops what was kept for a device: its record, its recovery marker, its
+  // memory. Safe from any thread.
+  void retire(const DeviceSpec& spec);
+  // ADD_DEV gave `dev_id` to device `owner`: any other record naming that
+  // id describes a device the kernel released, and is retired.
+  void retire_records_naming(uint32_t dev_id, const std::string& owner);
+  // Records of version 1 (no identity) can only be told apart by age: of
+  // those naming one id, all but the newest are stale. Returns the records
+  // to act on; the stale ones are retired.
+  std::vector<DeviceRecord> drop_ambiguous(std::vector<DeviceRecord> records);
+  // A device the kernel deleted but still holds: its record is rewritten
+  // (removed, for a removed-pending device) and its release is watched for.
+  void watch_release(const Entry& e);
+  // Asks the kernel, now and then, whether the devices it holds after their
+  // deletion are released yet; a released one's record and memory go.
+  void check_releases();
+  // ManagerOptions::crash_at.
+  void crash_here(std::string_view point) const;
+  void start_op(const std::string& name, std::function<void()> work, std::function<void()> then);
   // Drops an entry, remembering it for shutdown's report if its device may
   // be left in the kernel.
   void forget(Entries::iterator it);
@@ -197,6 +233,7 @@ class Manager {
   };
   std::vector<Watch> watches_;
   bool watch_timer_ = false;
+  bool release_timer_ = false;
   Result<void> write_dropin(const DeviceSpec& spec) const;
   std::filesystem::path dropin_path(const std::string& name) const;
 

@@ -32,6 +32,7 @@ bool is_starting(DeviceState s) {
     case DeviceState::kRecovering: return true;
     case DeviceState::kLive:
     case DeviceState::kStopping:
+    case DeviceState::kRemovedPending:
     case DeviceState::kRemoved:
     case DeviceState::kFailed: return false;
   }

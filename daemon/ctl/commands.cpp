@@ -95,7 +95,11 @@ constexpr std::string_view kDelHelp =
     "Usage: ublkctl del [--if-exists] NAME\n"
     "Stop and delete a device. A drop-in it came from stays in devices.d;\n"
     "delete that file too to make the removal permanent.\n"
-    "Prints nothing on success ({\"name\": NAME} with --json).\n"
+    "Prints nothing on success ({\"name\": NAME, \"state\": \"removed\"} with\n"
+    "--json). If /dev/ublkbN is still open (mounted, or held by a process),\n"
+    "the device is removed all the same, its I/O fails, and the kernel keeps\n"
+    "its id until the last user closes it: ublkctl says so, and `list` shows\n"
+    "the device as removed-pending until then.\n"
     "\n"
     "  --if-exists   a device that does not exist is not an error\n";
 
@@ -862,7 +866,18 @@ Result<std::string> format_result(std::string_view command, const json& result, 
     }
     return shape_error("add", "the device has neither block_device nor name");
   }
-  if (command == "del") return std::string();
+  if (command == "del") {
+    // Removed, but held open: say why /dev/ublkbN is not free yet.
+    const json& state = member(result, "state");
+    const json& id = member(result, "id");
+    if (state.is_string() && state.get<std::string>() == "removed-pending" && id.is_number()) {
+      const std::string dev = "/dev/ublkb" + std::to_string(id.get<uint64_t>());
+      return "removed; " + dev +
+             " is still open (a mount or a process): the kernel releases it "
+             "when its last user closes it\n";
+    }
+    return std::string();
+  }
   if (command == "info") return format_info(result);
   if (command == "features") return format_features(result);
   if (command == "reload") return format_reload(result);
@@ -926,7 +941,7 @@ int attach(const Invocation& inv, int fd, const json& device, std::ostream& out,
     if (options.notify) options.notify("STOPPING=1\nSTATUS=device " + name + " is " + st);
     // Deleted (by `del`, or by ublkd stopping) is the normal end; anything
     // else means the device broke.
-    if (st == "absent" || st == "removed" || st == "stopping") {
+    if (st == "absent" || st == "removed" || st == "removed-pending" || st == "stopping") {
       err << "ublkctl: device " << name << " is " << (st == "absent" ? "gone" : st) << '\n';
       return 0;
     }

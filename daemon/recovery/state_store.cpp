@@ -1,14 +1,17 @@
 #include "recovery/state_store.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
 #include "atomic_file.h"
 #include "base/unique_fd.h"
+#include "device/device.h"
 
 namespace ublkd {
 
@@ -17,15 +20,22 @@ using nlohmann::json;
 
 namespace {
 
-constexpr int kRecordVersion = 1;
+// Version 2 added "identity" and "removed" and lets "dev_id" be null;
+// version 1 records are still read (identity 0).
+constexpr int kRecordVersion = 2;
+constexpr int kOldestRecordVersion = 1;
 
 }  // namespace
 
 std::string record_text(const DeviceRecord& r) {
   DeviceSpec clean = r.spec;
   clean.source.clear();
+  // The identity as a hex string: JSON tools (jq among them) round numbers
+  // past 2^53.
   const json j = {{"version", kRecordVersion},
-                  {"dev_id", r.dev_id},
+                  {"dev_id", r.dev_id ? json(*r.dev_id) : json(nullptr)},
+                  {"identity", format_identity(r.identity)},
+                  {"removed", r.removed},
                   {"persistent", r.persistent},
                   {"source", r.spec.source},
                   {"spec", to_json(clean)}};
@@ -41,14 +51,34 @@ Result<DeviceRecord> parse_record(std::string_view text, const std::string& orig
   };
   const json* version = field("version");
   if (version == nullptr || !version->is_number_integer() ||
-      version->get<int64_t>() != kRecordVersion) {
-    return Error(EINVAL, origin + ": version: expected " + std::to_string(kRecordVersion));
+      version->get<int64_t>() < kOldestRecordVersion || version->get<int64_t>() > kRecordVersion) {
+    return Error(EINVAL, origin + ": version: expected " + std::to_string(kOldestRecordVersion) +
+                             " to " + std::to_string(kRecordVersion));
   }
+  const bool v1 = version->get<int64_t>() == 1;
   DeviceRecord r;
   const json* id = field("dev_id");
-  if (id == nullptr || !id->is_number_unsigned() || id->get<uint64_t>() >= UINT32_MAX)
-    return Error(EINVAL, origin + ": dev_id: expected a device id");
-  r.dev_id = id->get<uint32_t>();
+  if (id != nullptr && id->is_null() && !v1) {
+    r.dev_id.reset();
+  } else if (id == nullptr || !id->is_number_unsigned() || id->get<uint64_t>() >= UINT32_MAX) {
+    return Error(EINVAL, origin + ": dev_id: expected a device id" + (v1 ? "" : " or null"));
+  } else {
+    r.dev_id = id->get<uint32_t>();
+  }
+  if (!v1) {
+    const json* identity = field("identity");
+    auto parsed = identity != nullptr && identity->is_string()
+                      ? parse_identity(identity->get<std::string>())
+                      : std::nullopt;
+    if (!parsed) return Error(EINVAL, origin + ": identity: expected 16 hex digits, not 0");
+    r.identity = *parsed;
+    const json* removed = field("removed");
+    if (removed == nullptr || !removed->is_boolean())
+      return Error(EINVAL, origin + ": removed: expected true or false");
+    r.removed = removed->get<bool>();
+    if (r.removed && !r.dev_id)
+      return Error(EINVAL, origin + ": dev_id: a removed device needs its id");
+  }
   const json* persistent = field("persistent");
   if (persistent == nullptr || !persistent->is_boolean())
     return Error(EINVAL, origin + ": persistent: expected true or false");
@@ -63,6 +93,69 @@ Result<DeviceRecord> parse_record(std::string_view text, const std::string& orig
   r.spec = std::move(parsed).value();
   r.spec.source = source->get<std::string>();
   return r;
+}
+
+std::vector<std::pair<DeviceRecord, std::string>> take_superseded(
+    std::vector<DeviceRecord>& records) {
+  std::map<uint32_t, size_t> newest;  // id -> index into records
+  for (size_t i = 0; i < records.size(); ++i) {
+    const DeviceRecord& r = records[i];
+    if (r.identity != 0 || !r.dev_id) continue;
+    auto [it, added] = newest.emplace(*r.dev_id, i);
+    if (!added && r.written > records[it->second].written) it->second = i;
+  }
+  std::vector<std::pair<DeviceRecord, std::string>> superseded;
+  std::vector<DeviceRecord> keep;
+  for (size_t i = 0; i < records.size(); ++i) {
+    const DeviceRecord& r = records[i];
+    const size_t winner = r.identity == 0 && r.dev_id ? newest.at(*r.dev_id) : i;
+    if (winner == i)
+      keep.push_back(r);
+    else
+      superseded.emplace_back(r, records[winner].spec.name);
+  }
+  records = std::move(keep);
+  return superseded;
+}
+
+Result<UniqueFd> lock_state_dir(const fs::path& state_dir) {
+  std::error_code ec;
+  fs::create_directories(state_dir, ec);
+  if (ec) return Error(ec.value(), "create state dir " + state_dir.string());
+  const fs::path p = state_dir / "ublkd.lock";
+  UniqueFd fd(::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd) return errno_error("open " + p.string());
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return errno_error("lock " + p.string());
+    char buf[32] = {};
+    const ssize_t n = ::pread(fd.get(), buf, sizeof(buf) - 1, 0);
+    std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string("?");
+    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+    return Error(EBUSY, "state dir " + state_dir.string() + " is in use by another ublkd (pid " +
+                            pid + "); give each ublkd its own --state-dir");
+  }
+  // The pid is only for that message; the lock is what counts.
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd.get(), 0) != 0 || ::pwrite(fd.get(), pid.data(), pid.size(), 0) < 0)
+    return errno_error("write " + p.string());
+  return fd;
+}
+
+std::optional<uint64_t> parse_identity(const std::string& text) {
+  if (text.size() != 16) return std::nullopt;
+  uint64_t v = 0;
+  for (char c : text) {
+    int d;
+    if (c >= '0' && c <= '9')
+      d = c - '0';
+    else if (c >= 'a' && c <= 'f')
+      d = c - 'a' + 10;
+    else
+      return std::nullopt;
+    v = v << 4 | static_cast<uint64_t>(d);
+  }
+  if (v == 0) return std::nullopt;
+  return v;
 }
 
 Result<void> StateStore::save(const DeviceRecord& r) const {
@@ -138,6 +231,7 @@ std::vector<DeviceRecord> StateStore::load(std::vector<std::string>& problems) c
                          "\" does not match the file name");
       continue;
     }
+    r->written = fs::last_write_time(p, ec);
     out.push_back(std::move(r).value());
   }
   return out;

@@ -2,8 +2,12 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 
 namespace ublkd {
@@ -16,6 +20,9 @@ namespace {
 // How long to wait for a cancelled command to come back before giving up on
 // it for good.
 constexpr milliseconds kCancelGrace{2000};
+// The kernel-internal ENOTSUPP, which some ublk_drv versions let through.
+constexpr int kENOTSUPP = 524;
+constexpr const char* kCharClassDir = "/sys/class/ublk-char";
 
 }  // namespace
 
@@ -199,6 +206,18 @@ Result<void> ControlDevice::del_dev(uint32_t dev_id, milliseconds timeout) {
   return {};
 }
 
+Result<void> ControlDevice::del_dev_async(uint32_t dev_id, milliseconds timeout) {
+  auto r = run(uapi::kCmdDelDevAsync, dev_id, nullptr, 0, 0, timeout);
+  if (!r) {
+    // Before 6.9 the driver answers an unknown command with one of these.
+    const int c = r.error().code();
+    if (c == EOPNOTSUPP || c == EINVAL || c == kENOTSUPP)
+      return Error(EOPNOTSUPP, "DEL_DEV_ASYNC (the kernel lacks it)");
+    return r.error();
+  }
+  return {};
+}
+
 Result<uapi::CtrlDevInfo> ControlDevice::get_dev_info(uint32_t dev_id, milliseconds timeout) {
   auto info = std::make_unique<uapi::CtrlDevInfo>();
   auto r = run(uapi::kCmdGetDevInfo, dev_id, info.get(), sizeof(*info), 0, timeout);
@@ -232,6 +251,25 @@ Result<void> ControlDevice::end_user_recovery(uint32_t dev_id, pid_t server_pid,
                static_cast<uint64_t>(server_pid), timeout, abort);
   if (!r) return r.error();
   return {};
+}
+
+std::vector<uint32_t> char_device_ids() {
+  std::vector<uint32_t> ids;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(kCharClassDir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("ublkc", 0) != 0 || name.size() == 5) continue;
+    char* end = nullptr;
+    const unsigned long id = std::strtoul(name.c_str() + 5, &end, 10);
+    if (*end == '\0' && id < UINT32_MAX) ids.push_back(static_cast<uint32_t>(id));
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+bool char_device_exists(uint32_t dev_id) {
+  const std::string p = std::string(kCharClassDir) + "/ublkc" + std::to_string(dev_id);
+  return ::access(p.c_str(), F_OK) == 0;
 }
 
 }  // namespace ublkd

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "base/abort_signal.h"
 #include "base/error.h"
@@ -43,7 +44,14 @@ class ControlDevice {
   Result<void> start_dev(uint32_t dev_id, pid_t server_pid, std::chrono::milliseconds timeout,
                          const AbortSignal* abort = nullptr);
   Result<void> stop_dev(uint32_t dev_id, std::chrono::milliseconds timeout);
+  // Waits, up to `timeout`, until the kernel released the device (see
+  // DEL_DEV in the file comment); the device is deleted even when the wait
+  // ends early.
   Result<void> del_dev(uint32_t dev_id, std::chrono::milliseconds timeout);
+  // DEL_DEV_ASYNC (6.9+): deletes without waiting for the last reference to
+  // go; the kernel keeps the device id until then. EOPNOTSUPP on kernels
+  // that lack the command.
+  Result<void> del_dev_async(uint32_t dev_id, std::chrono::milliseconds timeout);
   Result<uapi::CtrlDevInfo> get_dev_info(uint32_t dev_id, std::chrono::milliseconds timeout);
   Result<uapi::Params> get_params(uint32_t dev_id, std::chrono::milliseconds timeout);
   // Recovery of a device whose server died (UBLK_F_USER_RECOVERY): START
@@ -74,5 +82,11 @@ class ControlDevice {
 };
 
 std::string ctrl_op_name(uint8_t op);
+
+// The ids of the devices whose char device (/dev/ublkcN) exists, from
+// /sys/class/ublk-char. A deleted device whose id the kernel still holds
+// has none.
+std::vector<uint32_t> char_device_ids();
+bool char_device_exists(uint32_t dev_id);
 
 }  // namespace ublkd

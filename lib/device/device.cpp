@@ -2,12 +2,12 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <bit>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <thread>
 
 namespace ublkd {
@@ -26,6 +26,9 @@ constexpr milliseconds kCharOpenTimeout{3'000};
 // How long a live device whose server has exited may take to be quiesced
 // by the kernel before it is taken for stuck (normally: milliseconds).
 constexpr milliseconds kDeadServerGrace{5'000};
+// How long a deleted device may stay held by somebody else before it is
+// reported as removed-pending rather than removed.
+constexpr milliseconds kReleaseGrace{1'000};
 constexpr const char* kUblksMaxPath = "/sys/module/ublk_drv/parameters/ublks_max";
 
 std::string join_lines(const std::vector<std::string>& v) {
@@ -52,13 +55,8 @@ Error explain_add_refused(const Error& e) {
     std::fclose(f);
     while (!max.empty() && (max.back() == '\n' || max.back() == ' ')) max.pop_back();
   }
-  size_t devices = 0;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator("/sys/class/ublk-char", ec)) {
-    (void)entry;
-    ++devices;
-  }
-  if (!max.empty() && !ec && devices >= std::strtoull(max.c_str(), nullptr, 10)) {
+  const size_t devices = char_device_ids().size();
+  if (!max.empty() && devices >= std::strtoull(max.c_str(), nullptr, 10)) {
     return Error(e.code(), e.message() + ": the kernel's limit of ublk devices is reached (" +
                                std::to_string(devices) + " exist, ublks_max is " + max + " in " +
                                kUblksMaxPath + ")");
@@ -86,16 +84,34 @@ Device::Device(DeviceConfig config, BackendFactory backend_factory, StateMachine
 Result<void> Device::open_backend() {
   if (backend_) return {};
   if (state() != DeviceState::kNew) return Error(EALREADY, "device was already started once");
-  Result<std::unique_ptr<Backend>> b =
-      backend_factory_ ? backend_factory_() : Error(EINVAL, "no backend");
-  if (!b) {
+  if (auto b = make_backend(); !b) {
     released_.store(true, std::memory_order_release);
     (void)sm_.transition(DeviceState::kFailed, b.error().to_string());
-    return b.error();
+    return b;
   }
+  return {};
+}
+
+Result<void> Device::make_backend() {
+  if (backend_) return {};
+  Result<std::unique_ptr<Backend>> b =
+      backend_factory_ ? backend_factory_() : Error(EINVAL, "no backend");
+  if (!b) return b.error();
   backend_ = std::move(b).value();
   size_.store(backend_->size(), std::memory_order_release);
   return {};
+}
+
+uint64_t Device::new_identity() {
+  uint64_t v = 0;
+  while (v == 0) {
+    // getrandom(2) of 8 bytes from an initialised pool neither blocks nor
+    // comes back short; should it fail, the clock still tells two devices
+    // of one boot apart.
+    if (::getrandom(&v, sizeof(v), 0) != static_cast<ssize_t>(sizeof(v)))
+      v = static_cast<uint64_t>(steady_clock::now().time_since_epoch().count()) ^ 0x75626c6b64ull;
+  }
+  return v;
 }
 
 Device::~Device() {
@@ -124,17 +140,18 @@ Result<void> Device::start() {
   return Error(r.error().code(), reason);
 }
 
-Result<void> Device::recover(uint32_t dev_id) {
+Result<void> Device::recover(std::optional<uint32_t> dev_id) {
   if (state() != DeviceState::kNew) return Error(EALREADY, "device was already started once");
-  if (auto b = open_backend(); !b) return b;
-  dev_id_ = dev_id;
   if (auto r = sm_.transition(DeviceState::kRecovering); !r) return r.error();
-  bool foreign = false;
-  Result<void> r = reattach(dev_id, foreign);
+  bool leave_alone = false;
+  Result<void> r = reattach(dev_id, leave_alone);
   if (r) return {};
-  std::string reason = r.error().to_string();
-  if (foreign) {
-    // Not ours to stop: another process serves it.
+  // A stale record is explained by its message; strerror(ESTALE) would
+  // only confuse.
+  std::string reason = r.error().code() == ESTALE ? r.error().message() : r.error().to_string();
+  if (leave_alone) {
+    // Not ours to stop: another process serves it, or it is not this
+    // device at all.
     (void)sm_.transition(DeviceState::kFailed, reason);
     return r.error();
   }
@@ -142,6 +159,65 @@ Result<void> Device::recover(uint32_t dev_id) {
   if (!problems.empty()) reason += " (cleanup: " + join_lines(problems) + ")";
   (void)sm_.transition(DeviceState::kFailed, reason);
   return Error(r.error().code(), reason);
+}
+
+Result<void> Device::await_release(uint32_t dev_id) {
+  if (state() != DeviceState::kNew) return Error(EALREADY, "device was already started once");
+  dev_id_ = dev_id;
+  delete_pending_.store(true, std::memory_order_release);
+  return sm_.transition(DeviceState::kRemovedPending);
+}
+
+Result<bool> Device::check_released() {
+  if (released()) return true;
+  if (!delete_pending() || !dev_id_) return false;
+  if (!ctrl_) {
+    if (auto r = open_control(); !r) return r.error();
+  }
+  auto held = kernel_holds(*dev_id_);
+  if (!held) return held.error();
+  // Deleted once, the device has no char device any more: one that exists
+  // under its id is a newer device's.
+  if (*held == Holding::kDeletedHeld) return false;
+  note_released();
+  if (state() == DeviceState::kRemovedPending) (void)sm_.transition(DeviceState::kRemoved);
+  return true;
+}
+
+void Device::note_released() {
+  delete_pending_.store(false, std::memory_order_release);
+  released_.store(true, std::memory_order_release);
+}
+
+bool Device::owns(const uapi::CtrlDevInfo& k) const {
+  return k.ublksrv_flags == config_.identity;
+}
+
+Result<Device::Holding> Device::kernel_holds(uint32_t dev_id) {
+  auto info = ctrl_->get_dev_info(dev_id, config_.command_timeout);
+  if (!info) {
+    if (info.error().code() == ENODEV) return Holding::kReleased;
+    return info.error().wrap("GET_DEV_INFO");
+  }
+  if (!owns(*info)) return Holding::kReleased;
+  return char_device_exists(dev_id) ? Holding::kPresent : Holding::kDeletedHeld;
+}
+
+Result<uint32_t> Device::find_by_identity() {
+  if (config_.identity != 0) {
+    for (uint32_t id : char_device_ids()) {
+      auto info = ctrl_->get_dev_info(id, config_.command_timeout);
+      if (info && owns(*info)) return id;
+    }
+  }
+  return Error(ENODEV,
+               "the kernel has no device with identity " + format_identity(config_.identity));
+}
+
+std::string format_identity(uint64_t identity) {
+  char buf[24];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(identity));
+  return buf;
 }
 
 Result<void> Device::open_control() {
@@ -154,30 +230,95 @@ Result<void> Device::open_control() {
   return {};
 }
 
-Result<void> Device::reattach(uint32_t dev_id, bool& foreign) {
+Result<void> Device::reattach(std::optional<uint32_t> wanted_id, bool& leave_alone) {
   if (auto r = open_control(); !r) return r;
+  if (!wanted_id) {
+    // The process that added the device died before it could record the id.
+    auto found = find_by_identity();
+    if (!found) return found.error();
+    wanted_id = *found;
+  }
+  const uint32_t dev_id = *wanted_id;
+  dev_id_ = dev_id;
+  auto info = ctrl_->get_dev_info(dev_id, config_.command_timeout);
+  if (!info && info.error().code() == ENODEV) {
+    // Gone already (deleted by hand, or the kernel was rebooted under a
+    // persistent state dir): nothing of it left to clean up either.
+    dev_id_.reset();
+    return Error(ENODEV, "the kernel has no device " + std::to_string(dev_id));
+  }
+  if (!info) return info.error();
+  if (!owns(*info)) {
+    // The id was given to another device after this one was deleted: its
+    // size may even match, but its data is not this device's.
+    dev_id_.reset();
+    leave_alone = true;
+    return Error(ESTALE,
+                 "kernel device " + std::to_string(dev_id) + " is another device (identity " +
+                     format_identity(info->ublksrv_flags) + ", this device's is " +
+                     format_identity(config_.identity) + "): left alone, the record is stale");
+  }
+  info_ = *info;
+  // Only now: a backend that cannot be opened fails a device known to be
+  // this one, which is then deleted rather than left to hang its I/O.
+  if (auto b = make_backend(); !b) return b.error().wrap("backend");
+  if (auto r = check_recoverable(); !r) return r;
+  if (auto r = check_geometry(); !r) return r;
   const auto deadline = steady_clock::now() + config_.start_timeout;
-  const auto waiting_since = steady_clock::now();
+  if (auto r = start_recovery(deadline, leave_alone); !r) return r;
+  if (auto r = start_queues(deadline); !r) return r;
+  return go_live("END_USER_RECOVERY", "recovery", deadline, [&](milliseconds left) {
+    return ctrl_->end_user_recovery(dev_id, ::getpid(), left, &abort_);
+  });
+}
 
+Result<void> Device::check_recoverable() const {
+  const bool recoverable = (info_.flags & uapi::kFeatUserRecovery) != 0;
+  if (!recoverable && info_.state != uapi::kDevStateLive) {
+    return Error(EOPNOTSUPP,
+                 "the device was created without USER_RECOVERY (recovery off): nothing to "
+                 "recover");
+  }
+  if (info_.state != uapi::kDevStateDead) return {};
+  if (!char_device_exists(*dev_id_)) {
+    return Error(ENODEV,
+                 "the device was deleted already; the kernel releases it when its last user "
+                 "closes it");
+  }
+  return Error(ENODEV, "the kernel device is not running (state dead): nothing to recover");
+}
+
+Result<void> Device::check_geometry() {
+  if (info_.queue_depth == 0 || info_.nr_hw_queues == 0 ||
+      info_.max_io_buf_bytes < config_.logical_block_size) {
+    return Error(EPROTO, "GET_DEV_INFO returned an unusable geometry");
+  }
+  // The kernel kept the old geometry; serving it from a backend of another
+  // size or block size would put blocks where the file system does not
+  // expect them.
+  auto params = ctrl_->get_params(*dev_id_, config_.command_timeout);
+  if (!params) return params.error();
+  const uint64_t want_sectors = backend_->size() >> 9;
+  if (params->basic.dev_sectors != want_sectors) {
+    return Error(EINVAL, "the kernel device has " + std::to_string(params->basic.dev_sectors) +
+                             " sectors, the backend " + std::to_string(want_sectors));
+  }
+  if ((1u << params->basic.logical_bs_shift) != config_.logical_block_size) {
+    return Error(EINVAL, "the kernel device has logical block size " +
+                             std::to_string(1u << params->basic.logical_bs_shift) + ", the spec " +
+                             std::to_string(config_.logical_block_size));
+  }
+  return {};
+}
+
+Result<void> Device::start_recovery(steady_clock::time_point deadline, bool& leave_alone) {
+  const uint32_t dev_id = *dev_id_;
+  const auto waiting_since = steady_clock::now();
   // A server that just died is still being torn down: the kernel quiesces
   // the device once its io_uring and char device are gone, and refuses
   // START_USER_RECOVERY until then.
   for (milliseconds pause{2};; pause = std::min(pause * 2, milliseconds(100))) {
-    auto info = ctrl_->get_dev_info(dev_id, config_.command_timeout);
-    if (!info && info.error().code() == ENODEV) {
-      // Gone already (deleted by hand, or the kernel was rebooted under a
-      // persistent state dir): nothing of it left to clean up either.
-      dev_id_.reset();
-      return Error(ENODEV, "the kernel has no device " + std::to_string(dev_id));
-    }
-    if (!info) return info.error();
-    info_ = *info;
-    const bool recoverable = (info_.flags & uapi::kFeatUserRecovery) != 0;
-    if (!recoverable && info_.state != uapi::kDevStateLive) {
-      return Error(EOPNOTSUPP,
-                   "the device was created without USER_RECOVERY (recovery off): nothing to "
-                   "recover");
-    }
+    if (auto r = check_recoverable(); !r) return r;
     if (info_.state == uapi::kDevStateQuiesced && config_.earlier_recovery_cut_short &&
         (config_.kernel_features & uapi::kFeatUserRecoveryFailIo) == 0) {
       return Error(EAGAIN,
@@ -189,10 +330,8 @@ Result<void> Device::reattach(uint32_t dev_id, bool& foreign) {
         if (auto h = config_.before_recovery_start(); !h) return h.error();
       }
       auto started = ctrl_->start_user_recovery(dev_id, config_.command_timeout);
-      if (started) break;
+      if (started) return {};
       if (started.error().code() != EBUSY) return started.error();
-    } else if (info_.state == uapi::kDevStateDead) {
-      return Error(ENODEV, "the kernel stopped the device (state dead): nothing to recover");
     } else if (info_.state != uapi::kDevStateLive && info_.state != uapi::kDevStateFailIo) {
       return Error(EPROTO, "the kernel device is in unknown state " + std::to_string(info_.state));
     }
@@ -209,37 +348,17 @@ Result<void> Device::reattach(uint32_t dev_id, bool& foreign) {
     }
     if (steady_clock::now() + pause > deadline) {
       if (info_.state == uapi::kDevStateLive) {
-        foreign = true;
+        leave_alone = true;
         return Error(EBUSY, "the kernel device is live, served by pid " +
                                 std::to_string(info_.ublksrv_pid) + "; left alone");
       }
       return Error(ETIMEDOUT, "START_USER_RECOVERY was refused (EBUSY) until the timeout");
     }
     std::this_thread::sleep_for(pause);
+    auto info = ctrl_->get_dev_info(dev_id, config_.command_timeout);
+    if (!info) return info.error();
+    info_ = *info;
   }
-  if (info_.queue_depth == 0 || info_.nr_hw_queues == 0 ||
-      info_.max_io_buf_bytes < config_.logical_block_size) {
-    return Error(EPROTO, "GET_DEV_INFO returned an unusable geometry");
-  }
-  // The kernel kept the old geometry; serving it from a backend of another
-  // size or block size would put blocks where the file system does not
-  // expect them.
-  auto params = ctrl_->get_params(dev_id, config_.command_timeout);
-  if (!params) return params.error();
-  const uint64_t want_sectors = backend_->size() >> 9;
-  if (params->basic.dev_sectors != want_sectors) {
-    return Error(EINVAL, "the kernel device has " + std::to_string(params->basic.dev_sectors) +
-                             " sectors, the backend " + std::to_string(want_sectors));
-  }
-  if ((1u << params->basic.logical_bs_shift) != config_.logical_block_size) {
-    return Error(EINVAL, "the kernel device has logical block size " +
-                             std::to_string(1u << params->basic.logical_bs_shift) +
-                             ", the spec " + std::to_string(config_.logical_block_size));
-  }
-  if (auto r = start_queues(deadline); !r) return r;
-  return go_live("END_USER_RECOVERY", "recovery", deadline, [&](milliseconds left) {
-    return ctrl_->end_user_recovery(dev_id, ::getpid(), left, &abort_);
-  });
 }
 
 Result<void> Device::go_live(std::string_view command, std::string_view phase,
@@ -323,12 +442,16 @@ Result<void> Device::bring_up() {
   // waits that can last the whole start timeout are woken by it.
   if (auto r = open_control(); !r) return r;
 
+  if (config_.before_add) {
+    if (auto r = config_.before_add(); !r) return r;
+  }
   uapi::CtrlDevInfo want{};
   want.nr_hw_queues = config_.queues;
   want.queue_depth = config_.queue_depth;
   want.max_io_buf_bytes = config_.max_io_buf_bytes;
   want.dev_id = ControlDevice::kAutoDevId;
   want.ublksrv_pid = ::getpid();
+  want.ublksrv_flags = config_.identity;
   want.flags =
       config_.kernel_features & (uapi::kFeatCmdIoctlEncode | uapi::kFeatUringCmdCompInTask);
   if (config_.recovery) {
@@ -354,6 +477,11 @@ Result<void> Device::bring_up() {
   info_ = *added;
   dev_id_ = info_.dev_id;
   if (auto r = sm_.transition(DeviceState::kAdded); !r) return r.error();
+  if (!owns(info_)) {
+    return Error(EPROTO, "the kernel did not keep the device's identity (ublksrv_flags " +
+                             format_identity(info_.ublksrv_flags) +
+                             "), without which a recovery could not tell it from another device");
+  }
   if (info_.queue_depth == 0 || info_.nr_hw_queues == 0 ||
       info_.max_io_buf_bytes < config_.logical_block_size) {
     return Error(EPROTO, "ADD_DEV returned an unusable geometry");
@@ -447,17 +575,46 @@ std::vector<std::string> Device::teardown(bool graceful) {
   }
   char_fd_.reset();
   if (dev_id_ && ctrl_) {
-    // DEL_DEV waits until the last reference to the device is gone, which is
-    // why every fd, mapping and registered file is released first.
-    if (auto r = ctrl_->del_dev(*dev_id_, config_.command_timeout); !r)
-      problems.push_back(r.error().to_string());
-    else
-      released_.store(true, std::memory_order_release);
+    if (auto problem = delete_device()) problems.push_back(*problem);
   } else if (!dev_id_) {
     released_.store(true, std::memory_order_release);
   }
   if (!problems.empty()) cleanup_failed_.store(true, std::memory_order_release);
   return problems;
+}
+
+std::optional<std::string> Device::delete_device() {
+  const uint32_t id = *dev_id_;
+  // Every fd, mapping and registered file of ours is gone by now: the
+  // kernel releases the device at once unless somebody else still has
+  // /dev/ublkbN open (a mount, a process). DEL_DEV_ASYNC does not wait for
+  // that; plain DEL_DEV (before 6.9) does, and deletes all the same when
+  // the wait is cut short.
+  auto r = ctrl_->del_dev_async(id, config_.command_timeout);
+  if (!r && r.error().code() == EOPNOTSUPP) r = ctrl_->del_dev(id, kReleaseGrace);
+  if (!r && r.error().code() != ETIMEDOUT && r.error().code() != EINTR)
+    return r.error().to_string();
+  // Holders such as udev's probe let go within moments; a mount does not.
+  const auto deadline = steady_clock::now() + kReleaseGrace;
+  for (milliseconds pause{1};; pause = std::min(pause * 2, milliseconds(100))) {
+    auto held = kernel_holds(id);
+    if (!held) return held.error().to_string();
+    switch (*held) {
+      case Holding::kReleased:
+        note_released();
+        return std::nullopt;
+      case Holding::kPresent:
+        return r ? "DEL_DEV: the kernel still has /dev/ublkc" + std::to_string(id)
+                 : r.error().to_string();
+      case Holding::kDeletedHeld:
+        break;
+    }
+    if (steady_clock::now() + pause > deadline) {
+      delete_pending_.store(true, std::memory_order_release);
+      return std::nullopt;
+    }
+    std::this_thread::sleep_for(pause);
+  }
 }
 
 Result<void> Device::stop() {
@@ -466,7 +623,8 @@ Result<void> Device::stop() {
   if (s == DeviceState::kNew) return sm_.transition(DeviceState::kRemoved);
   if (auto r = sm_.transition(DeviceState::kStopping); !r) return r.error();
   std::vector<std::string> problems = teardown(/*graceful=*/true);
-  if (problems.empty()) return sm_.transition(DeviceState::kRemoved);
+  if (problems.empty())
+    return sm_.transition(delete_pending() ? DeviceState::kRemovedPending : DeviceState::kRemoved);
   const std::string reason = "stop: " + join_lines(problems);
   (void)sm_.transition(DeviceState::kFailed, reason);
   return Error(EIO, reason);

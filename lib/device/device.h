@@ -48,6 +48,14 @@ struct DeviceConfig {
   // a repeated request): if this process dies the kernel keeps the device
   // quiesced, its I/O waiting, until a new server recover()s it.
   bool recovery = true;
+  // Who the device is: a random nonzero number (Device::new_identity())
+  // that ADD_DEV stores in the kernel's dev_info (ublksrv_flags, which the
+  // driver keeps for the server's own use and hands back with
+  // GET_DEV_INFO). Ids are reused once the kernel releases a device, so
+  // recover() and the release checks act only on a kernel device that
+  // carries this number. 0: a device created before identities existed,
+  // recognised by an ublksrv_flags of 0.
+  uint64_t identity = 0;
   // START_DEV, and the wait for primed queues before it.
   std::chrono::milliseconds start_timeout{10'000};
   // Every other control command, and each step of the shutdown.
@@ -57,6 +65,9 @@ struct DeviceConfig {
   // process may need to know of (see Device::recover); an error stops the
   // recovery there.
   std::function<Result<void>()> before_recovery_start;
+  // start(): called just before ADD_DEV, to record the identity durably
+  // before the kernel can hold the device; an error fails the start there.
+  std::function<Result<void>()> before_add;
   // recover(): an earlier recovery of this device was cut short after its
   // START_USER_RECOVERY. Kernels before the recovery rework of 6.13 (they
   // lack UBLK_F_USER_RECOVERY_FAIL_IO) may dereference a NULL queue daemon
@@ -97,14 +108,33 @@ class Device {
   Result<void> start();
 
   // new -> recovering -> live: takes over device `dev_id`, which a server
-  // that has died left quiesced (UBLK_F_USER_RECOVERY): waits (bounded by
-  // the start timeout) for the kernel to finish quiescing it, checks that
-  // its size matches the backend, START_USER_RECOVERY, primes every queue
-  // and END_USER_RECOVERY. The queued I/O then flows again, to this
-  // process. On failure the device is stopped and deleted (its I/O fails)
-  // and ends in failed; except that a device some live process still serves
-  // is left alone (EBUSY, released() stays false).
-  Result<void> recover(uint32_t dev_id);
+  // that has died left quiesced (UBLK_F_USER_RECOVERY): checks that the
+  // kernel device carries this device's identity, opens the backend, waits
+  // (bounded by the start timeout) for the kernel to finish quiescing it,
+  // checks that its size matches the backend, START_USER_RECOVERY, primes
+  // every queue and END_USER_RECOVERY. The queued I/O then flows again, to
+  // this process. Without `dev_id` (the process that added the device died
+  // before it could record the id) the device is looked for by its
+  // identity. On failure the device is stopped and deleted (its I/O fails)
+  // and ends in failed; except that a kernel device with another identity
+  // (ESTALE) or one that some live process still serves (EBUSY) is left
+  // alone, and released() stays false. ENODEV: the kernel has no such
+  // device; released() is then true.
+  Result<void> recover(std::optional<uint32_t> dev_id);
+
+  // new -> removed-pending: device `dev_id` was deleted by an earlier
+  // process and is still held by its users; check_released() tells when
+  // the kernel lets go of it.
+  Result<void> await_release(uint32_t dev_id);
+
+  // For a device the kernel deleted but still holds (delete_pending()):
+  // asks it whether the id is free now (or went to another device). If so,
+  // released() becomes true and removed-pending becomes removed. One
+  // bounded control command.
+  Result<bool> check_released();
+
+  // A random nonzero identity for a new device (DeviceConfig::identity).
+  static uint64_t new_identity();
 
   // live -> stopping -> removed: STOP_DEV, queue threads finish, fds and
   // mappings released, DEL_DEV. Every step bounded; a step that fails ends
@@ -127,10 +157,15 @@ class Device {
   // or in stop()) met a problem: a step failed or timed out, so the device
   // may linger in the kernel. Safe from any thread.
   bool cleanup_failed() const { return cleanup_failed_.load(std::memory_order_acquire); }
-  // True once the kernel holds nothing of the device: DEL_DEV succeeded, or
-  // it never got as far as ADD_DEV. What may be kept for a later recovery
-  // can be dropped then. Safe from any thread.
+  // True once the kernel holds nothing of the device: it released the
+  // device after DEL_DEV (its id is unknown to it or went to another
+  // device), or the device never got as far as ADD_DEV. What was kept for a
+  // later recovery can be dropped then. Safe from any thread.
   bool released() const { return released_.load(std::memory_order_acquire); }
+  // True while the device is deleted but the kernel still holds its id,
+  // because somebody (a mount, a process) has /dev/ublkbN open; ends when
+  // check_released() finds it released. Safe from any thread.
+  bool delete_pending() const { return delete_pending_.load(std::memory_order_acquire); }
 
   // False once a queue thread of a live device has exited.
   bool queues_healthy() const;
@@ -163,10 +198,36 @@ class Device {
   std::string char_device() const;
 
  private:
+  // What the kernel has under a device id this device had.
+  enum class Holding {
+    kReleased,     // nothing, or a device with another identity
+    kDeletedHeld,  // this device, deleted, its id held by its users
+    kPresent,      // this device, not deleted (its char device exists)
+  };
+
   Result<void> bring_up();
+  // Runs the backend factory if there is no backend yet.
+  Result<void> make_backend();
   // Opens the control device (after checking the abort signal).
   Result<void> open_control();
-  Result<void> reattach(uint32_t dev_id, bool& foreign);
+  Result<void> reattach(std::optional<uint32_t> dev_id, bool& leave_alone);
+  // recover(): whether the kernel's device (info_) can be recovered at all.
+  Result<void> check_recoverable() const;
+  // recover(): the kernel's geometry of the device (info_, GET_PARAMS) is
+  // the one the backend and spec describe.
+  Result<void> check_geometry();
+  // recover(): waits, until `deadline`, for the kernel to quiesce the device
+  // and sends START_USER_RECOVERY; refuses what cannot be recovered.
+  Result<void> start_recovery(std::chrono::steady_clock::time_point deadline, bool& leave_alone);
+  // Whether the kernel's dev_info is this device's (DeviceConfig::identity).
+  bool owns(const uapi::CtrlDevInfo& info) const;
+  Result<Holding> kernel_holds(uint32_t dev_id);
+  // The id of the kernel device carrying this device's identity.
+  Result<uint32_t> find_by_identity();
+  // DEL_DEV, then a short wait for the kernel to release the device; ends
+  // with released() or delete_pending() set, or returns the problem.
+  std::optional<std::string> delete_device();
+  void note_released();
   // Opens the char device and starts one primed queue worker per queue of
   // info_, by `deadline`.
   Result<void> start_queues(std::chrono::steady_clock::time_point deadline);
@@ -202,6 +263,10 @@ class Device {
   std::string abort_reason_;
   std::atomic<bool> cleanup_failed_{false};
   std::atomic<bool> released_{false};
+  std::atomic<bool> delete_pending_{false};
 };
+
+// An identity as 16 hex digits, for logs and records.
+std::string format_identity(uint64_t identity);
 
 }  // namespace ublkd

@@ -11,6 +11,7 @@ std::string_view to_string(DeviceState s) {
     case DeviceState::kStartPending: return "start-pending";
     case DeviceState::kLive: return "live";
     case DeviceState::kStopping: return "stopping";
+    case DeviceState::kRemovedPending: return "removed-pending";
     case DeviceState::kRemoved: return "removed";
     case DeviceState::kFailed: return "failed";
     case DeviceState::kRecovering: return "recovering";
@@ -23,14 +24,17 @@ bool transition_allowed(DeviceState from, DeviceState to) {
   // Any state that is not terminal may fail: the device is then torn down.
   if (to == S::kFailed) return !is_terminal(from);
   switch (from) {
-    case S::kNew: return to == S::kAdded || to == S::kRecovering;
+    // removed-pending straight from new: a device an earlier process
+    // deleted, whose release this one waits for.
+    case S::kNew: return to == S::kAdded || to == S::kRecovering || to == S::kRemovedPending;
     case S::kAdded: return to == S::kParamsSet || to == S::kStopping;
     case S::kParamsSet: return to == S::kQueuesPrimed || to == S::kStopping;
     case S::kQueuesPrimed: return to == S::kStartPending || to == S::kStopping;
     case S::kStartPending: return to == S::kLive || to == S::kStopping;
     case S::kLive: return to == S::kStopping;
     case S::kRecovering: return to == S::kLive || to == S::kStopping;
-    case S::kStopping: return to == S::kRemoved;
+    case S::kStopping: return to == S::kRemoved || to == S::kRemovedPending;
+    case S::kRemovedPending: return to == S::kRemoved;
     case S::kRemoved:
     case S::kFailed: return false;
   }

@@ -14,16 +14,18 @@
 namespace ublkd {
 
 enum class DeviceState {
-  kNew,           // object exists, nothing asked of the kernel yet
-  kAdded,         // ADD_DEV done: the kernel knows the device
-  kParamsSet,     // SET_PARAMS done
-  kQueuesPrimed,  // every tag of every queue has its FETCH_REQ submitted
-  kStartPending,  // START_DEV sent, not yet answered
-  kLive,          // /dev/ublkbN serves I/O
-  kStopping,      // STOP_DEV, queue shutdown and DEL_DEV under way
-  kRemoved,       // gone from the kernel, cleanly
-  kFailed,        // could not go live or died; torn down, reason recorded
-  kRecovering,    // reattaching to a device the kernel kept quiesced
+  kNew,             // object exists, nothing asked of the kernel yet
+  kAdded,           // ADD_DEV done: the kernel knows the device
+  kParamsSet,       // SET_PARAMS done
+  kQueuesPrimed,    // every tag of every queue has its FETCH_REQ submitted
+  kStartPending,    // START_DEV sent, not yet answered
+  kLive,            // /dev/ublkbN serves I/O
+  kStopping,        // STOP_DEV, queue shutdown and DEL_DEV under way
+  kRemovedPending,  // deleted, but the kernel keeps its id until the last
+                    // user of /dev/ublkbN (a mount, a process) closes it
+  kRemoved,         // gone from the kernel, cleanly
+  kFailed,          // could not go live or died; torn down, reason recorded
+  kRecovering,      // reattaching to a device the kernel kept quiesced
 };
 
 std::string_view to_string(DeviceState s);
@@ -31,9 +33,11 @@ std::string_view to_string(DeviceState s);
 // Whether `from -> to` is a legal step.
 bool transition_allowed(DeviceState from, DeviceState to);
 
-// True for states after which nothing more happens to the device.
+// True once the device serves no more and is never started again: removed
+// (or only waiting for the kernel to let go of its id), or failed.
 inline bool is_terminal(DeviceState s) {
-  return s == DeviceState::kRemoved || s == DeviceState::kFailed;
+  return s == DeviceState::kRemoved || s == DeviceState::kRemovedPending ||
+         s == DeviceState::kFailed;
 }
 
 class StateMachine {

@@ -7,13 +7,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "backend/mem_backend.h"
+#include "device/device.h"
 #include "manager.h"
 #include "recovery/mem_store.h"
 #include "recovery/state_store.h"
@@ -50,6 +54,7 @@ DeviceRecord sample_record() {
   r.spec = spec.value();
   r.spec.source = "/etc/ublkd/devices.d/d0.json";
   r.dev_id = 7;
+  r.identity = 0x0123456789abcdefull;
   r.persistent = true;
   return r;
 }
@@ -75,6 +80,8 @@ TEST_CASE("state records: saved and loaded back unchanged", "[recovery]") {
   CHECK(problems.empty());
   REQUIRE(loaded.size() == 1);
   CHECK(loaded[0].dev_id == 8);
+  CHECK(loaded[0].identity == 0x0123456789abcdefull);
+  CHECK_FALSE(loaded[0].removed);
   CHECK(loaded[0].persistent);
   CHECK(loaded[0].spec == r.spec);
   CHECK(loaded[0].spec.source == "/etc/ublkd/devices.d/d0.json");
@@ -82,6 +89,119 @@ TEST_CASE("state records: saved and loaded back unchanged", "[recovery]") {
   REQUIRE(store.remove("d0").ok());
   REQUIRE(store.remove("d0").ok());  // already gone counts as done
   CHECK(store.load(problems).empty());
+}
+
+TEST_CASE("state records: no id before ADD_DEV, removed after DEL_DEV", "[recovery]") {
+  TempDir dir;
+  StateStore store(dir.path / "devices");
+  DeviceRecord r = sample_record();
+  r.dev_id.reset();
+  REQUIRE(store.save(r).ok());
+  std::vector<std::string> problems;
+  auto loaded = store.load(problems);
+  REQUIRE(loaded.size() == 1);
+  CHECK_FALSE(loaded[0].dev_id.has_value());
+  CHECK(loaded[0].identity == r.identity);
+  // The identity is a string of hex digits: JSON tools round big numbers.
+  auto j = nlohmann::json::parse(ublkd::record_text(r));
+  CHECK(j["identity"] == "0123456789abcdef");
+  CHECK(j["dev_id"].is_null());
+  CHECK(j["version"] == 2);
+
+  r.dev_id = 3;
+  r.removed = true;
+  REQUIRE(store.save(r).ok());
+  loaded = store.load(problems);
+  REQUIRE(loaded.size() == 1);
+  CHECK(loaded[0].removed);
+  CHECK(loaded[0].dev_id == 3);
+  CHECK(problems.empty());
+}
+
+TEST_CASE("state records: version 1 (before identities) is still read, as identity 0",
+          "[recovery]") {
+  TempDir dir;
+  const fs::path d = dir.path / "devices";
+  fs::create_directories(d);
+  auto j = nlohmann::json::parse(ublkd::record_text(sample_record()));
+  j["version"] = 1;
+  j.erase("identity");
+  j.erase("removed");
+  write_file(d / "d0.json", j.dump());
+  StateStore store(d);
+  std::vector<std::string> problems;
+  auto loaded = store.load(problems);
+  INFO((problems.empty() ? std::string() : problems[0]));
+  REQUIRE(loaded.size() == 1);
+  CHECK(loaded[0].identity == 0);
+  CHECK(loaded[0].dev_id == 7);
+  CHECK_FALSE(loaded[0].removed);
+}
+
+TEST_CASE("state records: of version-1 records naming one id, only the newest counts",
+          "[recovery]") {
+  using Clock = fs::file_time_type::clock;
+  auto rec = [](const std::string& name, std::optional<uint32_t> id, uint64_t identity, int age) {
+    DeviceRecord r = sample_record();
+    r.spec.name = name;
+    r.dev_id = id;
+    r.identity = identity;
+    r.written = Clock::now() - std::chrono::seconds(age);
+    return r;
+  };
+  std::vector<DeviceRecord> records = {
+      rec("stale", 0, 0, 100),  // deleted long ago, its id given to "healthy"
+      rec("healthy", 0, 0, 10),
+      rec("older", 0, 0, 200),
+      rec("alone", 1, 0, 300),    // the only record for id 1
+      rec("proven", 0, 42, 400),  // has an identity: the kernel decides
+      rec("noid", std::nullopt, 43, 500),
+  };
+  auto superseded = ublkd::take_superseded(records);
+  std::vector<std::string> kept;
+  for (const auto& r : records) kept.push_back(r.spec.name);
+  CHECK(kept == std::vector<std::string>{"healthy", "alone", "proven", "noid"});
+  REQUIRE(superseded.size() == 2);
+  CHECK(superseded[0].first.spec.name == "stale");
+  CHECK(superseded[0].second == "healthy");
+  CHECK(superseded[1].first.spec.name == "older");
+  CHECK(superseded[1].second == "healthy");
+}
+
+TEST_CASE("identities: 16 lower-case hex digits, never 0", "[recovery]") {
+  CHECK(ublkd::parse_identity("0123456789abcdef") == 0x0123456789abcdefull);
+  CHECK(ublkd::parse_identity(ublkd::format_identity(~0ull)) == ~0ull);
+  CHECK_FALSE(ublkd::parse_identity("0000000000000000"));
+  CHECK_FALSE(ublkd::parse_identity("0123456789ABCDEF"));
+  CHECK_FALSE(ublkd::parse_identity("123456789abcdef"));
+  CHECK_FALSE(ublkd::parse_identity("0123456789abcdefa"));
+  CHECK_FALSE(ublkd::parse_identity("0x23456789abcdef"));
+  // New ones are nonzero and differ.
+  std::set<uint64_t> seen;
+  for (int i = 0; i < 1000; ++i) {
+    const uint64_t v = ublkd::Device::new_identity();
+    CHECK(v != 0);
+    seen.insert(v);
+  }
+  CHECK(seen.size() == 1000);
+}
+
+TEST_CASE("state dir lock: a second ublkd on one state dir is refused, naming the holder",
+          "[recovery]") {
+  TempDir dir;
+  auto first = ublkd::lock_state_dir(dir.path / "state");
+  REQUIRE(first.ok());
+  // flock locks belong to the open file: a second open in this process
+  // conflicts just as another process would.
+  auto second = ublkd::lock_state_dir(dir.path / "state");
+  REQUIRE_FALSE(second.ok());
+  CHECK(second.error().code() == EBUSY);
+  CHECK_THAT(
+      second.error().message(),
+      Catch::Contains("state dir " + (dir.path / "state").string() +
+                      " is in use by another ublkd (pid " + std::to_string(::getpid()) + ")"));
+  first.value().reset();
+  CHECK(ublkd::lock_state_dir(dir.path / "state").ok());
 }
 
 TEST_CASE("state records: a missing directory holds no records", "[recovery]") {
@@ -102,6 +222,15 @@ TEST_CASE("state records: unreadable ones are reported by file and field", "[rec
   write_file(d / "junk.json", "{not json");
   write_file(d / "old.json", R"({"version": 0})");
   write_file(d / "noid.json", R"({"version": 1, "persistent": false, "source": "", "spec": {}})");
+  auto noidentity = nlohmann::json::parse(good);
+  noidentity["spec"]["name"] = "noidentity";
+  noidentity["identity"] = "0000000000000000";
+  write_file(d / "noidentity.json", noidentity.dump());
+  auto removed_noid = nlohmann::json::parse(good);
+  removed_noid["spec"]["name"] = "removednoid";
+  removed_noid["removed"] = true;
+  removed_noid["dev_id"] = nullptr;
+  write_file(d / "removednoid.json", removed_noid.dump());
   // A record under another device's name is not trusted.
   write_file(d / "other.json", good);
   auto badspec = nlohmann::json::parse(good);
@@ -114,12 +243,16 @@ TEST_CASE("state records: unreadable ones are reported by file and field", "[rec
   auto loaded = store.load(problems);
   REQUIRE(loaded.size() == 1);
   CHECK(loaded[0].spec.name == "d0");
-  REQUIRE(problems.size() == 5);
   std::string all;
   for (const auto& p : problems) all += p + "\n";
   INFO(all);
+  REQUIRE(problems.size() == 7);
   CHECK_THAT(all, Catch::Contains((d / "junk.json").string() + ": not a JSON object"));
-  CHECK_THAT(all, Catch::Contains((d / "old.json").string() + ": version: expected 1"));
+  CHECK_THAT(all, Catch::Contains((d / "old.json").string() + ": version: expected 1 to 2"));
+  CHECK_THAT(all, Catch::Contains((d / "noidentity.json").string() +
+                                  ": identity: expected 16 hex digits, not 0"));
+  CHECK_THAT(all, Catch::Contains((d / "removednoid.json").string() +
+                                  ": dev_id: a removed device needs its id"));
   CHECK_THAT(all, Catch::Contains((d / "noid.json").string() + ": dev_id: expected a device id"));
   CHECK_THAT(all, Catch::Contains((d / "other.json").string() +
                                   ": spec.name: \"d0\" does not match the file name"));

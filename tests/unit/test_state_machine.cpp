@@ -11,9 +11,9 @@ using S = DeviceState;
 
 namespace {
 
-const std::vector<S> kAll = {S::kNew,       S::kAdded,    S::kParamsSet, S::kQueuesPrimed,
-                             S::kStartPending, S::kLive,  S::kStopping,  S::kRemoved,
-                             S::kFailed,    S::kRecovering};
+const std::vector<S> kAll = {S::kNew,          S::kAdded,  S::kParamsSet, S::kQueuesPrimed,
+                             S::kStartPending, S::kLive,   S::kStopping,  S::kRemovedPending,
+                             S::kRemoved,      S::kFailed, S::kRecovering};
 
 }  // namespace
 
@@ -25,6 +25,7 @@ TEST_CASE("every state has its documented name", "[state]") {
   CHECK(to_string(S::kStartPending) == "start-pending");
   CHECK(to_string(S::kLive) == "live");
   CHECK(to_string(S::kStopping) == "stopping");
+  CHECK(to_string(S::kRemovedPending) == "removed-pending");
   CHECK(to_string(S::kRemoved) == "removed");
   CHECK(to_string(S::kFailed) == "failed");
   CHECK(to_string(S::kRecovering) == "recovering");
@@ -36,6 +37,7 @@ TEST_CASE("the legal transition table, exhaustively", "[state]") {
       {S::kNew, S::kAdded},
       {S::kNew, S::kRecovering},
       {S::kNew, S::kFailed},
+      {S::kNew, S::kRemovedPending},
       {S::kAdded, S::kParamsSet},
       {S::kAdded, S::kStopping},
       {S::kAdded, S::kFailed},
@@ -54,7 +56,9 @@ TEST_CASE("the legal transition table, exhaustively", "[state]") {
       {S::kRecovering, S::kStopping},
       {S::kRecovering, S::kFailed},
       {S::kStopping, S::kRemoved},
+      {S::kStopping, S::kRemovedPending},
       {S::kStopping, S::kFailed},
+      {S::kRemovedPending, S::kRemoved},
   };
   for (S from : kAll) {
     for (S to : kAll) {
@@ -73,11 +77,13 @@ TEST_CASE("START_DEV can only follow primed queues", "[state]") {
   }
 }
 
-TEST_CASE("terminal states accept nothing", "[state]") {
+TEST_CASE("terminal states accept nothing but the kernel's release", "[state]") {
   for (S to : kAll) {
     CHECK_FALSE(transition_allowed(S::kRemoved, to));
     CHECK_FALSE(transition_allowed(S::kFailed, to));
+    CHECK(transition_allowed(S::kRemovedPending, to) == (to == S::kRemoved));
   }
+  CHECK(is_terminal(S::kRemovedPending));
 }
 
 TEST_CASE("the machine walks the happy path and reports every step", "[state]") {

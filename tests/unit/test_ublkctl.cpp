@@ -578,12 +578,19 @@ TEST_CASE("ublkctl features, reload, add, del and version output", "[ublkctl]") 
   REQUIRE(add_json.ok());
   CHECK(json::parse(*add_json) == kDisk0);
 
-  auto del = format_result("del", {{"name", "disk0"}}, false);
+  auto del = format_result("del", {{"name", "disk0"}, {"state", "removed"}}, false);
   REQUIRE(del.ok());
   CHECK(del->empty());
-  auto del_json = format_result("del", {{"name", "disk0"}}, true);
+  auto del_json = format_result("del", {{"name", "disk0"}, {"state", "removed"}}, true);
   REQUIRE(del_json.ok());
-  CHECK(*del_json == "{\n  \"name\": \"disk0\"\n}\n");
+  CHECK(*del_json == "{\n  \"name\": \"disk0\",\n  \"state\": \"removed\"\n}\n");
+  // Deleted while still open: say why the id is not free yet.
+  auto held =
+      format_result("del", {{"name", "disk0"}, {"state", "removed-pending"}, {"id", 3}}, false);
+  REQUIRE(held.ok());
+  CHECK(*held ==
+        "removed; /dev/ublkb3 is still open (a mount or a process): the kernel releases it when "
+        "its last user closes it\n");
 
   auto v = format_result("version", {{"version", "0.2.0"}, {"api", 1}}, false);
   REQUIRE(v.ok());
@@ -816,6 +823,16 @@ TEST_CASE("ublkctl attach brings a drop-in up and stays until the device leaves 
     REQUIRE(notes.size() == 2);
     CHECK(notes[0] == "READY=1\nSTATUS=device disk0 live at /dev/ublkb0");
     CHECK(notes[1] == "STOPPING=1\nSTATUS=device disk0 is absent");
+  }
+
+  SECTION("deleted while still held open: exit 0") {
+    ScriptedServer server(
+        sock, {ok_line(kDisk0),
+               ok_line({{"name", "disk0"}, {"state", "removed-pending"}, {"live", false}})});
+    auto r = run_ctl({"attach", "disk0"}, env, options);
+    server.join();
+    CHECK(r.status == 0);
+    CHECK(r.err == "ublkctl: device disk0 is removed-pending\n");
   }
 
   SECTION("failed: exit 1 with the reason") {
