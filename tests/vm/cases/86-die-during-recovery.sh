@@ -60,7 +60,7 @@ if grep -q "kernel ublk features .*USER_RECOVERY_FAIL_IO" "$UBLKD_LOG"; then
 else
     grep -q "device r0 recovered" "$UBLKD_LOG" &&
         fail "r0 was recovered after a cut-short recovery on an old kernel"
-    grep -hqE "device r0: state recovering -> failed: (an earlier recovery of this device was cut short|the kernel stopped the device)" \
+    grep -hqE "device r0: state recovering -> failed: (an earlier recovery of this device was cut short|the kernel device is not running)" \
         "$round2_log" "$UBLKD_LOG" || { show_log; fail "no daemon gave a reason for deleting r0"; }
     [[ ! -e $dev ]] || fail "$dev still exists after the cleanup"
     [[ -z $(ls "$state/devices" 2>/dev/null) ]] || fail "state left: $(ls "$state/devices")"
