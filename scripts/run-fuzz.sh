@@ -67,7 +67,7 @@ if [[ ! -f $build_dir/build.ninja ]]; then
     # Only the fuzz targets are built here; the unit tests and the man pages
     # have their own builds.
     CXX=clang++ meson setup "$build_dir" -Dfuzz=true -Dtests=false -Dman=disabled \
-        -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+        -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
 fi
 ninja -C "$build_dir" "${targets[@]/#/tests/fuzz/}"
 
