@@ -551,7 +551,9 @@ std::vector<std::string> Device::teardown(bool graceful) {
   if (dev_id_ && ctrl_) {
     // STOP_DEV removes the disk and hands every outstanding fetch back with
     // UBLK_IO_RES_ABORT, which is what lets the queue threads finish.
-    if (auto r = ctrl_->stop_dev(*dev_id_, config_.command_timeout); !r)
+    // ENODEV: the kernel has no such device any more; nothing to stop.
+    if (auto r = ctrl_->stop_dev(*dev_id_, config_.command_timeout);
+        !r && r.error().code() != ENODEV)
       problems.push_back(r.error().to_string());
   }
   if (graceful) {
@@ -592,7 +594,10 @@ std::optional<std::string> Device::delete_device() {
   // the wait is cut short.
   auto r = ctrl_->del_dev_async(id, config_.command_timeout);
   if (!r && r.error().code() == EOPNOTSUPP) r = ctrl_->del_dev(id, kReleaseGrace);
-  if (!r && r.error().code() != ETIMEDOUT && r.error().code() != EINTR)
+  // What the kernel holds afterwards is asked below, whatever DEL_DEV said,
+  // except for an error that says it did not get to deleting at all.
+  if (!r && r.error().code() != ETIMEDOUT && r.error().code() != EINTR &&
+      r.error().code() != ENODEV)
     return r.error().to_string();
   // Holders such as udev's probe let go within moments; a mount does not.
   const auto deadline = steady_clock::now() + kReleaseGrace;

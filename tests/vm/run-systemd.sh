@@ -329,7 +329,7 @@ run_kernel() {
     local offset=0 size chunk=$work/chunk line len
     local current='' log_fd='' log_case='' done=0 vm_problem='' boot=0
     local -A seen=() log_started=()
-    local reboot_case='' t_boot deadline booted sk="$k/(shutdown)"
+    local reboot_case='' t_boot deadline booted sk="$k/(shutdown)" boot_from retried=0
     while :; do
         boot=$((boot + 1))
         if ((boot > MAX_BOOTS)); then
@@ -337,6 +337,7 @@ run_kernel() {
             break
         fi
         echo "======== run-systemd.sh: boot $boot of $KVER" >>"$console"
+        boot_from=$(stat -c %s "$console")
         t_boot=$(now)
         qemu-system-x86_64 -accel tcg -cpu max -m "$memory" -smp "$smp" \
             -nographic -no-reboot -nic none -monitor none \
@@ -450,6 +451,21 @@ run_kernel() {
         qemu_pid=
         [[ -n $log_fd ]] && exec {log_fd}>&-
         log_fd=
+
+        # As in run.sh: a kernel that dies before the test runner reported
+        # the boot ran no case (TCG can trip the kernel's own live code
+        # patching); that boot is repeated once, saying so.
+        if ((!booted && !done && !retried)) && [[ -z $vm_problem ]]; then
+            local died
+            died=$(tail -c +$((boot_from + 1)) "$console" | grep -a -m1 -oE 'Oops.*|Kernel panic.*' |
+                tr -d '\r' || true)
+            if [[ -n $died ]]; then
+                retried=1
+                echo "[$k] boot $boot: the kernel died before the test runner started ($died); booting once more"
+                tail -c +$((boot_from + 1)) "$console" | tail -n 40 | sed 's/^/    # /'
+                continue
+            fi
+        fi
 
         # A reboot or power-off must be clean: the kernel's last words are on
         # the console ("reboot: Restarting system" / "reboot: Power down"),
