@@ -487,9 +487,9 @@ void Manager::remove(const std::string& name, DelDone done) {
   };
   auto then = [this, name, failure, done = std::move(done)] {
     auto it = entries_.find(name);
-    if (*failure) {
+    if (*failure || it == entries_.end()) {
       if (it != entries_.end()) forget(it);
-      return done(**failure);
+      return done(failure->value_or(OpError{Failure::kNotFound, "no device named " + name}));
     }
     Entry& e = *it->second;
     const DeviceSnapshot after = snapshot(e);
