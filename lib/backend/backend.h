@@ -103,6 +103,11 @@ class Backend {
   // (IoRequest::buf_index) instead of a buffer of the server's: the device
   // then asks the kernel for zero copy where it offers it.
   virtual bool zero_copy() const { return false; }
+  // Whether submit() ever reads or writes a request's data. A backend that
+  // does not (null) serves requests without buffers: the device asks for
+  // UBLK_F_USER_COPY, under which the kernel copies nothing on its own, and
+  // IoRequest::buffer is null.
+  virtual bool touches_data() const { return true; }
 
   // Serves one request on the calling queue thread and returns the ublk
   // result: bytes transferred for READ/WRITE, 0 for FLUSH/DISCARD/

@@ -21,10 +21,11 @@ class NullBackend final : public Backend {
   std::string_view type() const override { return "null"; }
   uint64_t size() const override { return size_; }
   BackendFeatures features() const override;
-  // READ / WRITE return their length (a READ leaves the buffer as it was),
-  // FLUSH / DISCARD / WRITE_ZEROES return 0; a request past the end of the
+  // READ / WRITE return their length (a READ leaves the reader's buffer as
+  // it was), FLUSH / DISCARD / WRITE_ZEROES return 0; a request past the end of the
   // device is -EINVAL and an unknown operation -EOPNOTSUPP.
   int handle(const IoRequest& req) noexcept override;
+  bool touches_data() const override { return false; }
 
  private:
   explicit NullBackend(uint64_t size) : size_(size) {}

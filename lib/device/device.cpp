@@ -465,6 +465,10 @@ Result<void> Device::bring_up() {
   // Zero copy where both sides can: the backend reads and writes the
   // request's pages itself instead of a buffer the kernel copies to or from.
   // Kernels before 6.16 lack it and keep the copy.
+  // A backend that never looks at the data needs no copy at all: with
+  // USER_COPY (6.5+) the kernel leaves the copying to the server, which
+  // then does none.
+  if (!backend_->touches_data()) want.flags |= config_.kernel_features & uapi::kFeatUserCopy;
   if (config_.zero_copy && backend_->zero_copy())
     want.flags |= config_.kernel_features & uapi::kFeatAutoBufReg;
   auto added = ctrl_->add_dev(want, config_.command_timeout);
@@ -519,6 +523,8 @@ Result<void> Device::start_queues(steady_clock::time_point start_deadline) {
     qc.char_fd = char_fd_.get();
     qc.ioctl_encoding = io_ioctl;
     qc.auto_buf_reg = zero_copy();
+    qc.user_copy = (info_.flags & uapi::kFeatUserCopy) != 0;
+    qc.idle_spin = config_.idle_spin;
     if (config_.unprimed_tag && config_.unprimed_tag->first == q)
       qc.unprimed_tag = config_.unprimed_tag->second;
     auto hook = [this](uint16_t) {

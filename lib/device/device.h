@@ -56,6 +56,8 @@ struct DeviceConfig {
   // carries this number. 0: a device created before identities existed,
   // recognised by an ublksrv_flags of 0.
   uint64_t identity = 0;
+  // QueueConfig::idle_spin of every queue.
+  std::chrono::nanoseconds idle_spin{0};
   // START_DEV, and the wait for primed queues before it.
   std::chrono::milliseconds start_timeout{10'000};
   // Every other control command, and each step of the shutdown.

@@ -33,6 +33,13 @@ struct QueueConfig {
   // index, and the backend serves them from there (Backend::zero_copy()).
   // No buffers of our own are set up.
   bool auto_buf_reg = false;
+  // The device has UBLK_F_USER_COPY, granted only for backends that never
+  // touch request data (Backend::touches_data()): no buffers either, and
+  // the commands carry no address.
+  bool user_copy = false;
+  // The longest an idle queue thread watches its ring for new requests
+  // before it sleeps (IdlePoll); 0: it always sleeps at once.
+  std::chrono::nanoseconds idle_spin{0};
   // Test-only fault injection: this tag gets no FETCH_REQ although the queue
   // still reports itself primed, which must make START_DEV time out.
   std::optional<uint16_t> unprimed_tag;
