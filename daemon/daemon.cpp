@@ -317,6 +317,7 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
 
   ManagerOptions mo;
   mo.start_timeout = options.start_timeout.value_or(config.daemon.start_timeout);
+  mo.idle_spin = config.daemon.idle_spin;
   mo.config_dir = options.config_dir;
   mo.state_dir = options.state_dir;
   mo.mem_store = mem_store;

@@ -195,6 +195,7 @@ Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, uin
   cfg.zero_copy = spec.backend.zero_copy;
   cfg.recovery = spec.recovery;
   cfg.identity = identity;
+  cfg.idle_spin = options_.idle_spin;
   cfg.start_timeout = options_.start_timeout;
   cfg.control_path = options_.control_path;
   const DeviceRecord record{spec, std::nullopt, identity, persistent};

@@ -31,6 +31,8 @@ namespace ublkd {
 
 struct ManagerOptions {
   std::chrono::milliseconds start_timeout{10'000};
+  // DeviceConfig::idle_spin of every device.
+  std::chrono::nanoseconds idle_spin{0};
   std::string control_path = ControlDevice::kDefaultPath;
   // Where `persist` writes drop-ins: DIR/devices.d.
   std::filesystem::path config_dir;

@@ -21,7 +21,7 @@ constexpr std::array<std::pair<LogLevel, std::string_view>, 5> kLogLevels = {{
 void read_fields(config::FieldReader& reader, const nlohmann::json& doc, DaemonConfig& config) {
   reader.reject_unknown_keys(doc, "",
                              {"socket", "admin_group", "log_level", "start_timeout",
-                              "default_queues", "default_queue_depth"});
+                              "default_queues", "default_queue_depth", "idle_spin_us"});
 
   if (auto socket = reader.string(doc, "", "socket", false)) {
     const std::string shown = config::dump_value(nlohmann::json(*socket));
@@ -67,6 +67,9 @@ void read_fields(config::FieldReader& reader, const nlohmann::json& doc, DaemonC
   }
   if (auto depth = reader.integer(doc, "", "default_queue_depth", false, 1, kMaxQueueDepth)) {
     config.default_queue_depth = static_cast<uint32_t>(*depth);
+  }
+  if (auto spin = reader.integer(doc, "", "idle_spin_us", false, 0, kMaxIdleSpinMicros)) {
+    config.idle_spin = std::chrono::microseconds(*spin);
   }
 }
 

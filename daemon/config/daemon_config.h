@@ -2,7 +2,7 @@
 //
 //   { "socket": "/run/ublkd/ublkd.sock", "admin_group": "disk",
 //     "log_level": "info", "start_timeout": 10,
-//     "default_queues": 4, "default_queue_depth": 128 }
+//     "default_queues": 4, "default_queue_depth": 128, "idle_spin_us": 200 }
 //
 // Every field is optional; a missing file means all defaults.
 #pragma once
@@ -29,6 +29,12 @@ inline constexpr std::string_view kDefaultSocketPath = "/run/ublkd/ublkd.sock";
 inline constexpr std::chrono::milliseconds kDefaultStartTimeout{10000};
 inline constexpr std::string_view kDefaultAdminGroup = "root";
 inline constexpr uint32_t kMaxStartTimeoutSeconds = 300;
+// Long enough to bridge the gap between two requests of a submitter at
+// queue depth 1 on TCG and on real hardware alike (docs/performance.md:
+// QD1 p50 62 -> 29 us with 200 against none); a queue that goes idle for
+// longer stops spinning after one such wait (lib/queue/idle_poll.h).
+inline constexpr std::chrono::microseconds kDefaultIdleSpin{200};
+inline constexpr int64_t kMaxIdleSpinMicros = 1000;
 // sun_path holds 108 bytes including the terminating NUL.
 inline constexpr size_t kMaxSocketPathLength = 107;
 
@@ -41,6 +47,9 @@ struct DaemonConfig {
   std::chrono::milliseconds start_timeout = kDefaultStartTimeout;
   uint32_t default_queues = default_queue_count();    // 1..64
   uint32_t default_queue_depth = kDefaultQueueDepth;  // 1..4096
+  // How long an idle queue thread watches its ring before it sleeps
+  // (lib/queue/idle_poll.h); 0..1000 µs, 0 = never.
+  std::chrono::microseconds idle_spin = kDefaultIdleSpin;
 
   SpecDefaults spec_defaults() const { return SpecDefaults{default_queues, default_queue_depth}; }
 

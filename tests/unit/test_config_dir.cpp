@@ -250,7 +250,8 @@ TEST_CASE("daemon config: every field is read and the defaults feed device specs
     "log_level": "debug",
     "start_timeout": 2.5,
     "default_queues": 7,
-    "default_queue_depth": 32
+    "default_queue_depth": 32,
+    "idle_spin_us": 0
   })");
   dir.write("devices.d/a.json", spec("a"));
   dir.write("devices.d/b.json", spec("b", R"(, "queues": 2, "queue_depth": 16)"));
@@ -265,6 +266,7 @@ TEST_CASE("daemon config: every field is read and the defaults feed device specs
   CHECK(config.daemon.start_timeout == std::chrono::milliseconds(2500));
   CHECK(config.daemon.default_queues == 7);
   CHECK(config.daemon.default_queue_depth == 32);
+  CHECK(config.daemon.idle_spin == std::chrono::microseconds(0));
   REQUIRE(config.devices.size() == 2);
   CHECK(config.devices[0].queues == 7);
   CHECK(config.devices[0].queue_depth == 32);
@@ -280,6 +282,7 @@ TEST_CASE("daemon config: defaults", "[config]") {
   CHECK(d.start_timeout == std::chrono::seconds(10));
   CHECK(d.default_queues == ublkd::default_queue_count());
   CHECK(d.default_queue_depth == 128);
+  CHECK(d.idle_spin == std::chrono::microseconds(200));
 
   std::vector<ConfigProblem> problems;
   CHECK(ublkd::check_daemon_config("{}", "u.json", problems) == d);
@@ -340,6 +343,9 @@ TEST_CASE("daemon config: every kind of mistake is rejected naming field and val
       {R"({"default_queues": "2"})", "default_queues", {"expected an integer", "string \"2\""}},
       {R"({"default_queue_depth": 0})", "default_queue_depth", {"0 is out of range 1..4096"}},
       {R"({"default_queue_depth": 4097})", "default_queue_depth", {"4097 is out of range"}},
+      {R"({"idle_spin_us": -1})", "idle_spin_us", {"-1 is out of range 0..1000"}},
+      {R"({"idle_spin_us": 1001})", "idle_spin_us", {"1001 is out of range 0..1000"}},
+      {R"({"idle_spin_us": 0.5})", "idle_spin_us", {"expected an integer", "number 0.5"}},
       {R"({"default_queue_depth": 2.0})",
        "default_queue_depth",
        {"expected an integer", "number 2.0"}},
