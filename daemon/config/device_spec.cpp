@@ -134,7 +134,11 @@ uint32_t default_queue_count() {
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) == 0) cpus = static_cast<unsigned>(CPU_COUNT(&set));
   if (cpus == 0) cpus = std::thread::hardware_concurrency();
-  return std::clamp<uint32_t>(cpus, 1, kMaxDefaultQueues);
+  return default_queue_count(cpus);
+}
+
+uint32_t default_queue_count(unsigned cpus) {
+  return std::clamp<uint32_t>(cpus / 2, 1, kMaxDefaultQueues);
 }
 
 bool is_valid_device_name(std::string_view name) {

@@ -70,9 +70,15 @@ struct DeviceSpec {
   bool operator==(const DeviceSpec&) const = default;
 };
 
-// min(CPUs this process may run on, 4), and at least 1. More queues than that
-// rarely help a userspace backend and each one costs a thread and memory.
+// Half the CPUs this process may run on, at most 4, at least 1. Each queue
+// is a thread that needs a CPU of its own while the submitters use the
+// others: with as many queues as CPUs, queue threads and submitters take
+// turns on every CPU (measured on 2 CPUs: two fio jobs ran at 0.28-0.31 of
+// null_blk with 2 queues, 0.55-0.57 with 1; docs/performance.md). More
+// queues than 4 rarely help a userspace backend and each costs a thread
+// and memory.
 uint32_t default_queue_count();
+uint32_t default_queue_count(unsigned cpus);
 
 // Values for the fields a spec may leave out that the daemon configuration
 // can change (ublkd.json: default_queues, default_queue_depth).

@@ -359,13 +359,20 @@ TEST_CASE("device spec: omitted fields take the defaults", "[spec]") {
   CHECK(built_in->queue_depth == 128);
 }
 
-TEST_CASE("device spec: default queue count is the CPU count capped at 4", "[spec]") {
+TEST_CASE("device spec: default queue count is half the CPUs, 1 to 4", "[spec]") {
+  CHECK(ublkd::default_queue_count(0u) == 1);
+  CHECK(ublkd::default_queue_count(1u) == 1);
+  CHECK(ublkd::default_queue_count(2u) == 1);
+  CHECK(ublkd::default_queue_count(3u) == 1);
+  CHECK(ublkd::default_queue_count(4u) == 2);
+  CHECK(ublkd::default_queue_count(6u) == 3);
+  CHECK(ublkd::default_queue_count(8u) == 4);
+  CHECK(ublkd::default_queue_count(256u) == 4);
   const uint32_t n = ublkd::default_queue_count();
   CHECK(n >= 1);
   CHECK(n <= 4);
   const unsigned cpus = std::thread::hardware_concurrency();
-  if (cpus != 0) CHECK(n <= cpus);
-  if (cpus >= 4) CHECK(n == 4);  // unless affinity is restricted, which a test host rarely is
+  if (cpus != 0) CHECK(n == ublkd::default_queue_count(cpus));  // unless affinity is restricted
 }
 
 TEST_CASE("device spec: accepted values at the edges", "[spec]") {
