@@ -322,7 +322,7 @@ run_kernel() {
     # As run.sh, plus the root disk and the shim; -no-reboot turns the
     # guest's reboot into qemu's exit, and the next boot is a new qemu on the
     # same image. Both channels append across boots.
-    local cmdline="console=ttyS0 panic=-1 loglevel=5 mitigations=off i8042.noaux i8042.nokbd i8042.nopnp"
+    local cmdline="console=ttyS0 panic=-1 loglevel=5 mitigations=off i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable"  # tsc=reliable: see run.sh
     cmdline+=" root=/dev/vda systemd.show_status=error"
 
     # Parser state, kept across the boots of this kernel.

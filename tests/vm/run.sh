@@ -182,7 +182,14 @@ run_kernel() {
     # guest SSE4.2/CRC32 etc., which fio's crc32c verification uses.
     # mitigations=off: speculation workarounds only cost time in a test VM.
     # i8042.*: no PS/2 probing, which only waits for timeouts.
-    local cmdline="console=ttyS0 panic=-1 loglevel=5 mitigations=off i8042.noaux i8042.nokbd i8042.nopnp"
+    # tsc=reliable: on a loaded host TCG's vCPUs run late enough for the
+    # clocksource watchdog to call the TSC unstable now and then; a kworker
+    # then flips the sched_clock static key by live code patching, and TCG
+    # can execute the int3 of that patch after it was taken out ("Oops:
+    # int3" in sched_clock_cpu from a kworker, 47 s into a CI run: a dead
+    # VM). The emulated TSC is one clock for every vCPU, so the kernel may
+    # trust it, and with it trusted nothing flips that key.
+    local cmdline="console=ttyS0 panic=-1 loglevel=5 mitigations=off i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable"
     # A kernel that dies before the guest's /init reported the boot ran no
     # case: TCG has been seen to trip an int3 of the kernel's own live code
     # patching there (7.2, "Oops: int3" in the scheduler, about one boot in
