@@ -10,7 +10,8 @@ Usage: bench/run.sh [OPTIONS]
 
 Boots the test VM (qemu, TCG, 2 vCPUs) once per kernel and runs identical
 fio jobs against kernel brd, null_blk and loop (direct I/O, tmpfs file) and
-ublkd's null, mem and file (tmpfs file) devices, interleaved and repeated.
+ublkd's null, mem and file (tmpfs file) devices at the default queue count,
+and a null device with 2 queues, interleaved and repeated.
 Also measures add->live latency, ublkd's RSS and its CPU time per I/O.
 Prints a table per kernel with each ublkd row's ratio to its kernel
 counterpart, and writes OUT/results.json, OUT/results.txt and
@@ -28,7 +29,9 @@ Options:
   --quick          --runtime 2 --repeats 1: a fast look, not a result
   --jobs "J..."    only these jobs (default: all six, e.g. randread-4k-64)
   --numjobs "N.."  fio numjobs values (default "1 2")
-  --build-dir DIR  meson build directory (default: build; built if missing)
+  --build-dir DIR  meson build directory (default: build), always brought up
+                   to date; refused when built with sanitizers or without
+                   optimisation
   --out DIR        where results go (default: BUILD/bench-results)
   --help           show this help
 
@@ -87,10 +90,23 @@ for tool in jq gnuplot; do
     command -v "$tool" >/dev/null || die "'$tool' not found (run scripts/install-deps.sh)"
 done
 
-if [[ ! -x $build_dir/bench/ublkd-bench-add-live ]]; then
-    "$repo/scripts/build.sh" "$build_dir" >/dev/null
-fi
+# Always built: a stale binary would measure the code of another commit.
+"$repo/scripts/build.sh" "$build_dir" >/dev/null || die "building $build_dir failed"
 build_dir=$(cd "$build_dir" && pwd)
+# Only an optimised build without sanitizers says anything about speed.
+buildopts=$(meson introspect --buildoptions "$build_dir") || die "meson introspect $build_dir failed"
+bopt() { jq -r --arg n "$1" '.[] | select(.name == $n) | .value | tostring' <<<"$buildopts"; }
+buildtype=$(bopt buildtype)
+optimization=$(bopt optimization)
+sanitize=$(bopt b_sanitize)
+[[ $sanitize == none ]] || die "$build_dir is built with -Db_sanitize=$sanitize; benchmark a build without sanitizers"
+[[ $optimization == 2 || $optimization == 3 || $optimization == s ]] ||
+    die "$build_dir is built with -O$optimization (buildtype $buildtype); benchmark an optimised build (release or debugoptimized)"
+# The compile command of the I/O path's hottest file: the flags as they were.
+cxxflags=$(jq -r '.[] | select(.file | endswith("queue/queue_worker.cpp")) | .command'     "$build_dir/compile_commands.json" | head -n 1)
+compiler=$(c++ --version | head -n 1)
+host_cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+commit=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)
 out=${out:-$build_dir/bench-results}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -119,6 +135,12 @@ mkdir -p "$work/cases"
 
 status=0
 : >"$work/records.jsonl"
+jq -nc --arg buildtype "$buildtype" --arg optimization "$optimization" --arg sanitize "$sanitize" \
+    --arg command "$cxxflags" --arg compiler "$compiler" --arg host_cpu "$host_cpu" \
+    --arg guest_cpu "$cpu" --arg commit "$commit" --argjson host_cpus "$(nproc)" \
+    '{kind: "build", buildtype: $buildtype, optimization: $optimization, sanitize: $sanitize,
+      compiler: $compiler, compile_command: $command, commit: $commit, host_cpu: $host_cpu,
+      host_cpus: $host_cpus, qemu_cpu: $guest_cpu}' >"$work/build.json"
 for k in "${klist[@]}"; do
     echo "bench: kernel $k: runtime ${runtime}s, ramp ${ramp}s, $repeats repeat(s), devices of $size MiB, CPU $cpu (VM case timeout ${vm_timeout}s)"
     if ! "$repo/tests/vm/run.sh" --kernel "$k" --build-dir "$build_dir" --cases-dir "$work/cases" \
@@ -131,7 +153,8 @@ for k in "${klist[@]}"; do
 done
 [[ -s $work/records.jsonl ]] || { echo "bench: no results" >&2; exit 1; }
 
-jq -s --arg date "$(date -u +%FT%TZ)" -f "$here/summarize.jq" "$work/records.jsonl" >"$out/results.json"
+jq -s --arg date "$(date -u +%FT%TZ)" --slurpfile build "$work/build.json" \
+    -f "$here/summarize.jq" "$work/records.jsonl" >"$out/results.json"
 jq -r -f "$here/table.jq" "$out/results.json" | tee "$out/results.txt"
 
 # One chart per kernel: each ublkd device's throughput as a fraction of its

@@ -5,7 +5,8 @@ def lpad($n): tostring | if length >= $n then . else (" " * ($n - length)) + . e
 def num: if . == null then "-" else tostring end;
 def fmt: if . == null then "-" elif . >= 100 then (. | round | tostring) else tostring end;
 
-.kernels | to_entries[] | .key as $k | .value as $v
+"build: \(.build.buildtype // "?") (-O\(.build.optimization // "?")), sanitizers \(.build.sanitize // "?"), \(.build.compiler // "?"), commit \(.build.commit // "?"); host CPU \(.build.host_cpu // "?") x\(.build.host_cpus // "?"), qemu -cpu \(.build.qemu_cpu // "?")",
+(.kernels | to_entries[] | .key as $k | .value as $v
 | "== kernel \($k): fio, medians of \($v.run.repeats // "?") repeat(s) of \($v.run.runtime_s // "?") s, \($v.run.cpus // "?") vCPUs (TCG), guest rep movsb fast (fsrm): \(if $v.run.cpu_fsrm == null then "?" else $v.run.cpu_fsrm end) ==",
   (("job" | pad(18)) + ("nj" | pad(3)) + ("device" | pad(11)) + ("IOPS" | lpad(9)) + ("MB/s" | lpad(8))
    + ("p50 us" | lpad(9)) + ("p99 us" | lpad(9)) + "  ratio (counterpart)"),
@@ -28,4 +29,4 @@ def fmt: if . == null then "-" elif . >= 100 then (. | round | tostring) else to
   "",
   "targets:",
   ($v.targets[] | "  " + (if .met then "met    " else "MISSED " end) + .name + ": " + (.value | num) + " (target " + (if (.name | test("ms|MiB")) then "<= " else ">= " end) + (.target | tostring) + ")"),
-  ""
+  "")

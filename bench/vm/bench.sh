@@ -11,7 +11,10 @@
 : "${BENCH_RUNTIME:=3}" "${BENCH_RAMP:=1}" "${BENCH_REPEATS:=3}" "${BENCH_SIZE_MIB:=256}"
 : "${BENCH_JOBS:=randread-4k-1 randwrite-4k-1 randread-4k-64 randwrite-4k-64 read-128k-16 write-128k-16}"
 : "${BENCH_NUMJOBS:=1 2}"
-: "${BENCH_QUEUES:=2}" "${BENCH_DEPTH:=128}"
+: "${BENCH_QUEUES:=}" "${BENCH_DEPTH:=128}" # BENCH_QUEUES empty: ublkd's default
+# --queues N when BENCH_QUEUES is set, nothing (the daemon's default) when not.
+queues_opt=()
+[[ -n $BENCH_QUEUES ]] && queues_opt=(--queues "$BENCH_QUEUES")
 
 require_cmd fio losetup blockdev dd jq mkfs.ext4
 
@@ -37,7 +40,7 @@ rss_of() { # rss_of FIELD: kB of that /proc/PID/status field
     echo 0
 }
 rss_idle=$(rss_of VmRSS)
-rssdev=$(ctl_ok add rss0 --backend mem --size 1GiB --queues "$BENCH_QUEUES" --depth "$BENCH_DEPTH")
+rssdev=$(ctl_ok add rss0 --backend mem --size 1GiB "${queues_opt[@]}" --depth "$BENCH_DEPTH")
 rss_added=$(rss_of VmRSS)
 dd if=/dev/urandom of="$dir/16m" bs=1M count=16 status=none
 dd if="$dir/16m" of="$rssdev" bs=1M count=16 oflag=direct conv=fsync status=none
@@ -48,7 +51,7 @@ ctl_ok del rss0 >/dev/null
 log "memory: RSS ${rss_idle} kB idle, ${rss_added} kB with rss0 added, ${rss_written} kB after 16 MiB written"
 
 # ---- add -> live ------------------------------------------------------------------
-addlat=$(ublkd-bench-add-live --count 20 --queues "$BENCH_QUEUES" "$UBLKD_SOCKET") ||
+addlat=$(ublkd-bench-add-live --count 20 --queues "${BENCH_QUEUES:-2}" "$UBLKD_SOCKET") ||
     fail "add->live measurement failed"
 emit "{\"kind\":\"add_live\",\"kernel\":\"$kernel\",${addlat#\{}"
 log "add->live: $addlat"
@@ -56,7 +59,7 @@ log "add->live: $addlat"
 # ---- the devices --------------------------------------------------------------------
 # ram0 is benchmarked; ram1 holds the ext4 for the zero-copy comparison.
 load_module brd rd_nr=2 rd_size=$((BENCH_SIZE_MIB * 1024))
-load_module null_blk nr_devices=1 gb=1 bs=512 submit_queues="$BENCH_QUEUES" \
+load_module null_blk nr_devices=1 gb=1 bs=512 submit_queues="$(nproc)" \
     hw_queue_depth="$BENCH_DEPTH"
 load_module loop
 truncate -s "$size" "$dir/loop.img"
@@ -68,8 +71,7 @@ loop_dio=$(cat "/sys/block/${loopdev#/dev/}/loop/dio")
 add_dev() { # add_dev NAME ADD-OPTIONS...
     local name=$1
     shift
-    ctl_ok add "$name" --size "${BENCH_SIZE_MIB}MiB" --queues "$BENCH_QUEUES" \
-        --depth "$BENCH_DEPTH" "$@"
+    ctl_ok add "$name" --size "${BENCH_SIZE_MIB}MiB" "${queues_opt[@]}" --depth "$BENCH_DEPTH" "$@"
 }
 declare -A dev=(
     [brd]=/dev/ram0
@@ -78,8 +80,12 @@ declare -A dev=(
     [ublkd-null]=$(add_dev b-null --backend null)
     [ublkd-mem]=$(add_dev b-mem --backend mem)
     [ublkd-file]=$(add_dev b-file --backend file --path "$dir/file.img" --create)
+    # The layout the default replaced: a queue per vCPU (docs/performance.md).
+    [ublkd-null-q2]=$(ctl_ok add b-null-q2 --size "${BENCH_SIZE_MIB}MiB" --queues 2 \
+        --depth "$BENCH_DEPTH" --backend null)
 )
-devices=(brd null_blk loop ublkd-null ublkd-mem ublkd-file)
+devices=(brd null_blk loop ublkd-null ublkd-mem ublkd-file ublkd-null-q2)
+queues=$(json_get "$(ctl_ok --json info b-null)" .queues)
 for d in "${devices[@]}"; do
     [[ -b ${dev[$d]} ]] || fail "$d: ${dev[$d]} is not a block device"
     (($(dev_size "${dev[$d]}") >= size)) || fail "$d: ${dev[$d]} is smaller than $size bytes"
@@ -183,7 +189,7 @@ if [[ $(ctl_ok --json features | jq '[.known[].name] | index("AUTO_BUF_REG") != 
     add_cleanup "umount $zmnt"
     for zc in true false; do
         printf '{"name": "b-zc-%s", "queues": %s, "queue_depth": %s, "backend": {"type": "file", "path": "%s/%s.img", "create": true, "size": "%sMiB", "zero_copy": %s}}' \
-            "$zc" "$BENCH_QUEUES" "$BENCH_DEPTH" "$zmnt" "$zc" "$zc_mib" "$zc" |
+            "$zc" "$queues" "$BENCH_DEPTH" "$zmnt" "$zc" "$zc_mib" "$zc" |
             ctl_ok add --spec - >/dev/null
         dev[zc-$zc]=/dev/ublkb$(json_get "$(ctl_ok --json info "b-zc-$zc")" .id)
         fio --name=fill --filename="${dev[zc-$zc]}" --ioengine=io_uring --direct=1 --rw=write \
@@ -211,7 +217,8 @@ fi
 # Whether the guest CPU has fast short rep movsb (see docs/performance.md).
 fsrm=false
 grep -qw fsrm /proc/cpuinfo && fsrm=true
-emit "{\"kind\":\"run\",\"kernel\":\"$kernel\",\"runtime_s\":$BENCH_RUNTIME,\"ramp_s\":$BENCH_RAMP,\"repeats\":$BENCH_REPEATS,\"size_mib\":$BENCH_SIZE_MIB,\"queues\":$BENCH_QUEUES,\"depth\":$BENCH_DEPTH,\"cpus\":$(nproc),\"cpu_fsrm\":$fsrm,\"fio_runs\":$total,\"fio\":\"$(fio --version)\",\"loop_dio\":$loop_dio}"
+guest_cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//; s/"//g')
+emit "{\"kind\":\"run\",\"kernel\":\"$kernel\",\"guest_cpu\":\"$guest_cpu\",\"runtime_s\":$BENCH_RUNTIME,\"ramp_s\":$BENCH_RAMP,\"repeats\":$BENCH_REPEATS,\"size_mib\":$BENCH_SIZE_MIB,\"queues\":$queues,\"depth\":$BENCH_DEPTH,\"cpus\":$(nproc),\"cpu_fsrm\":$fsrm,\"fio_runs\":$total,\"fio\":\"$(fio --version)\",\"loop_dio\":$loop_dio}"
 
-for n in b-null b-mem b-file; do ctl_ok del "$n" >/dev/null; done
+for n in b-null b-mem b-file b-null-q2; do ctl_ok del "$n" >/dev/null; done
 stop_ublkd
