@@ -40,6 +40,12 @@ struct IoRequest {
   // READ_FIXED / WRITE_FIXED with addr = byte offset into the request.
   // -1 otherwise.
   int32_t buf_index = -1;
+  // UBLK_F_USER_COPY (Backend::user_copy()): buffer is null and the
+  // request's data is reached with pread (a WRITE's data) or pwrite (a
+  // READ's) on copy_fd at copy_pos + the byte offset within the request.
+  // -1 otherwise.
+  int copy_fd = -1;
+  uint64_t copy_pos = 0;
 };
 
 struct BackendFeatures {
@@ -108,6 +114,13 @@ class Backend {
   // UBLK_F_USER_COPY, under which the kernel copies nothing on its own, and
   // IoRequest::buffer is null.
   virtual bool touches_data() const { return true; }
+  // Whether the backend can serve READ and WRITE through IoRequest::copy_fd
+  // instead of a buffer: the device then asks for UBLK_F_USER_COPY, and the
+  // kernel copies once, between the request's pages and the backend's own
+  // memory, instead of into a tag buffer that the backend copies again.
+  // Such a backend still serves requests with a buffer (a kernel without
+  // USER_COPY, a device recovered from a daemon that did not ask for it).
+  virtual bool user_copy() const { return false; }
 
   // Serves one request on the calling queue thread and returns the ublk
   // result: bytes transferred for READ/WRITE, 0 for FLUSH/DISCARD/

@@ -201,7 +201,14 @@ int MemBackend::handle(const IoRequest& req) noexcept {
   switch (req.op) {
     case IoOp::kRead:
     case IoOp::kWrite:
-      if (req.buffer == nullptr || req.length > static_cast<uint32_t>(INT_MAX)) return -EINVAL;
+      if (req.length > static_cast<uint32_t>(INT_MAX)) return -EINVAL;
+      if (req.buffer == nullptr) {
+        if (req.copy_fd < 0) return -EINVAL;
+        const int r = req.op == IoOp::kRead
+                          ? read_to(req.offset, req.length, req.copy_fd, req.copy_pos)
+                          : write_from(req.offset, req.length, req.copy_fd, req.copy_pos);
+        return r < 0 ? r : static_cast<int>(req.length);
+      }
       if (req.op == IoOp::kRead) {
         read(req.offset, req.length, req.buffer);
       } else {
@@ -246,6 +253,75 @@ void MemBackend::write(uint64_t offset, uint32_t length, const void* buffer) noe
   // memfd", which both zero() and rebuild_bitmap() depend on.
   mark_written(offset / kChunk, (offset + length - 1) / kChunk);
   std::memcpy(base_ + offset, buffer, length);
+}
+
+namespace {
+
+// Calls io(done) (a pread or pwrite of the rest, `done` bytes in) until n
+// bytes have moved. 0, or -errno (-EIO when the fd ends early).
+template <typename Io>
+int move_all(size_t n, Io io) noexcept {
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t r = io(done);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (r == 0) return -EIO;
+    done += static_cast<size_t>(r);
+  }
+  return 0;
+}
+
+int pwrite_all(int fd, const std::byte* src, size_t n, uint64_t pos) noexcept {
+  return move_all(n, [&](size_t done) {
+    return ::pwrite(fd, src + done, n - done, static_cast<off_t>(pos + done));
+  });
+}
+
+int pread_all(int fd, std::byte* dst, size_t n, uint64_t pos) noexcept {
+  return move_all(n, [&](size_t done) {
+    return ::pread(fd, dst + done, n - done, static_cast<off_t>(pos + done));
+  });
+}
+
+// What an unwritten range reads as, handed to pwrite a piece at a time.
+constexpr size_t kZeroBytes = 64 * 1024;
+alignas(4096) const std::byte kZeros[kZeroBytes] = {};
+
+}  // namespace
+
+int MemBackend::read_to(uint64_t offset, uint32_t length, int fd, uint64_t pos) const noexcept {
+  const uint64_t end = offset + length;
+  while (offset < end) {
+    const bool written = chunk_written(offset / kChunk);
+    uint64_t run_end = std::min(end, (offset / kChunk + 1) * kChunk);
+    while (run_end < end && chunk_written(run_end / kChunk) == written) {
+      run_end = std::min(end, run_end + kChunk);
+    }
+    if (written) {
+      if (int r = pwrite_all(fd, base_ + offset, run_end - offset, pos); r < 0) return r;
+      pos += run_end - offset;
+    } else {
+      // As in read(): zeros from our own page, not a fault on a memfd hole.
+      for (uint64_t at = offset; at < run_end;) {
+        const size_t n = std::min<uint64_t>(kZeroBytes, run_end - at);
+        if (int r = pwrite_all(fd, kZeros, n, pos); r < 0) return r;
+        at += n;
+        pos += n;
+      }
+    }
+    offset = run_end;
+  }
+  return 0;
+}
+
+int MemBackend::write_from(uint64_t offset, uint32_t length, int fd, uint64_t pos) noexcept {
+  // Marked first, as in write(); a failed copy leaves the chunks marked,
+  // which only costs a later discard a hole punch.
+  mark_written(offset / kChunk, (offset + length - 1) / kChunk);
+  return pread_all(fd, base_ + offset, length, pos);
 }
 
 int MemBackend::zero(uint64_t offset, uint64_t length) noexcept {

@@ -39,6 +39,7 @@ class MemBackend final : public Backend {
   uint64_t size() const override { return size_; }
   BackendFeatures features() const override;
   int handle(const IoRequest& req) noexcept override;
+  bool user_copy() const override { return true; }
 
   // The memfd holding the data; still owned by this backend. Callers that want
   // it to outlive the backend must dup() it.
@@ -55,6 +56,9 @@ class MemBackend final : public Backend {
 
   void read(uint64_t offset, uint32_t length, void* buffer) const noexcept;
   void write(uint64_t offset, uint32_t length, const void* buffer) noexcept;
+  // The same through IoRequest::copy_fd: 0 or -errno.
+  int read_to(uint64_t offset, uint32_t length, int fd, uint64_t pos) const noexcept;
+  int write_from(uint64_t offset, uint32_t length, int fd, uint64_t pos) noexcept;
   int zero(uint64_t offset, uint64_t length) noexcept;
   void zero_partial(uint64_t begin, uint64_t end) noexcept;
   int release_chunks(uint64_t first_chunk, uint64_t end_chunk) noexcept;

@@ -465,10 +465,12 @@ Result<void> Device::bring_up() {
   // Zero copy where both sides can: the backend reads and writes the
   // request's pages itself instead of a buffer the kernel copies to or from.
   // Kernels before 6.16 lack it and keep the copy.
-  // A backend that never looks at the data needs no copy at all: with
-  // USER_COPY (6.5+) the kernel leaves the copying to the server, which
-  // then does none.
-  if (!backend_->touches_data()) want.flags |= config_.kernel_features & uapi::kFeatUserCopy;
+  // With USER_COPY (6.5+) the kernel leaves the copying to the server: a
+  // backend that never looks at the data then copies nothing, and one that
+  // copies itself (Backend::user_copy) has the kernel copy straight to or
+  // from its memory.
+  if (!backend_->touches_data() || backend_->user_copy())
+    want.flags |= config_.kernel_features & uapi::kFeatUserCopy;
   if (config_.zero_copy && backend_->zero_copy())
     want.flags |= config_.kernel_features & uapi::kFeatAutoBufReg;
   auto added = ctrl_->add_dev(want, config_.command_timeout);

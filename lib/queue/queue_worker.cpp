@@ -198,7 +198,8 @@ Result<void> QueueWorker::serve() {
   Mapping bufs_map;
   char* buf_base = nullptr;
   if (c.user_copy) {
-    // Nothing to set up: the backend never touches the data.
+    // Nothing to set up: the backend reaches the data through the char
+    // device, or never does.
   } else if (c.auto_buf_reg) {
     if (const int ret = io_uring_register_buffers_sparse(ring.get(), c.depth); ret < 0)
       return fail(Error(ret, "io_uring register a sparse buffer table of " +
@@ -311,6 +312,10 @@ Result<void> QueueWorker::serve() {
                         c.queue_id,
                         tag};
           if (c.auto_buf_reg && (op == uapi::kOpRead || op == uapi::kOpWrite)) req.buf_index = tag;
+          if (c.user_copy) {
+            req.copy_fd = c.char_fd;
+            req.copy_pos = uapi::user_copy_pos(c.queue_id, tag);
+          }
           result = backend_.submit(ctx, req);
         }
         if (result == kIoQueued) continue;

@@ -33,9 +33,10 @@ struct QueueConfig {
   // index, and the backend serves them from there (Backend::zero_copy()).
   // No buffers of our own are set up.
   bool auto_buf_reg = false;
-  // The device has UBLK_F_USER_COPY, granted only for backends that never
-  // touch request data (Backend::touches_data()): no buffers either, and
-  // the commands carry no address.
+  // The device has UBLK_F_USER_COPY (Backend::touches_data(),
+  // Backend::user_copy()): no buffers, the commands carry no address, and
+  // requests carry the char device and their position on it
+  // (IoRequest::copy_fd).
   bool user_copy = false;
   // The longest an idle queue thread watches its ring for new requests
   // before it sleeps (IdlePoll); 0: it always sleeps at once.

@@ -175,6 +175,23 @@ constexpr uint64_t kCmdBufOffset = 0;
 // The kernel caps a request's buffer at 1 << UBLK_IO_BUF_BITS.
 constexpr uint32_t kMaxIoBufBytes = 1u << 25;
 
+// UBLK_F_USER_COPY: a request's data is read (pread, a WRITE's data) and
+// written (pwrite, a READ's) on the char device at this position plus the
+// byte offset within the request (UBLKSRV_IO_BUF_OFFSET, UBLK_TAG_OFF,
+// UBLK_QID_OFF).
+constexpr uint64_t kIoBufOffset = 0x80000000ull;
+constexpr unsigned kIoBufBits = 25;
+constexpr unsigned kTagOff = kIoBufBits;
+constexpr unsigned kTagBits = 16;
+constexpr unsigned kQidOff = kTagOff + kTagBits;
+constexpr unsigned kQidBits = 12;
+static_assert(kQidOff == 41 && kQidOff + kQidBits == 53);
+static_assert((uint64_t{1} << kIoBufBits) == kMaxIoBufBytes);
+constexpr uint64_t user_copy_pos(uint16_t q_id, uint16_t tag) {
+  return kIoBufOffset + (uint64_t{q_id} << kQidOff) + (uint64_t{tag} << kTagOff);
+}
+static_assert(user_copy_pos(1, 2) == 0x80000000ull + (1ull << 41) + (2ull << 25));
+
 // ---- feature flags (dev_info.flags, GET_FEATURES) ---------------------------
 
 constexpr uint64_t kFeatSupportZeroCopy = 1ull << 0;
