@@ -383,6 +383,24 @@ rand_ms() { echo $((RANDOM % ($2 - $1 + 1) + $1)); }
 # sleep_ms MS
 sleep_ms() { sleep "$(printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)))"; }
 
+# dev_writes DEV: writes DEV has completed since it appeared (/sys/block/X/stat).
+dev_writes() {
+    local f
+    read -r -a f <"/sys/block/${1#/dev/}/stat"
+    echo "${f[4]}"
+}
+
+# wait_dev_writes DEV COUNT PID SECS: until DEV has completed COUNT writes;
+# false when PID (the writer) ends first or SECS pass.
+wait_dev_writes() {
+    local dev=$1 want=$2 pid=$3 deadline=$((${EPOCHREALTIME/./} + $4 * 1000000))
+    while (($(dev_writes "$dev") < want)); do
+        ublkd_alive "$pid" || return 1
+        ((${EPOCHREALTIME/./} < deadline)) || return 1
+        sleep 0.02
+    done
+}
+
 # kill9_verify_cycles CONFIG_DIR STATE_DIR NAME DEV CYCLES: no acknowledged
 # write is lost across kill -9. Each cycle: fio writes random 4 KiB blocks
 # with crc32c headers (O_DIRECT, iodepth 16, its own seed); ublkd is killed
@@ -400,14 +418,22 @@ kill9_verify_cycles() {
         rm -f "$CASE_DIR"/*-verify.state
         common=(--name=w --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite
             --bs=4k --iodepth=16 --size=48M --verify=crc32c --randseed="$seed")
-        t_kill=$(rand_ms 100 1200)
+        t_kill=$(rand_ms 0 300)
         t_pause=$(rand_ms 0 800)
-        log "cycle $c/$cycles on $name: kill after ${t_kill} ms, restart after ${t_pause} ms"
+        log "cycle $c/$cycles on $name: kill ${t_kill} ms after the first writes, restart after ${t_pause} ms"
+        local writes0
+        writes0=$(dev_writes "$dev")
         (cd "$CASE_DIR" && exec fio "${common[@]}" --do_verify=0 --verify_state_save=1) \
             >"$out.write" 2>&1 &
         local fio_pid=$!
+        # The kill must meet a writer at work, or the cycle proves nothing:
+        # wait for its first 64 writes, kill within 300 ms of them (12k
+        # writes make the run last far longer), and check it still runs.
+        wait_dev_writes "$dev" $((writes0 + 64)) "$fio_pid" 20 ||
+            { cat "$out.write" >&2; fail "cycle $c: fio did not start writing to $dev"; }
         sleep_ms "$t_kill"
-        ublkd_alive "$fio_pid" || log "cycle $c: fio was done before the kill"
+        ublkd_alive "$fio_pid" ||
+            { cat "$out.write" >&2; fail "cycle $c: fio was done before the kill; the cycle would test nothing"; }
         kill9_ublkd
         sleep_ms "$t_pause"
         restart_recover "$cfg" "$state" 30 "$name"

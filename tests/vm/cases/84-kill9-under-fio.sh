@@ -18,17 +18,28 @@ start_ublkd "$cfg" --state-dir "$state"
 dev=$(wait_live busy 20)
 
 out=$CASE_DIR/fio.out
+# The writer is held to 2000 writes/s, so its 16k writes last about 8 s
+# (longer on a slower host): both kills, within 6 s of the start, meet it
+# writing.
 fio --filename="$dev" --direct=1 --ioengine=io_uring --bs=4k \
-    --name=writer --rw=randwrite --iodepth=32 --size=64M --verify=crc32c --do_verify=1 \
-    --verify_fatal=1 \
+    --name=writer --rw=randwrite --iodepth=32 --size=64M --rate_iops=2000 --verify=crc32c \
+    --do_verify=1 --verify_fatal=1 \
     --name=reader --rw=randread --iodepth=32 --offset=64M --size=64M --time_based --runtime=12 \
     >"$out" 2>&1 &
 fio_pid=$!
 add_cleanup "kill -KILL $fio_pid 2>/dev/null || true"
-sleep 2
-ublkd_alive "$fio_pid" || { cat "$out" >&2; fail "fio ended before the first kill"; }
+# writing_now ROUND: the writer is at work now: 16 more writes complete
+# within 5 s (at 2000 a second they take 8 ms).
+writing_now() {
+    local w0
+    w0=$(dev_writes "$dev")
+    wait_dev_writes "$dev" $((w0 + 16)) "$fio_pid" 5 ||
+        { cat "$out" >&2; fail "round $1: the writer was not writing before the kill"; }
+}
+wait_dev_writes "$dev" 256 "$fio_pid" 20 || { cat "$out" >&2; fail "fio did not start writing"; }
 
 for round in 1 2; do
+    writing_now "$round"
     kill9_ublkd
     t0=${EPOCHREALTIME/./}
     ((round == 1)) && sleep 0.5
