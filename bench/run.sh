@@ -119,8 +119,8 @@ trap 'rm -rf "$work"' EXIT
 # the rest, with room for a slow host.
 njobs=$(wc -w <<<"${jobs:-x x x x x x}")
 nnum=$(wc -w <<<"${numjobs:-1 2}")
-matrix=$((repeats * njobs * nnum * (6 * (runtime + ramp) + 15) + repeats * 8 * (runtime + ramp + 3)))
-vm_timeout=$((2 * (matrix + 6 * runtime + 300) + 300))
+matrix=$((repeats * njobs * nnum * (7 * (runtime + ramp) + 15) + repeats * 8 * (runtime + ramp + 3)))
+vm_timeout=$((2 * (matrix + 7 * runtime + 300) + 300))
 mkdir -p "$work/cases"
 {
     echo '#!/bin/bash'

@@ -28,5 +28,5 @@ def fmt: if . == null then "-" elif . >= 100 then (. | round | tostring) else to
    else "zero copy: not offered by this kernel (no AUTO_BUF_REG)" end),
   "",
   "targets:",
-  ($v.targets[] | "  " + (if .met then "met    " else "MISSED " end) + .name + ": " + (.value | num) + " (target " + (if (.name | test("ms|MiB")) then "<= " else ">= " end) + (.target | tostring) + ")"),
+  ($v.targets[] | "  " + (if .met then "met    " else "MISSED " end) + .name + ": " + (.value | num) + " (target " + (if (.name | test("ms|MiB|\\(us\\)")) then "<= " else ">= " end) + (.target | tostring) + ")"),
   "")

@@ -225,16 +225,21 @@ int MemBackend::handle(const IoRequest& req) noexcept {
   }
 }
 
+uint64_t MemBackend::same_state_end(uint64_t offset, uint64_t end, bool written) const noexcept {
+  uint64_t run_end = std::min(end, (offset / kChunk + 1) * kChunk);
+  while (run_end < end && chunk_written(run_end / kChunk) == written) {
+    run_end = std::min(end, run_end + kChunk);
+  }
+  return run_end;
+}
+
 void MemBackend::read(uint64_t offset, uint32_t length, void* buffer) const noexcept {
   auto* dst = static_cast<std::byte*>(buffer);
   const uint64_t end = offset + length;
   while (offset < end) {
     // Serve runs of chunks in the same state with one memset / memcpy.
     const bool written = chunk_written(offset / kChunk);
-    uint64_t run_end = std::min(end, (offset / kChunk + 1) * kChunk);
-    while (run_end < end && chunk_written(run_end / kChunk) == written) {
-      run_end = std::min(end, run_end + kChunk);
-    }
+    const uint64_t run_end = same_state_end(offset, end, written);
     const size_t n = run_end - offset;
     if (written) {
       std::memcpy(dst, base_ + offset, n);
@@ -296,10 +301,7 @@ int MemBackend::read_to(uint64_t offset, uint32_t length, int fd, uint64_t pos) 
   const uint64_t end = offset + length;
   while (offset < end) {
     const bool written = chunk_written(offset / kChunk);
-    uint64_t run_end = std::min(end, (offset / kChunk + 1) * kChunk);
-    while (run_end < end && chunk_written(run_end / kChunk) == written) {
-      run_end = std::min(end, run_end + kChunk);
-    }
+    const uint64_t run_end = same_state_end(offset, end, written);
     if (written) {
       if (int r = pwrite_all(fd, base_ + offset, run_end - offset, pos); r < 0) return r;
       pos += run_end - offset;

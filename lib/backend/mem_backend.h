@@ -53,6 +53,9 @@ class MemBackend final : public Backend {
 
   bool chunk_written(uint64_t chunk) const noexcept;
   void mark_written(uint64_t first_chunk, uint64_t last_chunk) noexcept;
+  // Where the run of chunks from `offset` that are all `written` (or all
+  // not) ends, at most `end`.
+  uint64_t same_state_end(uint64_t offset, uint64_t end, bool written) const noexcept;
 
   void read(uint64_t offset, uint32_t length, void* buffer) const noexcept;
   void write(uint64_t offset, uint32_t length, const void* buffer) noexcept;

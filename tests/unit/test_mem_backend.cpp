@@ -17,6 +17,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 using ublkd::IoOp;
@@ -135,6 +136,14 @@ uint64_t proc_status(const std::string& field) {
   }
   FAIL("no " << field << " in /proc/self/status");
   return 0;
+}
+
+// A random run of whole sectors of a device of `sectors`, up to three chunks
+// long: {offset, length} in bytes.
+std::pair<uint64_t, uint64_t> random_range(std::mt19937_64& rng, uint64_t sectors) {
+  const uint64_t first = rng() % sectors;
+  const uint64_t count = 1 + rng() % std::min<uint64_t>(sectors - first, 3 * kChunk / 512);
+  return {first * 512, count * 512};
 }
 
 // The backend under test next to a plain copy of what it should contain.
@@ -312,9 +321,7 @@ TEST_CASE("mem: randomised operations match a plain copy", "[mem]") {
   const uint64_t sectors = m.expect.size() / 512;
   std::mt19937_64 rng(12345);
   for (uint32_t i = 0; i < 400; ++i) {
-    const uint64_t first = rng() % sectors;
-    const uint64_t count = 1 + rng() % std::min<uint64_t>(sectors - first, 3 * kChunk / 512);
-    const uint64_t offset = first * 512, length = count * 512;
+    const auto [offset, length] = random_range(rng, sectors);
     INFO("step " << i << " at " << offset << "+" << length);
     switch (rng() % 4) {
       case 0:
@@ -601,9 +608,7 @@ TEST_CASE("mem: user copy serves the same data as the buffer path", "[mem]") {
   const uint64_t sectors = m.expect.size() / 512;
   std::mt19937_64 rng(777);
   for (uint32_t i = 0; i < 300; ++i) {
-    const uint64_t first = rng() % sectors;
-    const uint64_t count = 1 + rng() % std::min<uint64_t>(sectors - first, 3 * kChunk / 512);
-    const uint64_t offset = first * 512, length = count * 512;
+    const auto [offset, length] = random_range(rng, sectors);
     INFO("step " << i << " at " << offset << "+" << length);
     switch (rng() % 4) {
       case 0: {  // a WRITE whose data the backend reads from the fd
