@@ -22,6 +22,7 @@
 #include <string>
 #include <utility>
 
+#include "base/io_all.h"
 #include "base/mapping.h"
 #include "uapi/ublk.h"
 
@@ -554,27 +555,18 @@ int FileBackend::handle(const IoRequest& req) noexcept {
 int FileBackend::sync_rw(const IoRequest& req) noexcept {
   auto* buf = static_cast<std::byte*>(req.buffer);
   const bool fua = (req.flags & uapi::kIoFlagFua) != 0;
-  uint32_t done = 0;
-  while (done < req.length) {
+  // -EIO when the file ends before the request does.
+  const int r = io_all(req.length, [&](size_t done) -> ssize_t {
     const size_t rest = req.length - done;
     const auto offset = static_cast<off_t>(req.offset + done);
-    ssize_t n;
-    if (req.op == IoOp::kRead) {
-      n = ::pread(fd_.get(), buf + done, rest, offset);
-    } else if (fua) {
+    if (req.op == IoOp::kRead) return ::pread(fd_.get(), buf + done, rest, offset);
+    if (fua) {
       iovec iov{buf + done, rest};
-      n = ::pwritev2(fd_.get(), &iov, 1, offset, RWF_DSYNC);
-    } else {
-      n = ::pwrite(fd_.get(), buf + done, rest, offset);
+      return ::pwritev2(fd_.get(), &iov, 1, offset, RWF_DSYNC);
     }
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    if (n == 0) return -EIO;  // end of file before the end of the request
-    done += static_cast<uint32_t>(n);
-  }
-  return static_cast<int>(req.length);
+    return ::pwrite(fd_.get(), buf + done, rest, offset);
+  });
+  return r < 0 ? r : static_cast<int>(req.length);
 }
 
 int FileBackend::sync_zero(const IoRequest& req) noexcept {
@@ -590,18 +582,10 @@ int FileBackend::sync_zero(const IoRequest& req) noexcept {
 }
 
 int FileBackend::sync_zero_write(uint64_t offset, uint64_t length) noexcept {
-  uint64_t done = 0;
-  while (done < length) {
+  return io_all(length, [&](size_t done) {
     const size_t chunk = std::min<uint64_t>(length - done, kZeroChunk);
-    const ssize_t n = ::pwrite(fd_.get(), zeros_, chunk, static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    if (n == 0) return -EIO;
-    done += static_cast<uint64_t>(n);
-  }
-  return 0;
+    return ::pwrite(fd_.get(), zeros_, chunk, static_cast<off_t>(offset + done));
+  });
 }
 
 Result<void> FileBackend::sync() {

@@ -17,6 +17,8 @@
 #include <string>
 #include <utility>
 
+#include "base/io_all.h"
+
 namespace ublkd {
 
 namespace {
@@ -262,31 +264,14 @@ void MemBackend::write(uint64_t offset, uint32_t length, const void* buffer) noe
 
 namespace {
 
-// Calls io(done) (a pread or pwrite of the rest, `done` bytes in) until n
-// bytes have moved. 0, or -errno (-EIO when the fd ends early).
-template <typename Io>
-int move_all(size_t n, Io io) noexcept {
-  size_t done = 0;
-  while (done < n) {
-    const ssize_t r = io(done);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    if (r == 0) return -EIO;
-    done += static_cast<size_t>(r);
-  }
-  return 0;
-}
-
 int pwrite_all(int fd, const std::byte* src, size_t n, uint64_t pos) noexcept {
-  return move_all(n, [&](size_t done) {
+  return io_all(n, [&](size_t done) {
     return ::pwrite(fd, src + done, n - done, static_cast<off_t>(pos + done));
   });
 }
 
 int pread_all(int fd, std::byte* dst, size_t n, uint64_t pos) noexcept {
-  return move_all(n, [&](size_t done) {
+  return io_all(n, [&](size_t done) {
     return ::pread(fd, dst + done, n - done, static_cast<off_t>(pos + done));
   });
 }
