@@ -115,11 +115,14 @@ Result<void> EventLoop::run() {
       return errno_error("epoll_wait");
     }
     for (int i = 0; i < n; ++i) {
-      if (evs[i].data.u64 == kWakeSerial) {
+      // A copy: epoll_event is packed on x86-64, so its u64 is misaligned
+      // and must not be bound to the reference find() takes.
+      const uint64_t serial = evs[i].data.u64;
+      if (serial == kWakeSerial) {
         drain_posted();
         continue;
       }
-      auto it = watches_.find(evs[i].data.u64);
+      auto it = watches_.find(serial);
       if (it == watches_.end()) continue;  // removed earlier in this batch
       // Hold a reference: the callback may remove its own watch.
       std::shared_ptr<Watch> w = it->second;
