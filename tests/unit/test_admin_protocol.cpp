@@ -23,6 +23,7 @@
 #include "daemon.h"
 #include "event_loop.h"
 #include "manager.h"
+#include "skip.h"
 #include "ublkd_version.h"
 
 using nlohmann::json;
@@ -147,8 +148,8 @@ TEST_CASE("admin protocol: numbers out of range and deep nesting are invalid-jso
   CHECK(big.error.code == "invalid-json");
   CHECK_THAT(big.error.message, Catch::StartsWith("request is not valid JSON: "));
 
-  const std::string deep = R"({"op": "list", "id": )" + std::string(100000, '[') +
-                           std::string(100000, ']') + "}";
+  const std::string deep =
+      R"({"op": "list", "id": )" + std::string(100000, '[') + std::string(100000, ']') + "}";
   const RequestError d = rejected(deep);
   CHECK(d.error.code == "invalid-json");
   CHECK(d.error.message == "request nests deeper than 64 levels");
@@ -712,10 +713,10 @@ std::vector<std::string> exchange(const std::string& path, const std::string& by
 
 }  // namespace
 
-TEST_CASE("admin server: one answer per non-blank line, in order, echoing ids", "[admin]") {
+TEST_CASE("admin server: one answer per non-blank line, in order, echoing ids",
+          "[admin][env][env-root]") {
   if (::geteuid() != 0) {
-    WARN("skipped: binding the admin socket sets its group, which needs root");
-    return;
+    SKIP_TEST("binding the admin socket sets its group, which needs root");
   }
   TempDir dir;
   auto loop = ublkd::EventLoop::create();
@@ -749,8 +750,7 @@ TEST_CASE("admin server: one answer per non-blank line, in order, echoing ids", 
         });
 }
 
-TEST_CASE("admin ops: upgrade is refused without a state dir to hand devices over in",
-          "[admin]") {
+TEST_CASE("admin ops: upgrade is refused without a state dir to hand devices over in", "[admin]") {
   Handler h;
   CHECK(h.error(R"({"op": "upgrade"})") ==
         "io-error: ublkd keeps no state dir to hand devices over in");

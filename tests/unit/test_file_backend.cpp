@@ -1,4 +1,5 @@
 #include "backend/file_backend.h"
+#include "skip.h"
 
 #include <fcntl.h>
 #include <liburing.h>
@@ -178,7 +179,7 @@ bool direct_io_works(const TempDir& dir) {
   REQUIRE(r.error().code() == EINVAL);
   REQUIRE_THAT(r.error().message(), Catch::Contains("direct_io") && Catch::Contains(o.path));
   REQUIRE_FALSE(std::filesystem::exists(o.path));
-  WARN(dir.path() << " refuses O_DIRECT; running with direct_io=false");
+  ublkd::test::record_partial_skip(dir.path() + " refuses O_DIRECT; direct_io=true not exercised");
   return false;
 }
 
@@ -746,14 +747,14 @@ TEST_CASE("file backend resubmits the rest of short reads and writes", "[file]")
   CHECK(pattern_mismatch(read_file(dir.file("short.img"), kMiB, 256 * kKiB), kMiB, 9) == -1);
 }
 
-TEST_CASE("file backend serves zero-copy requests from their fixed buffer", "[file]") {
+TEST_CASE("file backend serves zero-copy requests from their fixed buffer",
+          "[file][env][env-tmpdir-on-disk]") {
   TempDir dir;
   const bool direct = direct_io_works(dir);
   const std::string path = dir.file("zc.img");
   Device d(open_ok(options(path, 8 * kMiB, direct)), true);
   if (d.backend().serves_inline()) {
-    WARN("TMPDIR is in memory: served inline, zero copy not exercised");
-    return;
+    SKIP_TEST("TMPDIR is in memory: served inline, zero copy not exercised");
   }
   REQUIRE(d.backend().zero_copy());
   TestQueue& q = *d.queue();
@@ -928,11 +929,10 @@ TEST_CASE("file backend WRITE_ZEROES reads back as zeros", "[file]") {
   }
 }
 
-TEST_CASE("file backend writes zeros where fallocate cannot zero a range", "[file]") {
+TEST_CASE("file backend writes zeros where fallocate cannot zero a range", "[file][env][env-shm]") {
   // tmpfs punches holes but refuses FALLOC_FL_ZERO_RANGE.
   if (!std::filesystem::is_directory("/dev/shm")) {
-    WARN("no /dev/shm; zero-write fallback not exercised");
-    return;
+    SKIP_TEST("no /dev/shm; zero-write fallback not exercised");
   }
   TempDir dir("/dev/shm");
   const bool direct = direct_io_works(dir);
@@ -949,7 +949,9 @@ TEST_CASE("file backend writes zeros where fallocate cannot zero a range", "[fil
         ::fallocate(fd.get(), FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, 0, 4096) != 0 &&
         errno == EOPNOTSUPP;
   }
-  if (!zero_range_refused) WARN("tmpfs zeroes ranges itself; fallback not exercised");
+  if (!zero_range_refused)
+    ublkd::test::record_partial_skip(
+        "tmpfs zeroes ranges itself; the zero-write fallback is not exercised");
 
   const bool async = GENERATE(true, false);
   DYNAMIC_SECTION(mode_name(async)) {
@@ -1005,10 +1007,10 @@ TEST_CASE("file backend writes zeros where fallocate cannot zero a range", "[fil
   }
 }
 
-TEST_CASE("file backend serves a tmpfs file inline and other files on the ring", "[file]") {
+TEST_CASE("file backend serves a tmpfs file inline and other files on the ring",
+          "[file][env][env-shm]") {
   if (!std::filesystem::is_directory("/dev/shm")) {
-    WARN("no /dev/shm; inline path not exercised");
-    return;
+    SKIP_TEST("no /dev/shm; inline path not exercised");
   }
   struct Where {
     const char* dir;
@@ -1019,7 +1021,9 @@ TEST_CASE("file backend serves a tmpfs file inline and other files on the ring",
   struct statfs fs {};
   REQUIRE(::statfs(".", &fs) == 0);
   const bool cwd_in_memory = fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC;
-  if (cwd_in_memory) WARN("the build directory is in memory; the ring half is not exercised");
+  if (cwd_in_memory)
+    ublkd::test::record_partial_skip(
+        "the build directory is in memory; the ring half is not exercised");
   for (const Where w : {Where{"/dev/shm", true}, Where{".", cwd_in_memory}}) {
     INFO("directory " << w.dir);
     TempDir dir(w.dir);
@@ -1120,15 +1124,14 @@ std::optional<LoopDevice> attach_loop(const std::string& file, std::string& why)
 
 }  // namespace
 
-TEST_CASE("file backend serves a block device at its own size", "[file]") {
+TEST_CASE("file backend serves a block device at its own size", "[file][env][env-loop]") {
   TempDir dir;
   const std::string backing = dir.file("loop-backing.img");
   make_file(backing, 8 * kMiB);
   std::string why;
   auto loop = attach_loop(backing, why);
   if (!loop) {
-    WARN("block device path not exercised: " << why);
-    return;
+    SKIP_TEST("block device path not exercised: " + why);
   }
   INFO(loop->path);
 

@@ -16,6 +16,7 @@
 
 #include "backend/null_backend.h"
 #include "queue/queue_worker.h"
+#include "skip.h"
 
 using namespace ublkd;
 using namespace std::chrono_literals;
@@ -82,10 +83,10 @@ TEST_CASE("a queue thread without CAP_SYS_RESOURCE reports the refused PR_SET_IO
   CHECK_THAT(out.primed_error->message(), Catch::Contains("mmap io descriptors"));
 }
 
-TEST_CASE("a queue thread with CAP_SYS_RESOURCE becomes an I/O flusher", "[queue][io_flusher]") {
+TEST_CASE("a queue thread with CAP_SYS_RESOURCE becomes an I/O flusher",
+          "[queue][io_flusher][env][env-cap-sys-resource]") {
   if (!thread_has_sys_resource()) {
-    WARN("skipped: this test runs without CAP_SYS_RESOURCE");
-    return;
+    SKIP_TEST("this test runs without CAP_SYS_RESOURCE");
   }
   const Outcome out = run_worker();
   CHECK(out.flusher_error == std::nullopt);
