@@ -35,7 +35,7 @@ without --quick.
   --quick       the quick tier; the default when CI=true
   --full        the full tier; the default otherwise
 Must run as root (packages, and the VM tests' downloads and cache).
-Ends with one line "N passed, N failed": unit test cases of the three
+Ends with one line "N passed, N failed, N skipped": unit test cases of the three
 builds, fuzz replays and runs, and VM cases per kernel and build.
 USAGE
 }
@@ -62,17 +62,49 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 ((EUID == 0)) || { echo "run-tests: must run as root" >&2; exit 1; }
 
+# shellcheck source=../tests/expected-skips.sh
+. tests/expected-skips.sh
+
 passed=0
 failed=0
+skipped=0
 failures=()
+skip_notes=()
 
-# unit_suite NAME BUILD_DIR: run the Catch2 binary and add its case counts.
+# unit_skips NAME KIND OUT: count the skips the unit test binary listed
+# ("SKIP: CASE: REASON", "SKIP (part): ..."); WHOLE= the number of whole
+# cases skipped (not passes). A skip tests/expected-skips.sh does not list is
+# a failure.
+unit_skips() {
+    local name=$1 kind=$2 out=$3 line part tcase why
+    WHOLE=0
+    while IFS= read -r line; do
+        part=
+        [[ $line == 'SKIP (part): '* ]] && part=' (part)'
+        line=${line#SKIP: }
+        line=${line#SKIP (part): }
+        tcase=${line%%: *}
+        if why=$(skip_expected unit '*' "$kind" "$tcase"); then
+            skip_notes+=("unit tests ($name): $tcase$part: ${line#*: } (expected: $why)")
+            skipped=$((skipped + 1))
+        else
+            skip_notes+=("unit tests ($name): $tcase$part: ${line#*: } (UNEXPECTED: counted as failed)")
+            failed=$((failed + 1))
+            failures+=("unit tests ($name): unexpected skip")
+        fi
+        [[ -z $part ]] && WHOLE=$((WHOLE + 1))
+    done < <(grep -E '^SKIP( \(part\))?: ' "$out" || true)
+}
+
+# unit_suite NAME KIND BUILD_DIR: run the Catch2 binary and add its case
+# counts; skipped cases count as skipped, not passed.
 unit_suite() {
-    local name=$1 dir=$2 out rc=0 total fails
+    local name=$1 kind=$2 dir=$3 out rc=0 total fails
     out=$dir/unit-tests.out
     echo "== unit tests ($name)"
     "$dir/tests/unit/unit-tests" >"$out" 2>&1 || rc=$?
     tail -n 3 "$out"
+    grep -E '^SKIP( \(part\))?: ' "$out" || true
     # Catch2: "All tests passed (A assertions in N test cases)" or
     # "test cases: N | P passed | F failed".
     total=$(grep -oE '[0-9]+ test cases?' "$out" | tail -n 1 | grep -oE '^[0-9]+' || echo 0)
@@ -83,14 +115,16 @@ unit_suite() {
         ((fails > 0)) || fails=1
         failures+=("unit tests ($name)")
     fi
-    passed=$((passed + total - fails))
+    unit_skips "$name" "$kind" "$out"
+    passed=$((passed + total - fails - WHOLE))
     failed=$((failed + fails))
 }
 
-# add_summary NAME OUT RC: add the closing "N passed, N failed" line of a
-# script's output OUT to the totals; no such line is one failure.
+# add_summary NAME OUT RC: add the closing "N passed, N failed[, N
+# skipped]" line of a script's output OUT to the totals, and the skips it
+# listed to the notes; no such line is one failure.
 add_summary() {
-    local name=$1 out=$2 rc=$3 line p f
+    local name=$1 out=$2 rc=$3 line p f sk
     line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$out" | tail -n 1 || true)
     if [[ -z $line ]]; then
         failures+=("$name (no summary)")
@@ -99,8 +133,13 @@ add_summary() {
     fi
     p=$(grep -oE '^[0-9]+' <<<"$line")
     f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '^[0-9]+')
+    sk=$(grep -oE '[0-9]+ skipped' <<<"$line" | grep -oE '^[0-9]+' || echo 0)
     passed=$((passed + p))
     failed=$((failed + f))
+    skipped=$((skipped + sk))
+    while IFS= read -r line; do
+        skip_notes+=("$name:${line}")
+    done < <(sed -n '/^skipped or unexpectedly skipped/,/^$/p' "$out" | grep '^  ' || true)
     ((f == 0 && rc == 0)) || failures+=("$name")
 }
 
@@ -128,13 +167,13 @@ tsan_options=halt_on_error=0:second_deadlock_stack=1
 [[ -f tests/tsan.supp ]] && tsan_options+=:suppressions=$top/tests/tsan.supp
 
 if ((unit)); then
-    unit_suite plain build
+    unit_suite plain plain build
     if [[ $tier == full ]]; then
         setup_asan
         ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-            UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 unit_suite asan build-asan
+            UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 unit_suite asan asan build-asan
         setup_tsan
-        TSAN_OPTIONS=$tsan_options unit_suite tsan build-tsan
+        TSAN_OPTIONS=$tsan_options unit_suite tsan tsan build-tsan
     fi
 
     # Fuzzing: a crash, a sanitizer report or a broken invariant fails it.
@@ -176,8 +215,12 @@ if ((vm)); then
 fi
 
 echo
+if ((${#skip_notes[@]})); then
+    echo "skipped:"
+    printf '  %s\n' "${skip_notes[@]}"
+fi
 if ((${#failures[@]})); then
     echo "failed: ${failures[*]}"
 fi
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 ((failed == 0 && ${#failures[@]} == 0))

@@ -34,12 +34,17 @@ readonly HUNG_TASK_SECS=60
 # A dmesg line without its timestamp; a case's timeout header.
 readonly DMESG_TS_RE='^\[[ 0-9.]*\] (.*)'
 readonly TIMEOUT_RE='^# vm-timeout: *([0-9]+)'
-# `# vm-known-splat: REGEX` in a case's header: a kernel report the case
-# expects (a known kernel bug its feature triggers). The whole report, up to
-# its end marker, is logged as known instead of failing the case; any other
-# report still fails it.
-readonly KNOWN_SPLAT_RE='^# vm-known-splat: *(.+)$'
+# `# vm-known-splat: KSERIES REGEX` in a case's header: a kernel report the
+# case expects on that kernel series (a known kernel bug its feature
+# triggers there). The one report whose first line matches, up to its end
+# marker, is logged as known instead of failing the case; another report,
+# even one starting before that end, and the same report on another kernel
+# still fail it.
+readonly KNOWN_SPLAT_RE='^# vm-known-splat: *([0-9]+\.[0-9]+) +(.+)$'
 readonly SPLAT_END_RE='---\[ end trace|</TASK>'
+# The first line of a kernel report (SPLAT_RE also matches lines inside one,
+# such as "Call Trace:").
+readonly SPLAT_START_RE='WARNING:|BUG:|Oops|possible circular locking|INFO: task .* blocked for more than|general protection fault|kernel BUG at|UBSAN:|KASAN:|Kernel panic'
 # Sanitizer reports of the binaries under test (an ASan+UBSan or TSan build
 # directory given to run.sh) go to files here, per case, instead of into
 # daemon logs a case may never show; any file there fails the case. The
@@ -120,12 +125,17 @@ if ! modprobe ublk_drv 2>"$LOGS/modprobe.err"; then
     boot_detail="modprobe ublk_drv failed: $(tr '\n' ' ' <"$LOGS/modprobe.err")"
 fi
 # udev is not running, so nothing else holds /dev/ublkcN after ADD_DEV.
-emit "@@UBLKD-BOOT $kver $(uptime_s) $boot_status $boot_detail"
+# A kernel report while booting or loading ublk_drv fails the run (the
+# host counts the boot as a failed result): the first case's `dmesg -C`
+# would otherwise wipe it unseen.
 dmesg >"$LOGS/boot-dmesg.log" 2>&1
 if grep -qE "$SPLAT_RE" "$LOGS/boot-dmesg.log"; then
-    say "init: kernel splat during boot (before any case):"
+    say "init: kernel report during boot (before any case):"
     grep -E "$SPLAT_RE" "$LOGS/boot-dmesg.log"
+    boot_status=error
+    boot_detail+="kernel report during boot: $(grep -m1 -E "$SPLAT_RE" "$LOGS/boot-dmesg.log")"
 fi
+emit "@@UBLKD-BOOT $kver $(uptime_s) $boot_status $boot_detail"
 
 # Wakes the log forwarder of a case once the case is over. Opened read-write
 # so that neither side blocks in open().
@@ -253,13 +263,47 @@ case_timeout() {
 }
 
 # known_splats FILE: KNOWN_SPLATS=(the `# vm-known-splat:` regexes in the
-# first 30 lines of a case).
+# first 30 lines of a case that belong to the running kernel's series).
 known_splats() {
     local line n=0
-    KNOWN_SPLATS=()
+    KNOWN_SPLATS=() KNOWN_SPLAT_MALFORMED=
     while IFS= read -r line && ((n++ < 30)); do
-        [[ $line =~ $KNOWN_SPLAT_RE ]] && KNOWN_SPLATS+=("${BASH_REMATCH[1]}")
+        if [[ $line =~ $KNOWN_SPLAT_RE ]]; then
+            [[ ${BASH_REMATCH[1]} == "$kseries" ]] && KNOWN_SPLATS+=("${BASH_REMATCH[2]}")
+        elif [[ $line == '# vm-known-splat:'* ]]; then
+            KNOWN_SPLAT_MALFORMED=$line
+        fi
     done <"$1"
+    return 0
+}
+
+# classify_splats LINE...: SPLATS=(report lines not declared known),
+# KNOWN=(lines of the declared reports). A known report runs from its first
+# line to its end marker; a new report's first line inside it ends it.
+classify_splats() {
+    local line re in_known=0
+    SPLATS=() KNOWN=()
+    for line in "$@"; do
+        if ((in_known)) && [[ $line =~ $SPLAT_START_RE ]]; then
+            in_known=0
+        fi
+        if ((in_known)); then
+            [[ $line =~ $SPLAT_RE ]] && KNOWN+=("$line")
+            [[ $line =~ $SPLAT_END_RE ]] && in_known=0
+            continue
+        fi
+        [[ $line =~ $SPLAT_RE ]] || continue
+        if [[ $line =~ $SPLAT_START_RE ]]; then
+            for re in "${KNOWN_SPLATS[@]}"; do
+                [[ $line =~ $re ]] && in_known=1
+            done
+        fi
+        if ((in_known)); then
+            KNOWN+=("$line")
+        else
+            SPLATS+=("$line")
+        fi
+    done
     return 0
 }
 
@@ -336,7 +380,6 @@ run_case() {
     local log=$LOGS/$name.log dir=/tmp/cases/$name
     local timeout start end secs rc verdict reason pid fwd line why
     local -a splats known dmesg_lines
-    local in_known re
 
     case_timeout "$file"
     timeout=$CASE_TIMEOUT
@@ -384,24 +427,9 @@ run_case() {
     cleanup_after_case "$pid" "$fwd"
     dmesg >"$LOGS/$name.dmesg" 2>&1
     mapfile -t dmesg_lines <"$LOGS/$name.dmesg"
-    splats=() known=() in_known=0
     known_splats "$file"
-    for line in "${dmesg_lines[@]}"; do
-        if ((in_known)); then
-            [[ $line =~ $SPLAT_RE ]] && known+=("$line")
-            [[ $line =~ $SPLAT_END_RE ]] && in_known=0
-            continue
-        fi
-        [[ $line =~ $SPLAT_RE ]] || continue
-        for re in "${KNOWN_SPLATS[@]}"; do
-            [[ $line =~ $re ]] && in_known=1
-        done
-        if ((in_known)); then
-            known+=("$line")
-        else
-            splats+=("$line")
-        fi
-    done
+    classify_splats "${dmesg_lines[@]}"
+    splats=("${SPLATS[@]}") known=("${KNOWN[@]}")
 
     case $rc in
         0) verdict=PASS reason= ;;
@@ -425,6 +453,10 @@ run_case() {
             [[ -n $why ]] && reason+=": $why"
             ;;
     esac
+    if [[ -n $KNOWN_SPLAT_MALFORMED ]]; then
+        verdict=FAIL
+        reason="header needs '# vm-known-splat: KSERIES REGEX': $KNOWN_SPLAT_MALFORMED"
+    fi
     if ((${#LEFTOVERS[@]})) && [[ $verdict != FAIL ]]; then
         verdict=FAIL
         reason="left behind: ${LEFTOVERS[*]}"

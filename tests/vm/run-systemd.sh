@@ -82,6 +82,8 @@ done
 die() { echo "run-systemd.sh: error: $*" >&2; exit 2; }
 # shellcheck source=select.sh
 . "$here/select.sh"
+# shellcheck source=../expected-skips.sh
+. "$repo/tests/expected-skips.sh"
 
 # Slack past a case's timeout before the VM counts as hung (in-VM kill
 # grace, cleanup, log transfer).
@@ -116,6 +118,7 @@ for tool in qemu-system-x86_64 cpio mkfs.ext4 tar meson busybox; do
 done
 [[ -d $build_dir ]] || die "build directory $build_dir does not exist (meson setup $build_dir && ninja -C $build_dir)"
 build_dir=$(cd "$build_dir" && pwd)
+build_kind=$(build_kind "$build_dir")
 log_root=${log_root:-$build_dir/vm-logs-systemd}
 mkdir -p "$log_root"
 log_root=$(cd "$log_root" && pwd)
@@ -377,6 +380,13 @@ run_kernel() {
                             local buptime bstatus bdetail
                             read -r _ _ buptime bstatus bdetail <<<"$line"
                             echo "[$k] boot $boot: up in $(secs_since "$t_boot")s (guest uptime ${buptime}s) $bstatus: $bdetail"
+                            # Any boot that went wrong (the system not up, a
+                            # kernel report) fails the run.
+                            if [[ $bstatus != ok ]]; then
+                                verdict[$k/(boot)]=FAIL reason[$k/(boot)]="boot $boot: $bdetail"
+                            elif [[ -z ${verdict[$k/(boot)]:-} ]]; then
+                                verdict[$k/(boot)]=PASS seconds[$k/(boot)]=$buptime
+                            fi
                             deadline=$(($(now) + CASE_GRACE * 1000000))
                             ;;
                         '@@UBLKD-PHASE '*)
@@ -536,8 +546,9 @@ done
 # ---- summary ----------------------------------------------------------------
 
 passed=0 failed=0 skipped=0
+skip_notes=()
 summary=$log_root/summary.txt
-rows=("${cases[@]}")
+rows=('(boot)' "${cases[@]}")
 ((${#extra_rows[@]})) && rows+=("(shutdown)")
 {
     echo
@@ -552,6 +563,15 @@ rows=("${cases[@]}")
                 continue
             fi
             v=${verdict[$k/$c]:-FAIL}
+            # A skip nobody listed in tests/expected-skips.sh is a failure.
+            if [[ $v == SKIP ]]; then
+                if why=$(skip_expected vm-systemd "$k" "$build_kind" "$c"); then
+                    skip_notes+=("  $c [$k]: ${reason[$k/$c]:-} (expected: $why)")
+                else
+                    v=FAIL
+                    skip_notes+=("  $c [$k]: ${reason[$k/$c]:-} (UNEXPECTED: counted as failed)")
+                fi
+            fi
             printf ' %-14s' "$(printf '%-4s %7ss' "$v" "${seconds[$k/$c]:-0}")"
             case $v in
                 PASS) passed=$((passed + 1)) ;;
@@ -564,8 +584,14 @@ rows=("${cases[@]}")
     for k in "${kernels[@]}"; do
         sk="$k/(shutdown)"
         [[ -n ${reason[$sk]:-} ]] && echo "($k shutdown: ${reason[$sk]})"
+        [[ ${verdict[$k/(boot)]:-} == FAIL ]] && echo "($k ${reason[$k/(boot)]:-no boot})"
     done
     echo
+    if ((${#skip_notes[@]})); then
+        echo "skipped or unexpectedly skipped ($build_kind build):"
+        printf '%s\n' "${skip_notes[@]}"
+        echo
+    fi
     # The closing line CI and scripts/run-tests.sh read.
     echo "$passed passed, $failed failed, $skipped skipped"
 } >"$summary"

@@ -81,6 +81,8 @@ die() { echo "run.sh: error: $*" >&2; exit 2; }
 [[ -z $vm_timeout || $vm_timeout =~ ^[0-9]+$ ]] || die "bad --vm-timeout: $vm_timeout"
 # shellcheck source=select.sh
 . "$here/select.sh"
+# shellcheck source=../expected-skips.sh
+. "$repo/tests/expected-skips.sh"
 
 # Slack on top of a case's timeout for the in-VM kill grace (10 s), cleanup,
 # dmesg and log transfer; past it the VM counts as hung.
@@ -100,13 +102,14 @@ for tool in qemu-system-x86_64 cpio; do
 done
 [[ -d $build_dir ]] || die "build directory $build_dir does not exist (meson setup $build_dir && ninja -C $build_dir)"
 build_dir=$(cd "$build_dir" && pwd)
-[[ -x $build_dir/daemon/ublkd ]] || echo "run.sh: warning: $build_dir/daemon/ublkd not built; cases needing the daemon will fail" >&2
+[[ -x $build_dir/daemon/ublkd ]] || die "$build_dir/daemon/ublkd not built (ninja -C $build_dir)"
 # Say so when the daemon is instrumented: its reports fail cases (init.sh).
 if [[ -x $build_dir/daemon/ublkd ]]; then
     sanitizers=$(ldd "$build_dir/daemon/ublkd" 2>/dev/null | grep -oE 'lib(asan|ubsan|tsan)' |
         sed 's/^lib//' | sort -u | paste -sd+ || true)
     [[ -n $sanitizers ]] && echo "run.sh: ublkd is built with ${sanitizers^^}; a sanitizer report fails its case"
 fi
+build_kind=$(build_kind "$build_dir")
 log_root=${log_root:-$build_dir/vm-logs}
 mkdir -p "$log_root"
 log_root=$(cd "$log_root" && pwd)
@@ -240,6 +243,12 @@ run_kernel() {
                             local buptime bstatus bdetail
                             read -r _ _ buptime bstatus bdetail <<<"$line"
                             echo "[$k] booted $KVER in $(secs_since "$t0")s (guest uptime ${buptime}s)${bdetail:+ $bstatus: $bdetail}"
+                            # A boot that went wrong (ublk_drv not loaded,
+                            # a kernel report) fails the run even when
+                            # every case passes.
+                            seconds[$k/(boot)]=$buptime reason[$k/(boot)]=$bdetail
+                            verdict[$k/(boot)]=PASS
+                            [[ $bstatus == ok ]] || verdict[$k/(boot)]=FAIL
                             deadline=$(($(now) + CASE_GRACE * 1000000))
                             ;;
                         '@@UBLKD-BEGIN '*)
@@ -347,16 +356,26 @@ done
 # ---- summary ----------------------------------------------------------------
 
 passed=0 failed=0 skipped=0
+skip_notes=()
 summary=$log_root/summary.txt
 {
     echo
     printf '%-40s' case
     for k in "${kernels[@]}"; do printf ' %-14s' "$k"; done
     echo
-    for c in "${cases[@]}"; do
+    for c in '(boot)' "${cases[@]}"; do
         printf '%-40s' "$c"
         for k in "${kernels[@]}"; do
             v=${verdict[$k/$c]:-FAIL}
+            # A skip nobody listed in tests/expected-skips.sh is a failure.
+            if [[ $v == SKIP ]]; then
+                if why=$(skip_expected vm "$k" "$build_kind" "$c"); then
+                    skip_notes+=("  $c [$k]: ${reason[$k/$c]:-} (expected: $why)")
+                else
+                    v=FAIL
+                    skip_notes+=("  $c [$k]: ${reason[$k/$c]:-} (UNEXPECTED: counted as failed)")
+                fi
+            fi
             printf ' %-14s' "$(printf '%-4s %7ss' "$v" "${seconds[$k/$c]:-0}")"
             case $v in
                 PASS) passed=$((passed + 1)) ;;
@@ -366,7 +385,16 @@ summary=$log_root/summary.txt
         done
         echo
     done
+    for k in "${kernels[@]}"; do
+        [[ ${verdict[$k/(boot)]:-} == FAIL ]] && echo "($k boot: ${reason[$k/(boot)]:-})"
+        [[ -z ${verdict[$k/(boot)]:-} ]] && echo "($k boot: no boot marker)"
+    done
     echo
+    if ((${#skip_notes[@]})); then
+        echo "skipped or unexpectedly skipped ($build_kind build):"
+        printf '%s\n' "${skip_notes[@]}"
+        echo
+    fi
     # The closing line CI and scripts/run-tests.sh read.
     echo "$passed passed, $failed failed, $skipped skipped"
 } >"$summary"

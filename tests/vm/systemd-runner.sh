@@ -96,12 +96,16 @@ if [[ $sysstate != running ]]; then
     failed_units=$(systemctl list-units --failed --plain --no-legend 2>/dev/null | awk '{print $1}' | tr '\n' ' ')
     [[ -n $failed_units ]] && boot_detail+=" (failed: ${failed_units% })"
 fi
-emit "@@UBLKD-BOOT $kver $(uptime_s) $boot_status $boot_detail"
+# A kernel report while booting fails the run (the host counts the boot as
+# a failed result); the first case would otherwise never look at it.
 dmesg >"$LOGS/boot$BOOT-dmesg.log" 2>&1
 if grep -qE "$SPLAT_RE" "$LOGS/boot$BOOT-dmesg.log"; then
-    say "runner: kernel splat during boot $BOOT (before any case):"
+    say "runner: kernel report during boot $BOOT (before any case):"
     grep -E "$SPLAT_RE" "$LOGS/boot$BOOT-dmesg.log"
+    boot_status=error
+    boot_detail+=", kernel report: $(grep -m1 -E "$SPLAT_RE" "$LOGS/boot$BOOT-dmesg.log")"
 fi
+emit "@@UBLKD-BOOT $kver $(uptime_s) $boot_status $boot_detail"
 
 mkfifo "$LOGS/.wake" 2>/dev/null
 exec {wake_fd}<>"$LOGS/.wake"

@@ -10,7 +10,7 @@
 # vm-timeout: 240
 # 7.2's io_uring reports its own __counted_by annotation on the first
 # registration (docs/configuration.md, "Zero copy"):
-# vm-known-splat: UBSAN: array-index-out-of-bounds in .*io_uring/rsrc\.c
+# vm-known-splat: 7.2 UBSAN: array-index-out-of-bounds in .*io_uring/rsrc\.c
 . "${BASH_SOURCE%/*}/../lib.sh"
 
 require_cmd fio mkfs.ext4 e2fsck jq cmp sha256sum

@@ -16,7 +16,7 @@
 # a USER_RECOVERY device deadlocks there (the partition scan waits for a
 # server that cannot come back while the dying one holds the device;
 # docs/reliability.md).
-# vm-known-splat: WARNING: .* at drivers/block/ublk_drv\.c:[0-9]+ ublk_ch_uring_cmd
+# vm-known-splat: 6.12 WARNING: .* at drivers/block/ublk_drv\.c:[0-9]+ ublk_ch_uring_cmd
 # vm-timeout: 150
 . "${BASH_SOURCE%/*}/../lib.sh"
 
