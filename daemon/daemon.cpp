@@ -326,6 +326,10 @@ int run_daemon(const DaemonOptions& options, const LoadedConfig& config) {
     mo.crash_at = hook;
     spdlog::warn("test hook active: ublkd exits at {}", mo.crash_at);
   }
+  if (std::getenv("UBLKD_TEST_SKIP_SYNC") != nullptr) {
+    mo.skip_sync = true;
+    spdlog::warn("test hook active: a clean stop does not sync the backends");
+  }
   if (std::getenv("UBLKD_TEST_NO_IDENTITY") != nullptr) {
     mo.no_identity = true;
     spdlog::warn("test hook active: new devices get no identity");

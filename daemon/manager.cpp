@@ -214,6 +214,7 @@ Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, uin
       return {};
     };
   }
+  cfg.skip_sync_on_stop = options_.skip_sync;
   if (!options_.unprimed_tag_device.empty() && options_.unprimed_tag_device == name) {
     cfg.unprimed_tag = std::make_pair(uint16_t{0}, static_cast<uint16_t>(spec.queue_depth - 1));
     devlog::warn(name, "device {}: test hook active: queue 0 tag {} gets no FETCH_REQ",

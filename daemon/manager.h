@@ -48,6 +48,9 @@ struct ManagerOptions {
   // Test hook (UBLKD_TEST_NO_IDENTITY): new devices get identity 0, as
   // ublkd's before identities made them.
   bool no_identity = false;
+  // Test hook (UBLKD_TEST_SKIP_SYNC): a clean stop does not sync the
+  // backends (DeviceConfig::skip_sync_on_stop).
+  bool skip_sync = false;
   // STATE_DIR: devices/ holds a record per device for a later recovery
   // (StateStore). Empty: no records are kept.
   std::filesystem::path state_dir;

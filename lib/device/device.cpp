@@ -580,7 +580,7 @@ std::vector<std::string> Device::teardown(bool graceful) {
   // The threads that did not exit still use the char fd and their mappings;
   // the QueueWorker destructor joins them, after which the fd may close.
   workers_.clear();
-  if (graceful && backend_) {
+  if (graceful && backend_ && !config_.skip_sync_on_stop) {
     if (auto r = backend_->sync(); !r) problems.push_back("backend: " + r.error().to_string());
   }
   char_fd_.reset();

@@ -78,6 +78,9 @@ struct DeviceConfig {
   bool earlier_recovery_cut_short = false;
   // Test-only fault injection: (queue, tag) that never gets a FETCH_REQ.
   std::optional<std::pair<uint16_t, uint16_t>> unprimed_tag;
+  // Test-only fault injection: a clean stop leaves out the backend's sync,
+  // so a test can show that it notices the writes this loses.
+  bool skip_sync_on_stop = false;
 };
 
 class Device {
