@@ -31,6 +31,18 @@ skip_expected() {
     return 1
 }
 
+# judge_skip SUITE KERNEL BUILD CASE REASON: for a VM case that skipped,
+# VERDICT=SKIP if the skip is listed, else FAIL; SKIP_NOTE= the summary's
+# line for it.
+judge_skip() {
+    local why
+    if why=$(skip_expected "$1" "$2" "$3" "$4"); then
+        VERDICT=SKIP SKIP_NOTE="  $4 [$2]: $5 (expected: $why)"
+    else
+        VERDICT=FAIL SKIP_NOTE="  $4 [$2]: $5 (UNEXPECTED: counted as failed)"
+    fi
+}
+
 # build_kind DIR: plain, asan or tsan, from the sanitizer runtimes
 # DIR/daemon/ublkd links.
 build_kind() {

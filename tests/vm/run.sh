@@ -369,12 +369,9 @@ summary=$log_root/summary.txt
             v=${verdict[$k/$c]:-FAIL}
             # A skip nobody listed in tests/expected-skips.sh is a failure.
             if [[ $v == SKIP ]]; then
-                if why=$(skip_expected vm "$k" "$build_kind" "$c"); then
-                    skip_notes+=("  $c [$k]: ${reason[$k/$c]:-} (expected: $why)")
-                else
-                    v=FAIL
-                    skip_notes+=("  $c [$k]: ${reason[$k/$c]:-} (UNEXPECTED: counted as failed)")
-                fi
+                judge_skip vm "$k" "$build_kind" "$c" "${reason[$k/$c]:-}"
+                v=$VERDICT
+                skip_notes+=("$SKIP_NOTE")
             fi
             printf ' %-14s' "$(printf '%-4s %7ss' "$v" "${seconds[$k/$c]:-0}")"
             case $v in
