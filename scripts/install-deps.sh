@@ -24,14 +24,15 @@ EOF
 # kernels (zstd, xz-utils, cpio). The benchmark (bench/) draws its chart with
 # gnuplot. debootstrap and clang-format are used by other scripts of the
 # project. The fuzz targets (scripts/run-fuzz.sh) build with clang, whose
-# libFuzzer runtime is in libclang-rt-14-dev.
+# libFuzzer runtime is in libclang-rt-14-dev. scripts/run-tests.sh compiles
+# through ccache.
 PACKAGES=(
     meson ninja-build g++ pkg-config
     liburing-dev libspdlog-dev nlohmann-json3-dev libsystemd-dev
     catch2
     qemu-system-x86 busybox-static fio e2fsprogs zstd cpio kmod xz-utils jq
     util-linux debootstrap clang-format scdoc gnuplot-nox
-    clang libclang-rt-14-dev
+    clang libclang-rt-14-dev ccache
 )
 
 check_only=0

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every test: install what is needed, build, run the unit tests (plain, under
-# ASan+UBSan and under TSan), fuzz the parsers for a bounded time, then the
-# VM suite on both kernels (6.12 and 7.2) with the plain daemon and again
-# with the ASan+UBSan and the TSan daemon.
+# ASan+UBSan and, in the full tier, under TSan), fuzz the parsers for a
+# bounded time, then the VM suite on both kernels (6.12 and 7.2) with the
+# plain daemon and again with the ASan+UBSan daemon (and the TSan one).
 set -euo pipefail
 
 usage() {
@@ -11,8 +11,7 @@ Usage: scripts/run-tests.sh [--unit-only] [--vm-only] [--kernel K] [--quick|--fu
 
   1. scripts/install-deps.sh
   2. build ./build and run the unit tests (Catch2)
-  3. full tier: build ./build-asan (-Db_sanitize=address,undefined) and
-     run them again
+  3. build ./build-asan (-Db_sanitize=address,undefined) and run them again
   4. full tier: build ./build-tsan (-Db_sanitize=thread) and run them again
   5. scripts/run-fuzz.sh: replay tests/fuzz/regressions, then fuzz each
      parser for 10 s (quick tier) or 300 s (full tier)
@@ -20,13 +19,17 @@ Usage: scripts/run-tests.sh [--unit-only] [--vm-only] [--kernel K] [--quick|--fu
      (the full tier), or with --quick the cases not marked `# vm-tier: full`;
      then tests/vm/run-systemd.sh, the same for tests/vm/systemd-cases in a
      VM booted by systemd
-  7. full tier: tests/vm/run.sh with ublkd, ublkctl and the test tools from
-     build-asan, then from build-tsan, every case on the kernels of step 6;
-     a sanitizer report fails its case
+  7. tests/vm/run.sh with ublkd, ublkctl and the test tools from build-asan:
+     in the full tier every case on the kernels of step 6, then the same
+     from build-tsan; in the quick tier the cases of ASAN_QUICK_CASES below
+     on one kernel (7.2, or the one --kernel names). A sanitizer report
+     fails its case.
 
-The quick tier (CI) leaves out steps 3, 4 and 7 and the `vm-tier: full`
-cases to stay within CI's time budget; the full tier is this same command
-without --quick.
+The quick tier (CI) leaves out step 4, most of step 7 and the
+`vm-tier: full` cases to stay within CI's time budget; the full tier is
+this same command without --quick. Compilations go through ccache (cache
+in $CCACHE_DIR, default /var/cache/ublkd-ccache) so a rerun on the same
+machine rebuilds only what changed.
 
   --unit-only   steps 1-5
   --vm-only     steps 1, 2 (build only), 6 and 7 (building the sanitizer
@@ -35,10 +38,16 @@ without --quick.
   --quick       the quick tier; the default when CI=true
   --full        the full tier; the default otherwise
 Must run as root (packages, and the VM tests' downloads and cache).
-Ends with one line "N passed, N failed, N skipped": unit test cases of the three
+Ends with one line "N passed, N failed, N skipped": unit test cases of the
 builds, fuzz replays and runs, and VM cases per kernel and build.
 USAGE
 }
+
+# The quick tier's ASan+UBSan daemon cases: the control path and its
+# failures, I/O with verification on mem and file, the admin API's bad
+# input, crash recovery and delete under load.
+ASAN_QUICK_CASES=(01-main-demo 10-mem-fio-verify 31-sigterm-during-start 72-file-durability
+    75-bad-requests 81-recover-kill9 87-del-under-load)
 
 unit=1
 vm=1
@@ -144,6 +153,9 @@ add_summary() {
 }
 
 scripts/install-deps.sh
+# Outside the tree, like the VM caches: a clean clone reuses it.
+export CCACHE_DIR=${CCACHE_DIR:-/var/cache/ublkd-ccache}
+mkdir -p "$CCACHE_DIR"
 echo "== build"
 # Warnings are errors here (not in a user's build: a newer compiler's new
 # warning must not break it).
@@ -151,11 +163,13 @@ scripts/build.sh build -Dwerror=true
 
 # GCC 12 reports false -Wmaybe-uninitialized inside std::function and
 # std::regex once ASan instruments them; every other warning stays fatal.
-# Everything is built: the VM suite runs these builds' daemon and tools too.
+# The unit tests and what the VM suite runs (daemon, ublkctl, test tools):
+# building everything else would only cost CI time.
 setup_asan() {
     echo "== build with ASan+UBSan"
     scripts/build.sh build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false \
-        -Dcpp_args=-Wno-maybe-uninitialized
+        -Dcpp_args=-Wno-maybe-uninitialized -- tests/unit/unit-tests daemon/ublkd daemon/ublkctl \
+        tests/ublkd-admin-send tests/ublkd-del-dev bench/ublkd-bench-add-live
 }
 setup_tsan() {
     echo "== build with TSan"
@@ -168,10 +182,10 @@ tsan_options=halt_on_error=0:second_deadlock_stack=1
 
 if ((unit)); then
     unit_suite plain plain build
+    setup_asan
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+        UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 unit_suite asan asan build-asan
     if [[ $tier == full ]]; then
-        setup_asan
-        ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-            UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 unit_suite asan asan build-asan
         setup_tsan
         TSAN_OPTIONS=$tsan_options unit_suite tsan tsan build-tsan
     fi
@@ -205,8 +219,13 @@ if ((vm)); then
 
     # The same cases with instrumented binaries: a report fails the case
     # (tests/vm/init.sh).
-    if [[ $tier == full ]]; then
-        ((unit)) || setup_asan
+    ((unit)) || setup_asan
+    if [[ $tier == quick ]]; then
+        asan_kernel=7.2
+        [[ $kernel == all ]] || asan_kernel=$kernel
+        vm_suite "VM tests (ASan+UBSan)" tests/vm/run.sh build-asan/vm-summary.out build-asan \
+            "$asan_kernel" "${ASAN_QUICK_CASES[@]}"
+    else
         vm_suite "VM tests (ASan+UBSan)" tests/vm/run.sh build-asan/vm-summary.out build-asan \
             "$kernel"
         ((unit)) || setup_tsan
