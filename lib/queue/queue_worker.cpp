@@ -301,6 +301,8 @@ Result<void> QueueWorker::serve() {
         const uint64_t len = static_cast<uint64_t>(d.nr_sectors) << 9;
         if (op > uapi::kOpWriteZeroes || op == uapi::kOpWriteSame) {
           result = -EOPNOTSUPP;
+        } else if (c.read_only && op != uapi::kOpRead && op != uapi::kOpFlush) {
+          result = -EROFS;
         } else if ((op == uapi::kOpRead || op == uapi::kOpWrite) && len > c.buf_bytes) {
           result = -EIO;  // cannot happen with max_sectors set from buf_bytes
         } else {

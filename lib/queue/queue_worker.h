@@ -41,6 +41,11 @@ struct QueueConfig {
   // The longest an idle queue thread watches its ring for new requests
   // before it sleeps (IdlePoll); 0: it always sleeps at once.
   std::chrono::nanoseconds idle_spin{0};
+  // The device is read-only: WRITE, DISCARD and WRITE_ZEROES fail with
+  // EROFS here, whatever reaches the queue. The kernel refuses them first,
+  // but only with a flag of the block device that root can clear
+  // (BLKROSET), and the backend's data must not depend on that.
+  bool read_only = false;
   // Test-only fault injection: this tag gets no FETCH_REQ although the queue
   // still reports itself primed, which must make START_DEV time out.
   std::optional<uint16_t> unprimed_tag;
