@@ -210,6 +210,11 @@ Result<void> QueueWorker::serve() {
                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (buf_addr == MAP_FAILED) return fail(errno_error("mmap io buffers"));
     bufs_map = Mapping(buf_addr, buf_len);
+    // A tag's buffer is as large as the largest request, but most requests
+    // touch a few pages of it; with transparent huge pages each touch would
+    // back 2 MiB, and a deep queue of small requests would take gigabytes.
+    // Advice only: a kernel without THP has nothing to turn off.
+    (void)::madvise(buf_addr, buf_len, MADV_NOHUGEPAGE);
     buf_base = static_cast<char*>(buf_addr);
   }
   auto buffer = [&](uint16_t tag) -> char* {
