@@ -211,11 +211,10 @@ int MemBackend::handle(const IoRequest& req) noexcept {
                           : write_from(req.offset, req.length, req.copy_fd, req.copy_pos);
         return r < 0 ? r : static_cast<int>(req.length);
       }
-      if (req.op == IoOp::kRead) {
-        read(req.offset, req.length, req.buffer);
-      } else {
-        write(req.offset, req.length, req.buffer);
-      }
+      if (const int r = req.op == IoOp::kRead ? read(req.offset, req.length, req.buffer)
+                                              : write(req.offset, req.length, req.buffer);
+          r < 0)
+        return r;
       return static_cast<int>(req.length);
     case IoOp::kDiscard:
     case IoOp::kWriteZeroes:
@@ -233,33 +232,6 @@ uint64_t MemBackend::same_state_end(uint64_t offset, uint64_t end, bool written)
     run_end = std::min(end, run_end + kChunk);
   }
   return run_end;
-}
-
-void MemBackend::read(uint64_t offset, uint32_t length, void* buffer) const noexcept {
-  auto* dst = static_cast<std::byte*>(buffer);
-  const uint64_t end = offset + length;
-  while (offset < end) {
-    // Serve runs of chunks in the same state with one memset / memcpy.
-    const bool written = chunk_written(offset / kChunk);
-    const uint64_t run_end = same_state_end(offset, end, written);
-    const size_t n = run_end - offset;
-    if (written) {
-      std::memcpy(dst, base_ + offset, n);
-    } else {
-      // Not through the mapping: a read fault on a memfd hole would allocate
-      // a page just to return zeros.
-      std::memset(dst, 0, n);
-    }
-    dst += n;
-    offset = run_end;
-  }
-}
-
-void MemBackend::write(uint64_t offset, uint32_t length, const void* buffer) noexcept {
-  // Mark before copying so that "bit clear" always implies "all zeros in the
-  // memfd", which both zero() and rebuild_bitmap() depend on.
-  mark_written(offset / kChunk, (offset + length - 1) / kChunk);
-  std::memcpy(base_ + offset, buffer, length);
 }
 
 namespace {
@@ -281,6 +253,36 @@ constexpr size_t kZeroBytes = 64 * 1024;
 alignas(4096) const std::byte kZeros[kZeroBytes] = {};
 
 }  // namespace
+
+// The buffer path goes through the memfd, not the mapping: a page the
+// memfd cannot get (its tmpfs full, its cgroup at the limit) is then an
+// error for this request, where a copy through the mapping would be a
+// SIGBUS for the whole daemon.
+int MemBackend::read(uint64_t offset, uint32_t length, void* buffer) const noexcept {
+  auto* dst = static_cast<std::byte*>(buffer);
+  const uint64_t end = offset + length;
+  while (offset < end) {
+    // Serve runs of chunks in the same state with one call.
+    const bool written = chunk_written(offset / kChunk);
+    const uint64_t run_end = same_state_end(offset, end, written);
+    const size_t n = run_end - offset;
+    if (written) {
+      if (const int r = pread_all(memfd_.get(), dst, n, offset); r < 0) return r;
+    } else {
+      std::memset(dst, 0, n);
+    }
+    dst += n;
+    offset = run_end;
+  }
+  return 0;
+}
+
+int MemBackend::write(uint64_t offset, uint32_t length, const void* buffer) noexcept {
+  // Mark before copying so that "bit clear" always implies "all zeros in the
+  // memfd", which both zero() and rebuild_bitmap() depend on.
+  mark_written(offset / kChunk, (offset + length - 1) / kChunk);
+  return pwrite_all(memfd_.get(), static_cast<const std::byte*>(buffer), length, offset);
+}
 
 int MemBackend::read_to(uint64_t offset, uint32_t length, int fd, uint64_t pos) const noexcept {
   const uint64_t end = offset + length;
@@ -308,7 +310,17 @@ int MemBackend::write_from(uint64_t offset, uint32_t length, int fd, uint64_t po
   // Marked first, as in write(); a failed copy leaves the chunks marked,
   // which only costs a later discard a hole punch.
   mark_written(offset / kChunk, (offset + length - 1) / kChunk);
-  return pread_all(fd, base_ + offset, length, pos);
+  const int r = pread_all(fd, base_ + offset, length, pos);
+  if (r == 0) return 0;
+  // The kernel copies into our own mapping and stops short (0 bytes, or
+  // EFAULT) where a page cannot be had: the memfd's tmpfs is full or its
+  // cgroup at the limit. Asking the memfd for the range tells that apart
+  // from a real I/O error, and out of space is what the writer should hear
+  // (the block layer reports a space allocation error), not EIO.
+  if (::fallocate(memfd_.get(), 0, static_cast<off_t>(offset), length) != 0 &&
+      (errno == ENOSPC || errno == ENOMEM))
+    return -ENOSPC;
+  return r;
 }
 
 int MemBackend::zero(uint64_t offset, uint64_t length) noexcept {

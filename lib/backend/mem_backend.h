@@ -57,9 +57,10 @@ class MemBackend final : public Backend {
   // not) ends, at most `end`.
   uint64_t same_state_end(uint64_t offset, uint64_t end, bool written) const noexcept;
 
-  void read(uint64_t offset, uint32_t length, void* buffer) const noexcept;
-  void write(uint64_t offset, uint32_t length, const void* buffer) noexcept;
-  // The same through IoRequest::copy_fd: 0 or -errno.
+  // 0 or -errno.
+  int read(uint64_t offset, uint32_t length, void* buffer) const noexcept;
+  int write(uint64_t offset, uint32_t length, const void* buffer) noexcept;
+  // The same through IoRequest::copy_fd.
   int read_to(uint64_t offset, uint32_t length, int fd, uint64_t pos) const noexcept;
   int write_from(uint64_t offset, uint32_t length, int fd, uint64_t pos) noexcept;
   int zero(uint64_t offset, uint64_t length) noexcept;
