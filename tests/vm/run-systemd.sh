@@ -107,7 +107,7 @@ readonly MASKED_UNITS=(
     systemd-remount-fs.service systemd-update-utmp.service
     systemd-update-utmp-runlevel.service
     dev-hugepages.mount dev-mqueue.mount sys-kernel-tracing.mount
-    sys-fs-fuse-connections.mount modprobe@dm_mod.service modprobe@drm.service
+    sys-fs-fuse-connections.mount modprobe@drm.service
     modprobe@efi_pstore.service modprobe@fuse.service
 )
 readonly SPLAT_RE='WARNING:|BUG:|Oops|lockdep|possible circular locking|INFO: task .* blocked for more than|general protection fault|Call Trace:|kernel BUG at|UBSAN:|KASAN:|Kernel panic'
@@ -332,7 +332,7 @@ run_kernel() {
     local offset=0 size chunk=$work/chunk line len
     local current='' log_fd='' log_case='' done=0 vm_problem='' boot=0
     local -A seen=() log_started=()
-    local reboot_case='' t_boot deadline booted sk="$k/(shutdown)" boot_from retried=0
+    local reboot_case='' powercut=0 t_boot deadline booted sk="$k/(shutdown)" boot_from retried=0
     while :; do
         boot=$((boot + 1))
         if ((boot > MAX_BOOTS)); then
@@ -358,6 +358,7 @@ run_kernel() {
 
         booted=0
         reboot_case=''
+        powercut=0
         deadline=$((t_boot + BOOT_TIMEOUT * 1000000))
         local shutdown_from=0
         while :; do
@@ -429,6 +430,13 @@ run_kernel() {
                             deadline=$(($(now) + SHUTDOWN_TIMEOUT * 1000000))
                             shutdown_from=$(stat -c %s "$console")
                             ;;
+                        '@@UBLKD-POWERCUT '*)
+                            local pcnext
+                            read -r _ reboot_case pcnext <<<"$line"
+                            echo "[$k] $reboot_case asks for a power cut (phase $pcnext next); killing qemu"
+                            kill -KILL "$qemu_pid" 2>/dev/null || true
+                            powercut=1
+                            ;;
                         '@@UBLKD-DONE'*)
                             done=1
                             deadline=$(($(now) + SHUTDOWN_TIMEOUT * 1000000))
@@ -450,9 +458,9 @@ run_kernel() {
                 else
                     vm_problem="VM unresponsive between cases"
                 fi
-                kill "$qemu_pid" 2>/dev/null
+                kill "$qemu_pid" 2>/dev/null || true
                 sleep 1
-                kill -KILL "$qemu_pid" 2>/dev/null
+                kill -KILL "$qemu_pid" 2>/dev/null || true
                 break
             fi
             sleep 0.25
@@ -481,7 +489,8 @@ run_kernel() {
         # the console ("reboot: Restarting system" / "reboot: Power down"),
         # and so are its complaints during the shutdown (the guest's journal
         # is gone by then).
-        if ((done)) || [[ -n $reboot_case ]] && [[ -z $vm_problem ]]; then
+        # A power cut has no last words.
+        if ((done)) || [[ -n $reboot_case ]] && ((!powercut)) && [[ -z $vm_problem ]]; then
             local what=reboot last=Restarting splat
             ((done)) && what="final shutdown" last="Power down"
             splat=$(tail -c +$((shutdown_from + 1)) "$console" | grep -m1 -aE "$SPLAT_RE" | tr -d '\r' || true)

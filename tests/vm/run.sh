@@ -298,9 +298,9 @@ run_kernel() {
                 vm_problem="VM run exceeded --vm-timeout ${vm_timeout}s"
             fi
             if [[ -n $vm_problem ]]; then
-                kill "$qemu_pid" 2>/dev/null
+                kill "$qemu_pid" 2>/dev/null || true
                 sleep 1
-                kill -KILL "$qemu_pid" 2>/dev/null
+                kill -KILL "$qemu_pid" 2>/dev/null || true
                 break
             fi
             sleep 0.25

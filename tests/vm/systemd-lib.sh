@@ -10,9 +10,10 @@
 # system, in ublkd-vm-tests.service; $CASE_DIR is on the root disk and
 # survives reboots.
 #
-# Cases that reboot: a phase ends with reboot_and_continue; after a clean
-# reboot of the VM (same root file system) the case runs again from the top
-# with UBLKD_PHASE one higher, in the same $CASE_DIR:
+# Cases that reboot: a phase ends with reboot_and_continue (or
+# powercut_and_continue); after a clean reboot of the VM (or a power cut)
+# the case runs again from the top on the same root file system, with
+# UBLKD_PHASE one higher, in the same $CASE_DIR:
 #
 #   if ((UBLKD_PHASE == 1)); then
 #       echo data >/var/lib/marker
@@ -35,6 +36,21 @@ reboot_and_continue() {
     [[ -n ${UBLKD_REBOOT_FILE:-} ]] || fail "reboot_and_continue: not run by the systemd VM runner"
     log "phase $UBLKD_PHASE done; requesting a reboot"
     : >"$UBLKD_REBOOT_FILE"
+    exit 0
+}
+
+# powercut_and_continue: end this phase with a power cut: the host kills
+# the VM at once, with whatever this phase left running still running, and
+# boots the same image again; the case runs again with UBLKD_PHASE+1.
+# What the guest kept in memory (page cache, write caches of the devices
+# it serves) is lost; what reached the virtual disk stays. The cleanups
+# registered with add_cleanup and the stop of daemons started with
+# start_ublkd still run before the cut, so run what must be cut under
+# systemd (a unit, systemd-run).
+powercut_and_continue() {
+    [[ -n ${UBLKD_POWERCUT_FILE:-} ]] || fail "powercut_and_continue: not run by the systemd VM runner"
+    log "phase $UBLKD_PHASE done; requesting a power cut"
+    : >"$UBLKD_POWERCUT_FILE"
     exit 0
 }
 

@@ -11,7 +11,13 @@
 #                                     reboots (qemu exits: -no-reboot) and the
 #                                     host boots the same image again, where
 #                                     the case continues with that phase
-# A case asks for the reboot with reboot_and_continue (systemd-lib.sh). The
+#   @@UBLKD-POWERCUT <case> <phase>   the case asked for a power cut: the host
+#                                     kills qemu at once (nothing in the
+#                                     guest's memory reaches the disk) and
+#                                     boots the same image again, where the
+#                                     case continues with that phase
+# A case asks for the reboot with reboot_and_continue, for the power cut
+# with powercut_and_continue (systemd-lib.sh). The
 # runner's progress lives on the root disk (/var/lib/ublkd-vm-tests), so it
 # picks up where it left off after the reboot.
 set -uo pipefail
@@ -356,13 +362,14 @@ splats_in() {
 }
 
 # run_phase NAME INDEX: one phase ($PHASE) of a case. Emits its result
-# unless the case asked for a reboot (then REBOOT_REQUESTED=1).
+# unless the case asked for a reboot or a power cut (then NEXT_BOOT=reboot
+# or powercut).
 run_phase() {
     local name=$1 file=$TESTS/systemd-cases/$1.sh
     local log=$LOGS/$name.phase$PHASE.log dir=$STATE_DIR/cases/$name
-    local timeout start end rc verdict reason fwd line why secs
+    local timeout start end rc verdict reason fwd line why secs asked=
     local -a splats=() dmesg_lines=()
-    REBOOT_REQUESTED=0
+    NEXT_BOOT=
 
     case_timeout "$file"
     timeout=$CASE_TIMEOUT
@@ -375,7 +382,7 @@ run_phase() {
         emit "@@UBLKD-PHASE $name $PHASE"
         emit "@@UBLKD-BEGIN $name $timeout"
     fi
-    rm -f "$dir/.reboot-requested"
+    rm -f "$dir/.reboot-requested" "$dir/.powercut-requested"
     emit "@@UBLKD-LOG-BEGIN $name"
     : >"$log"
     forward_log "$log" &
@@ -404,7 +411,7 @@ run_phase() {
         cd "$dir" || exit 1
         export UBLKD_VM=1 UBLKD_VM_SYSTEMD=1 UBLKD_VM_KSERIES=$kseries UBLKD_CASE=$name \
             UBLKD_CASE_DIR=$dir UBLKD_PHASE=$PHASE UBLKD_BOOT=$BOOT \
-            UBLKD_REBOOT_FILE=$dir/.reboot-requested
+            UBLKD_REBOOT_FILE=$dir/.reboot-requested UBLKD_POWERCUT_FILE=$dir/.powercut-requested
         UBLKD=$(command -v ublkd || echo /usr/local/sbin/ublkd)
         UBLKCTL=$(command -v ublkctl || echo /usr/local/sbin/ublkctl)
         export UBLKD UBLKCTL
@@ -422,13 +429,16 @@ run_phase() {
         [[ $line =~ $SPLAT_RE ]] && splats+=("$line")
     done
 
-    if ((rc == 0)) && [[ -f $dir/.reboot-requested ]] && ((${#splats[@]} == 0)); then
+    [[ -f $dir/.reboot-requested ]] && asked=reboot
+    [[ -f $dir/.powercut-requested ]] && asked=powercut
+    if ((rc == 0)) && [[ -n $asked ]] && ((${#splats[@]} == 0)); then
         if ((PHASE < UBLKD_VM_MAX_PHASES)); then
-            # Leftovers are the point here: the clean reboot tears them down.
-            REBOOT_REQUESTED=1
+            # Leftovers are the point here: the clean reboot tears them down,
+            # the power cut drops them.
+            NEXT_BOOT=$asked
             {
                 echo
-                echo "---- $name phase $PHASE: exit status 0 after ${secs}s, reboot requested"
+                echo "---- $name phase $PHASE: exit status 0 after ${secs}s, $asked requested"
                 echo "---- dmesg during the phase:"
                 ((${#dmesg_lines[@]})) && printf '%s\n' "${dmesg_lines[@]}"
             } >>"$log"
@@ -438,7 +448,7 @@ run_phase() {
             return
         fi
         rc=1
-        echo "FAIL: more than $UBLKD_VM_MAX_PHASES phases (reboot requested by phase $PHASE)" >>"$log"
+        echo "FAIL: more than $UBLKD_VM_MAX_PHASES phases ($asked requested by phase $PHASE)" >>"$log"
     fi
 
     cleanup_after_case "$fwd"
@@ -508,10 +518,17 @@ while ((NEXT < ${#UBLKD_VM_CASES[@]})); do
         emit "@@UBLKD-RESULT $c FAIL 0 case file missing in the image"
     else
         run_phase "$c"
-        if ((REBOOT_REQUESTED)); then
+        if [[ -n $NEXT_BOOT ]]; then
             PHASE=$((PHASE + 1))
             PHASE_END=$(uptime_s)
             save_state
+            if [[ $NEXT_BOOT == powercut ]]; then
+                # Only the runner's state is made durable (save_state
+                # fsyncs it): a sync here would write out what the power
+                # cut is meant to lose. The host kills qemu on the marker.
+                emit "@@UBLKD-POWERCUT $c $PHASE"
+                sleep infinity
+            fi
             emit "@@UBLKD-REBOOT $c $PHASE"
             sync
             systemctl reboot
