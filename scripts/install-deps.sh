@@ -20,7 +20,7 @@ EOF
 
 # Build: compiler, meson/ninja and the libraries meson.build asks for.
 # Unit tests: catch2. VM tests (tests/vm): qemu, the initramfs contents
-# (busybox, fio, e2fsprogs, util-linux, kmod, jq) and the tools that unpack Debian
+# (busybox, fio, e2fsprogs, util-linux, kmod, jq, dmsetup) and the tools that unpack Debian
 # kernels (zstd, xz-utils, cpio). The benchmark (bench/) draws its chart with
 # gnuplot. debootstrap and clang-format are used by other scripts of the
 # project. The fuzz targets (scripts/run-fuzz.sh) build with clang, whose
@@ -31,7 +31,7 @@ PACKAGES=(
     liburing-dev libspdlog-dev nlohmann-json3-dev libsystemd-dev
     catch2
     qemu-system-x86 busybox-static fio e2fsprogs zstd cpio kmod xz-utils jq
-    util-linux debootstrap clang-format scdoc gnuplot-nox
+    util-linux dmsetup debootstrap clang-format scdoc gnuplot-nox
     clang libclang-rt-14-dev ccache
 )
 

@@ -135,11 +135,12 @@ copy_bin() {
 # ---- 1. userland (cached) -----------------------------------------------------
 
 # Real tools, where busybox lacks what cases use (dmesg -C, timeout -k,
-# dd oflag=direct, blkdiscard -z, losetup --direct-io, mount options, comm).
+# dd oflag=direct, blkdiscard -z, losetup --direct-io, mount options, comm),
+# and dmsetup for device-mapper stores that fail on demand.
 readonly TOOLS=(
     bash fio mke2fs e2fsck blkdiscard blockdev dmesg losetup mount umount
     timeout dd sha256sum md5sum stat truncate cmp comm sync stdbuf kmod setsid
-    setpriv jq busybox
+    setpriv jq dmsetup busybox
 )
 
 tool_paths=()
