@@ -12,7 +12,9 @@
 # /dev/ublkbN, report A's record as stale and retire it (and A's memory),
 # and delete nothing. ROUNDS rounds per backend (mem, file) and per way
 # (kill -9, upgrade); one round per backend puts A's record back in the
-# form an older ublkd wrote (version 1, no identity).
+# form an older ublkd wrote (version 1, no identity). 90-stale-record-quick
+# is the quick tier's share (2 rounds).
+# vm-tier: full
 # vm-timeout: 900
 . "${BASH_SOURCE%/*}/../lib.sh"
 
