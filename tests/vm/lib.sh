@@ -462,3 +462,128 @@ kill9_verify_cycles() {
         grep -E '^ *(write|read):' "$out.write" "$out.verify" >&2 || true
     done
 }
+
+# ---- add/del storms -----------------------------------------------------------
+
+# daemon_resources PID STATE_DIR: one line "fds=N memfds=N threads=N
+# kernel=N records=N memfiles=N": the daemon's open fds, those of them that
+# are memfds, its threads, the ublk devices the kernel has, the state
+# records and the kept mem files of STATE_DIR.
+daemon_resources() {
+    local pid=$1 state=$2 fds=0 memfds=0 f target
+    for f in "/proc/$pid/fd/"*; do
+        target=$(readlink "$f" 2>/dev/null) || continue
+        fds=$((fds + 1))
+        [[ $target == /memfd:* ]] && memfds=$((memfds + 1))
+    done
+    local -a tasks=("/proc/$pid/task/"*) kdevs records memfiles
+    mapfile -t kdevs < <(compgen -G '/sys/class/ublk-char/ublkc*' || true)
+    mapfile -t records < <(compgen -G "$state/devices/*.json" || true)
+    mapfile -t memfiles < <(compgen -G "$state/mem/*" || true)
+    echo "fds=$fds memfds=$memfds threads=${#tasks[@]} kernel=${#kdevs[@]} records=${#records[@]} memfiles=${#memfiles[@]}"
+}
+
+# storm_cycles N PREFIX: N times add a device (mem, null and file in turn)
+# and del it again, as requests pipelined on one admin connection (it
+# answers them one at a time, in order), in batches of 25; every response
+# must be ok. After each batch, one more cycle through ublkctl that reads
+# the new device's first block.
+storm_cycles() {
+    local n=$1 prefix=$2 i done=0 batch reqs out oks name dev
+    while ((done < n)); do
+        batch=$((n - done < 25 ? n - done : 25))
+        reqs=
+        for ((i = done; i < done + batch; i++)); do
+            name=$prefix$i
+            case $((i % 3)) in
+                0) reqs+='{"op":"add","spec":{"name":"'$name'","backend":{"type":"mem","size":"16MiB"},"queues":2,"queue_depth":32}}'$'\n' ;;
+                1) reqs+='{"op":"add","spec":{"name":"'$name'","backend":{"type":"null","size":"1GiB"},"queue_depth":64}}'$'\n' ;;
+                2) reqs+='{"op":"add","spec":{"name":"'$name'","backend":{"type":"file","path":"'$CASE_DIR/$name.img'","size":"16MiB","create":true}}}'$'\n' ;;
+            esac
+            reqs+='{"op":"del","name":"'$name'"}'$'\n'
+        done
+        out=$(printf '%s' "$reqs" | ublkd-admin-send --lines $((2 * batch)) --timeout-ms 120000 "$UBLKD_SOCKET" 2>/dev/null) ||
+            fail "storm $prefix: the admin connection failed"
+        oks=$(grep -c '"ok":true' <<<"$out" || true)
+        ((oks == 2 * batch)) || { printf '%s\n' "$out" | grep -v '"ok":true' >&2; fail "storm $prefix: $oks of $((2 * batch)) requests ok"; }
+        rm -f "$CASE_DIR/$prefix"*.img
+        done=$((done + batch))
+        name=${prefix}io$done
+        dev=$(ctl_ok add "$name" --backend mem --size 16MiB)
+        dd if="$dev" of=/dev/null bs=4k count=1 iflag=direct status=none || fail "storm $prefix: $dev does not read"
+        ctl_ok del "$name" >/dev/null
+        ((done % 100 == 0)) && log "storm $prefix: $done of $n cycles"
+    done
+    return 0
+}
+
+# add_del_storm CYCLES: add/del storms with I/O running on two other devices
+# (a mem and a file device, each under a verifying fio) and a kill -9 of
+# ublkd in the middle of an add; afterwards the daemon holds what it held
+# before the storm: the same number of fds, memfds and threads, the kernel
+# the same number of ublk devices, the state dir the same records and mem
+# files; and the I/O devices saw no error.
+add_del_storm() {
+    local cycles=$1 cfg=$CASE_DIR/config state=$CASE_DIR/state half=$(($1 / 2))
+    mkdir -p "$cfg"
+    start_ublkd_api "$cfg"
+    local mdev fdev
+    mdev=$(ctl_ok add io0 --backend mem --size 128MiB --queues 2)
+    fdev=$(ctl_ok add io1 --backend file --path "$CASE_DIR/io1.img" --size 128MiB --create --queues 2)
+    local -a fio_pids=()
+    local dev
+    for dev in "$mdev" "$fdev"; do
+        # Held to 500 writes/s each so the storm gets the CPU it needs; the
+        # verify backlog checks the blocks while they are written.
+        fio --name=bg --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k \
+            --iodepth=16 --size=64M --rate_iops=500 --verify=crc32c --verify_backlog=256 \
+            --verify_fatal=1 --time_based --runtime=3600 >"$CASE_DIR/fio.${dev##*/}" 2>&1 &
+        fio_pids+=($!)
+        add_cleanup "kill -KILL $! 2>/dev/null || true"
+    done
+
+    storm_cycles 10 warm
+    local before after
+    before=$(daemon_resources "$UBLKD_PID" "$state")
+    log "before the storm: $before"
+    storm_cycles "$half" a
+
+    # kill -9 while an add is under way, then recover.
+    "$UBLKCTL" add cut --backend mem --size 16MiB >/dev/null 2>&1 &
+    local add_pid=$!
+    sleep_ms "$(rand_ms 0 60)"
+    kill9_ublkd
+    wait "$add_pid" || true
+    start_ublkd "$cfg" --socket "$UBLKD_SOCKET" --state-dir "$state"
+    wait_for_log "running: [0-9]+ device\(s\) live" 60 >/dev/null
+    local name
+    for name in io0 io1; do
+        [[ $(json_get "$(ctl_ok --json info "$name")" .state) == live ]] || fail "$name is not live after the restart"
+    done
+    # The add cut short left a device that is recovered, or nothing.
+    if ctl info cut >/dev/null 2>&1; then ctl_ok del cut >/dev/null; fi
+
+    storm_cycles 10 warm2-
+    before=$(daemon_resources "$UBLKD_PID" "$state")
+    log "after the restart: $before"
+    storm_cycles $((cycles - half)) b
+    after=$(daemon_resources "$UBLKD_PID" "$state")
+    log "after the storm:   $after"
+    [[ $after == "$before" ]] || fail "resources changed over the storm: before $before, after $after"
+    [[ $after == *" kernel=2 "* && $after == *" records=2 "* ]] ||
+        fail "the kernel or the state dir hold more than the two I/O devices: $after"
+
+    local p rc
+    for p in "${fio_pids[@]}"; do
+        ublkd_alive "$p" || { cat "$CASE_DIR"/fio.* >&2; fail "a background fio ended during the storm"; }
+        kill -INT "$p"
+        rc=0
+        wait "$p" || rc=$?
+        ((rc == 0 || rc == 128)) || { cat "$CASE_DIR"/fio.* >&2; fail "a background fio failed (status $rc)"; }
+    done
+    grep -qE 'err= *[1-9]|verify: bad' "$CASE_DIR"/fio.* && { cat "$CASE_DIR"/fio.* >&2; fail "I/O errors on the background devices"; }
+    ctl_ok del io0 >/dev/null
+    ctl_ok del io1 >/dev/null
+    stop_ublkd 30
+    assert_no_ublk_devices
+}
