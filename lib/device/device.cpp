@@ -8,6 +8,8 @@
 #include <bit>
 #include <cstdio>
 #include <cstdlib>
+#include <future>
+#include <memory>
 #include <thread>
 
 namespace ublkd {
@@ -21,6 +23,14 @@ namespace {
 constexpr milliseconds kQueueDrainTimeout{5'000};
 // How long a queue gets to quit once told to.
 constexpr milliseconds kQueueQuitTimeout{2'000};
+// How long, once the device is stopping, a backend may keep a request
+// unanswered before it is failed: STOP_DEV waits for every request the
+// kernel handed out, so a backing store that stopped answering would hold
+// the stop, and with it the queues, for as long as it does not answer.
+constexpr milliseconds kUnansweredGrace{3'000};
+// How long the backend's sync at a clean stop may take before the stop goes
+// on without it (the sync still finishes in the background).
+constexpr milliseconds kSyncTimeout{10'000};
 // udev may hold the new char device open for a moment after ADD_DEV.
 constexpr milliseconds kCharOpenTimeout{3'000};
 // How long a live device whose server has exited may take to be quiesced
@@ -377,8 +387,8 @@ Result<void> Device::go_live(std::string_view command, std::string_view phase,
   }
   for (auto& w : workers_) {
     if (w->exited()) {
-      return Error(EIO, "queue " + std::to_string(w->queue_id()) + " exited during " +
-                            std::string(phase));
+      return Error(
+          EIO, "queue " + std::to_string(w->queue_id()) + " exited during " + std::string(phase));
     }
   }
   return sm_.transition(DeviceState::kLive);
@@ -555,8 +565,77 @@ Result<void> Device::start_queues(steady_clock::time_point start_deadline) {
   return {};
 }
 
+namespace {
+
+// The backend's sync on a thread of its own, waited for until `timeout`: a
+// backing store that stopped answering must not hold the stop for ever. A
+// sync that does not finish in time keeps the backend (and so its file)
+// until it does.
+Result<void> sync_bounded(std::shared_ptr<Backend> backend, milliseconds timeout) {
+  auto done = std::make_shared<std::promise<Result<void>>>();
+  auto result = done->get_future();
+  try {
+    std::thread([backend = std::move(backend), done] {
+      done->set_value(backend->sync());
+    }).detach();
+  } catch (const std::system_error& e) {
+    return Error(e.code().value(), "start a thread for the sync");
+  }
+  if (result.wait_for(timeout) != std::future_status::ready) {
+    return Error(ETIMEDOUT, "sync did not finish within " + std::to_string(timeout.count()) +
+                                " ms (the backing store does not answer; the sync goes on in "
+                                "the background)");
+  }
+  return result.get();
+}
+
+}  // namespace
+
+void Device::stop_queues(bool graceful, std::vector<std::string>& problems) {
+  if (graceful) {
+    const auto deadline = steady_clock::now() + kQueueDrainTimeout;
+    for (auto& w : workers_) (void)w->join(deadline);
+  }
+  for (auto& w : workers_) w->request_stop();
+  const auto deadline = steady_clock::now() + kQueueQuitTimeout;
+  uint32_t unanswered = 0;
+  std::vector<std::unique_ptr<QueueWorker>> stuck;
+  for (auto& w : workers_) {
+    unanswered += w->failed_unanswered();
+    if (!w->join(deadline)) {
+      problems.push_back("queue " + std::to_string(w->queue_id()) + " did not exit");
+      stuck.push_back(std::move(w));
+    } else if (auto e = w->exit_error(); e && graceful) {
+      problems.push_back("queue " + std::to_string(w->queue_id()) + ": " + e->to_string());
+    }
+  }
+  if (!stuck.empty()) {
+    // They still use their worker objects, the backend and the char fd (by
+    // number): all of it goes with them, freed by a thread that waits for
+    // them. Should no thread start, it is kept for good rather than freed
+    // under them.
+    struct Parked {
+      std::vector<std::unique_ptr<QueueWorker>> workers;
+      std::shared_ptr<Backend> backend;
+      UniqueFd char_fd;
+    };
+    auto* parked = new Parked{std::move(stuck), backend_, std::move(char_fd_)};
+    try {
+      std::thread([parked] { delete parked; }).detach();
+    } catch (const std::system_error&) {
+    }
+  }
+  if (unanswered > 0) {
+    problems.push_back("the backend left " + std::to_string(unanswered) +
+                       " request(s) unanswered for " + std::to_string(kUnansweredGrace.count()) +
+                       " ms while the device stopped; they were failed with EIO");
+  }
+  workers_.clear();
+}
+
 std::vector<std::string> Device::teardown(bool graceful) {
   std::vector<std::string> problems;
+  for (auto& w : workers_) w->fail_unanswered_after(kUnansweredGrace);
   if (dev_id_ && ctrl_) {
     // STOP_DEV removes the disk and hands every outstanding fetch back with
     // UBLK_IO_RES_ABORT, which is what lets the queue threads finish.
@@ -565,24 +644,10 @@ std::vector<std::string> Device::teardown(bool graceful) {
         !r && r.error().code() != ENODEV)
       problems.push_back(r.error().to_string());
   }
-  if (graceful) {
-    const auto deadline = steady_clock::now() + kQueueDrainTimeout;
-    for (auto& w : workers_) (void)w->join(deadline);
-  }
-  for (auto& w : workers_) w->request_stop();
-  const auto deadline = steady_clock::now() + kQueueQuitTimeout;
-  for (auto& w : workers_) {
-    if (!w->join(deadline)) {
-      problems.push_back("queue " + std::to_string(w->queue_id()) + " did not exit");
-    } else if (auto e = w->exit_error(); e && graceful) {
-      problems.push_back("queue " + std::to_string(w->queue_id()) + ": " + e->to_string());
-    }
-  }
-  // The threads that did not exit still use the char fd and their mappings;
-  // the QueueWorker destructor joins them, after which the fd may close.
-  workers_.clear();
+  stop_queues(graceful, problems);
   if (graceful && backend_ && !config_.skip_sync_on_stop) {
-    if (auto r = backend_->sync(); !r) problems.push_back("backend: " + r.error().to_string());
+    if (auto r = sync_bounded(backend_, kSyncTimeout); !r)
+      problems.push_back("backend: " + r.error().to_string());
   }
   char_fd_.reset();
   if (dev_id_ && ctrl_) {

@@ -245,6 +245,9 @@ class Device {
   // Stops and deletes whatever bring_up() or the running device left, in the
   // order the kernel needs; returns the problems met on the way.
   std::vector<std::string> teardown(bool graceful);
+  // teardown(): the queue threads end, each within its deadline; one that
+  // cannot is handed to a thread of its own that waits for it.
+  void stop_queues(bool graceful, std::vector<std::string>& problems);
   uapi::Params build_params() const;
   Result<UniqueFd> open_char_device(std::chrono::steady_clock::time_point deadline) const;
   // The error a start ends with once aborted; `detail` names the wait it cut.
@@ -252,7 +255,9 @@ class Device {
 
   DeviceConfig config_;
   BackendFactory backend_factory_;
-  std::unique_ptr<Backend> backend_;
+  // Shared with a sync that outlives its deadline (teardown), which keeps
+  // the backend until the backing store answers.
+  std::shared_ptr<Backend> backend_;
   std::atomic<uint64_t> size_{0};
   StateMachine sm_;
   QueueExitHook on_queue_exit_;

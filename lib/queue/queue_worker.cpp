@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "base/mapping.h"
 #include "queue/idle_poll.h"
@@ -18,8 +19,17 @@ namespace ublkd {
 namespace {
 
 // user_data layout: the low 16 bits carry the tag of a ublk io command; the
-// stop eventfd's read is told apart by a bit no tag can have.
-constexpr uint64_t kStopUserData = 1ull << 32;
+// wake eventfd's read and the timer are told apart by bits no tag can have.
+constexpr uint64_t kWakeUserData = 1ull << 32;
+constexpr uint64_t kTimerUserData = (1ull << 32) | 1;
+
+// What the control plane asks of the loop (QueueWorker::commands_).
+constexpr unsigned kCmdStop = 1;
+constexpr unsigned kCmdFailUnanswered = 2;
+
+// Per tag, what the loop knows beyond the kernel's descriptor.
+constexpr uint8_t kTagInBackend = 1;  // handed to the backend, not answered yet
+constexpr uint8_t kTagStale = 2;      // failed while the backend still had I/O for it
 
 uint64_t round_up(uint64_t v, uint64_t align) {
   return (v + align - 1) / align * align;
@@ -34,20 +44,24 @@ QueueWorker::QueueWorker(QueueConfig config, Backend& backend, ExitHook on_exit)
 }
 
 QueueWorker::~QueueWorker() {
-  if (thread_.joinable()) {
-    request_stop();
-    thread_.join();
-  }
+  if (!thread_started_ || thread_released_) return;
+  request_stop();
+  // The loop ends at the stop; after it the thread touches nothing of ours.
+  done_future_.wait();
+  (void)join(std::chrono::steady_clock::now() + std::chrono::milliseconds(100));
+}
+
+void* QueueWorker::thread_main(void* self) {
+  static_cast<QueueWorker*>(self)->run();
+  return nullptr;
 }
 
 Result<void> QueueWorker::start() {
-  stop_fd_.reset(::eventfd(0, EFD_CLOEXEC));
-  if (!stop_fd_) return errno_error("eventfd for queue " + std::to_string(config_.queue_id));
-  try {
-    thread_ = std::thread([this] { run(); });
-  } catch (const std::system_error& e) {
-    return Error(e.code().value(), "start thread for queue " + std::to_string(config_.queue_id));
-  }
+  wake_fd_.reset(::eventfd(0, EFD_CLOEXEC));
+  if (!wake_fd_) return errno_error("eventfd for queue " + std::to_string(config_.queue_id));
+  if (const int err = ::pthread_create(&thread_, nullptr, &QueueWorker::thread_main, this))
+    return Error(err, "start thread for queue " + std::to_string(config_.queue_id));
+  thread_started_ = true;
   return {};
 }
 
@@ -72,18 +86,46 @@ Result<void> QueueWorker::wait_primed(std::chrono::steady_clock::time_point dead
   return primed_future_.get();
 }
 
-void QueueWorker::request_stop() {
-  if (!stop_fd_) return;
+namespace {
+
+void wake(int fd) {
+  if (fd < 0) return;
   const uint64_t one = 1;
   // An eventfd write only fails if the counter would overflow, which a
-  // handful of stop requests cannot do.
-  (void)!::write(stop_fd_.get(), &one, sizeof(one));
+  // handful of commands cannot do.
+  (void)!::write(fd, &one, sizeof(one));
+}
+
+}  // namespace
+
+void QueueWorker::request_stop() {
+  commands_.fetch_or(kCmdStop, std::memory_order_release);
+  wake(wake_fd_.get());
+}
+
+void QueueWorker::fail_unanswered_after(std::chrono::milliseconds grace) {
+  fail_after_ns_.store(std::chrono::duration_cast<std::chrono::nanoseconds>(grace).count(),
+                       std::memory_order_relaxed);
+  commands_.fetch_or(kCmdFailUnanswered, std::memory_order_release);
+  wake(wake_fd_.get());
 }
 
 bool QueueWorker::join(std::chrono::steady_clock::time_point deadline) {
-  if (!thread_.joinable()) return true;
+  if (!thread_started_ || thread_released_) return true;
   if (done_future_.wait_until(deadline) != std::future_status::ready) return false;
-  thread_.join();
+  // steady_clock is CLOCK_MONOTONIC.
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::max(deadline, std::chrono::steady_clock::now()).time_since_epoch())
+                      .count();
+  const timespec until{static_cast<time_t>(ns / 1'000'000'000),
+                       static_cast<long>(ns % 1'000'000'000)};
+  if (::pthread_clockjoin_np(thread_, nullptr, CLOCK_MONOTONIC, &until) != 0) {
+    // Its loop is over; the kernel holds it in its exit until the ring's
+    // I/O that cannot be cancelled ends.
+    ::pthread_detach(thread_);
+    lingering_ = true;
+  }
+  thread_released_ = true;
   return true;
 }
 
@@ -149,7 +191,7 @@ Result<void> QueueWorker::serve() {
   };
 
   // Per tag at most one ublk command and one backend SQE are queued at once,
-  // plus the stop eventfd read.
+  // plus the wake eventfd's read and a timer.
   // The kernel runs a completion's task work when this thread next waits
   // (DEFER_TASKRUN), instead of interrupting it (an IPI and a trip through
   // the signal path under COOP_TASKRUN alone, a forced one without either):
@@ -158,7 +200,7 @@ Result<void> QueueWorker::serve() {
   // TASKRUN_FLAG: the kernel raises IORING_SQ_TASKRUN when task work waits,
   // which is what lets an idle thread watch for work without entering the
   // kernel (IdlePoll below).
-  auto ring_r = Ring::create_probed(2u * c.depth + 1u, 0,
+  auto ring_r = Ring::create_probed(2u * c.depth + 2u, 0,
                                     IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
                                         IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
   if (!ring_r) return fail(ring_r.error());
@@ -244,11 +286,25 @@ Result<void> QueueWorker::serve() {
     return true;
   };
 
-  uint64_t stop_value = 0;
-  io_uring_sqe* stop_sqe = ring.get_sqe();
-  if (stop_sqe == nullptr) return fail(Error(EBUSY, "queue ring has no room"));
-  io_uring_prep_read(stop_sqe, stop_fd_.get(), &stop_value, sizeof(stop_value), 0);
-  stop_sqe->user_data = kStopUserData;
+  uint64_t wake_value = 0;
+  auto arm_wake = [&]() -> bool {
+    io_uring_sqe* sqe = ring.get_sqe();
+    if (sqe == nullptr) return false;
+    io_uring_prep_read(sqe, wake_fd_.get(), &wake_value, sizeof(wake_value), 0);
+    sqe->user_data = kWakeUserData;
+    return true;
+  };
+  if (!arm_wake()) return fail(Error(EBUSY, "queue ring has no room"));
+  __kernel_timespec timer_ts{};
+  auto arm_timer = [&](int64_t ns) -> bool {
+    io_uring_sqe* sqe = ring.get_sqe();
+    if (sqe == nullptr) return false;
+    timer_ts.tv_sec = ns / 1'000'000'000;
+    timer_ts.tv_nsec = ns % 1'000'000'000;
+    io_uring_prep_timeout(sqe, &timer_ts, 0, 0);
+    sqe->user_data = kTimerUserData;
+    return true;
+  };
 
   uint32_t outstanding = 0;
   for (uint16_t tag = 0; tag < c.depth; ++tag) {
@@ -260,7 +316,63 @@ Result<void> QueueWorker::serve() {
   primed_.set_value({});
   primed_reported = true;
 
+  // kTagInBackend / kTagStale per tag; touched by this thread only.
+  std::vector<uint8_t> tag_state(c.depth, 0);
   std::optional<Error> first_error;
+  bool stop = false;
+  auto commit = [&](uint16_t tag, int result) {
+    if (!queue_cmd(commit_op, tag, result)) {
+      first_error = Error(EBUSY, "queue ring has no room for a commit");
+      stop = true;
+    }
+  };
+  // The requests the backend holds are answered with EIO now; its late
+  // answers to them are dropped when they come.
+  auto fail_unanswered = [&] {
+    uint32_t failed = 0;
+    for (uint16_t tag = 0; tag < c.depth; ++tag) {
+      if ((tag_state[tag] & (kTagInBackend | kTagStale)) != kTagInBackend) continue;
+      tag_state[tag] = kTagStale;
+      commit(tag, -EIO);
+      ++failed;
+    }
+    failed_unanswered_.fetch_add(failed, std::memory_order_acq_rel);
+  };
+  auto take_commands = [&] {
+    const unsigned cmds = commands_.exchange(0, std::memory_order_acquire);
+    if (cmds & kCmdStop) stop = true;
+    if ((cmds & kCmdFailUnanswered) && !arm_timer(fail_after_ns_.load(std::memory_order_relaxed)))
+      fail_unanswered();  // no room for the timer: fail them now rather than never
+    if (!stop && !arm_wake()) first_error = Error(EBUSY, "queue ring has no room"), stop = true;
+  };
+  auto serve_request = [&](uint16_t tag) -> int {
+    // The tag's previous request was failed while the backend still had
+    // I/O for it, which may yet write into the tag's buffer.
+    if (tag_state[tag] & kTagStale) return -EIO;
+    const uapi::IoDesc d = descs[tag];
+    const uint8_t op = uapi::io_desc_op(d);
+    const uint64_t len = static_cast<uint64_t>(d.nr_sectors) << 9;
+    if (op > uapi::kOpWriteZeroes || op == uapi::kOpWriteSame) return -EOPNOTSUPP;
+    if (c.read_only && op != uapi::kOpRead && op != uapi::kOpFlush) return -EROFS;
+    // Cannot happen with max_sectors set from buf_bytes.
+    if ((op == uapi::kOpRead || op == uapi::kOpWrite) && len > c.buf_bytes) return -EIO;
+    IoRequest req{static_cast<IoOp>(op),
+                  uapi::io_desc_flags(d),
+                  d.start_sector << 9,
+                  static_cast<uint32_t>(len),
+                  buffer(tag),
+                  c.queue_id,
+                  tag};
+    if (c.auto_buf_reg && (op == uapi::kOpRead || op == uapi::kOpWrite)) req.buf_index = tag;
+    if (c.user_copy) {
+      req.copy_fd = c.char_fd;
+      req.copy_pos = uapi::user_copy_pos(c.queue_id, tag);
+    }
+    const int result = backend_.submit(ctx, req);
+    if (result == kIoQueued) tag_state[tag] = kTagInBackend;
+    return result;
+  };
+
   while (outstanding > 0) {
     int ret;
     if (work_ready()) {
@@ -280,56 +392,34 @@ Result<void> QueueWorker::serve() {
     if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
       return Error(ret, "io_uring_enter");
 
-    bool stop = false;
     unsigned head;
     unsigned seen = 0;
     io_uring_cqe* cqe;
     io_uring_for_each_cqe(ring.get(), head, cqe) {
       ++seen;
-      if (cqe->user_data == kStopUserData) {
-        stop = true;
+      if (cqe->user_data == kWakeUserData) {
+        take_commands();
+        continue;
+      }
+      if (cqe->user_data == kTimerUserData) {
+        fail_unanswered();
         continue;
       }
       const auto tag = static_cast<uint16_t>(cqe->user_data);
       if (cqe->user_data & QueueContext::kBackendBit) {
-        const int result = backend_.complete(ctx, *cqe);
-        if (result != kIoQueued && !queue_cmd(commit_op, tag, result)) {
-          first_error = Error(EBUSY, "queue ring has no room for a commit");
-          stop = true;
+        if (tag_state[tag] & kTagStale) {
+          tag_state[tag] = 0;  // the failed request's I/O is over
+          continue;
         }
+        const int result = backend_.complete(ctx, *cqe);
+        if (result == kIoQueued) continue;
+        tag_state[tag] = 0;
+        commit(tag, result);
         continue;
       }
       if (cqe->res == uapi::kIoResOk) {
-        const uapi::IoDesc d = descs[tag];
-        int result;
-        const uint8_t op = uapi::io_desc_op(d);
-        const uint64_t len = static_cast<uint64_t>(d.nr_sectors) << 9;
-        if (op > uapi::kOpWriteZeroes || op == uapi::kOpWriteSame) {
-          result = -EOPNOTSUPP;
-        } else if (c.read_only && op != uapi::kOpRead && op != uapi::kOpFlush) {
-          result = -EROFS;
-        } else if ((op == uapi::kOpRead || op == uapi::kOpWrite) && len > c.buf_bytes) {
-          result = -EIO;  // cannot happen with max_sectors set from buf_bytes
-        } else {
-          IoRequest req{static_cast<IoOp>(op),
-                        uapi::io_desc_flags(d),
-                        d.start_sector << 9,
-                        static_cast<uint32_t>(len),
-                        buffer(tag),
-                        c.queue_id,
-                        tag};
-          if (c.auto_buf_reg && (op == uapi::kOpRead || op == uapi::kOpWrite)) req.buf_index = tag;
-          if (c.user_copy) {
-            req.copy_fd = c.char_fd;
-            req.copy_pos = uapi::user_copy_pos(c.queue_id, tag);
-          }
-          result = backend_.submit(ctx, req);
-        }
-        if (result == kIoQueued) continue;
-        if (!queue_cmd(commit_op, tag, result)) {
-          first_error = Error(EBUSY, "queue ring has no room for a commit");
-          stop = true;
-        }
+        const int result = serve_request(tag);
+        if (result != kIoQueued) commit(tag, result);
       } else {
         // UBLK_IO_RES_ABORT: the device is stopping and hands the tag back.
         // Anything else is a protocol error; the tag is gone either way.

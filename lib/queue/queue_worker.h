@@ -5,6 +5,8 @@
 // stopped) or the control plane asks the thread to quit.
 #pragma once
 
+#include <pthread.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -12,7 +14,6 @@
 #include <future>
 #include <optional>
 #include <string>
-#include <thread>
 
 #include "backend/backend.h"
 #include "base/abort_signal.h"
@@ -74,8 +75,24 @@ class QueueWorker {
   // kernel cancel whatever it still had outstanding.
   void request_stop();
 
-  // Waits, bounded, for the thread to finish; true if it did (and is joined).
+  // Asks the thread to fail with EIO, `grace` from now, every request its
+  // backend has not answered by then, so that a stopping device is not held
+  // by a backend that stopped answering (the kernel's STOP_DEV waits for
+  // every request it handed out). The backend's late answers to those
+  // requests are dropped; a new request on such a tag fails at once while
+  // the old one may still use the tag's buffer. failed_unanswered() counts
+  // them.
+  void fail_unanswered_after(std::chrono::milliseconds grace);
+  uint32_t failed_unanswered() const { return failed_unanswered_.load(std::memory_order_acquire); }
+
+  // Waits, bounded, until the thread has left its loop and will not touch
+  // this object again; true if so. The thread itself is then joined, or,
+  // when the kernel still holds it in its exit (its ring had I/O in flight
+  // that cannot be cancelled, on a backing store that does not answer),
+  // detached: lingering() says so, and the kernel reaps it once that I/O
+  // ends.
   bool join(std::chrono::steady_clock::time_point deadline);
+  bool lingering() const { return lingering_; }
 
   bool exited() const { return exited_.load(std::memory_order_acquire); }
   // Why the loop ended early, if it did; meaningful once exited().
@@ -91,14 +108,26 @@ class QueueWorker {
   unsigned ring_flags() const { return ring_flags_.load(std::memory_order_acquire); }
 
  private:
+  static void* thread_main(void* self);
   void run();
   Result<void> serve();
 
   QueueConfig config_;
   Backend& backend_;
   ExitHook on_exit_;
-  UniqueFd stop_fd_;  // eventfd the control plane writes to stop the loop
-  std::thread thread_;
+  // eventfd the control plane writes to wake the loop for commands_ (kCmd*
+  // in queue_worker.cpp).
+  UniqueFd wake_fd_;
+  std::atomic<unsigned> commands_{0};
+  std::atomic<int64_t> fail_after_ns_{0};
+  std::atomic<uint32_t> failed_unanswered_{0};
+  // A raw pthread: join() needs a join with a deadline, and a thread that
+  // could not be joined in time must be detached, which std::thread cannot
+  // do once a timed join was tried.
+  pthread_t thread_{};
+  bool thread_started_ = false;
+  bool thread_released_ = false;  // joined or detached
+  bool lingering_ = false;
   std::promise<Result<void>> primed_;
   std::future<Result<void>> primed_future_;
   std::promise<void> done_;
