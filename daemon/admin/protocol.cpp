@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "config/json_fields.h"
+#include "common/json_text.h"
 
 namespace ublkd::admin {
 
@@ -10,53 +10,47 @@ using nlohmann::json;
 
 namespace {
 
-// Line and column of a byte offset, for messages people can act on.
-std::string position(std::string_view text, size_t offset) {
-  offset = std::min(offset, text.size());
-  size_t line = 1, col = 1;
-  for (size_t i = 0; i < offset; ++i) {
-    if (text[i] == '\n') {
-      ++line;
-      col = 1;
-    } else {
-      ++col;
-    }
-  }
-  return "line " + std::to_string(line) + ", column " + std::to_string(col);
-}
-
 const char* type_name(const json& v) {
   switch (v.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::boolean: return "a boolean";
-    case json::value_t::string: return "a string";
-    case json::value_t::array: return "an array";
-    case json::value_t::object: return "an object";
-    case json::value_t::number_float: return "a number";
+    case json::value_t::null:
+      return "null";
+    case json::value_t::boolean:
+      return "a boolean";
+    case json::value_t::string:
+      return "a string";
+    case json::value_t::array:
+      return "an array";
+    case json::value_t::object:
+      return "an object";
+    case json::value_t::number_float:
+      return "a number";
     case json::value_t::number_integer:
-    case json::value_t::number_unsigned: return "an integer";
-    default: return "a value";
+    case json::value_t::number_unsigned:
+      return "an integer";
+    default:
+      return "a value";
   }
 }
 
 }  // namespace
 
-std::variant<Request, RequestError> parse_request(std::string_view line) {
+Result<Request, RequestError> parse_request(std::string_view line) {
   if (line.size() >= kMaxRequestLine)
     return RequestError{{code::kRequestTooLarge, "request line exceeds 1 MiB"}, std::nullopt};
-  if (config::json_nesting_depth(line) > config::kMaxJsonDepth) {
+  if (json_text::nesting_depth(line) > json_text::kMaxDepth) {
     return RequestError{{code::kInvalidJson, "request nests deeper than " +
-                                                 std::to_string(config::kMaxJsonDepth) + " levels"},
+                                                 std::to_string(json_text::kMaxDepth) + " levels"},
                         std::nullopt};
   }
   json doc;
   try {
     doc = json::parse(line.begin(), line.end());
   } catch (const json::parse_error& e) {
-    // byte is 1-based and points just past the offending character.
-    const size_t at = e.byte > 0 ? e.byte - 1 : 0;
-    return RequestError{{code::kInvalidJson, "request is not valid JSON at " + position(line, at)},
-                        std::nullopt};
+    const json_text::Position at =
+        json_text::position(line, json_text::error_offset(e.byte), json_text::Columns::kBytes);
+    return RequestError{
+        {code::kInvalidJson, "request is not valid JSON at " + json_text::describe(at)},
+        std::nullopt};
   } catch (const json::exception& e) {
     // Valid syntax the library still refuses, e.g. a number too large for
     // a double (out_of_range 406).
@@ -98,14 +92,14 @@ std::optional<AdminError> check_fields(const Request& req,
   return std::nullopt;
 }
 
-std::variant<std::string, AdminError> string_field(const Request& req, std::string_view field) {
+Result<std::string, AdminError> string_field(const Request& req, std::string_view field) {
   auto it = req.doc.find(field);
   if (it == req.doc.end())
     return AdminError{code::kInvalidRequest,
                       "op \"" + req.op + "\" needs the field \"" + std::string(field) + "\""};
   if (!it->is_string())
-    return AdminError{code::kInvalidRequest, "\"" + std::string(field) + "\" must be a string, not " +
-                                                 type_name(*it)};
+    return AdminError{code::kInvalidRequest,
+                      "\"" + std::string(field) + "\" must be a string, not " + type_name(*it)};
   return it->get<std::string>();
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "base/size.h"
+#include "common/json_text.h"
 
 namespace ublkd::config {
 
@@ -10,73 +11,7 @@ namespace {
 
 constexpr size_t kMaxShownValue = 64;
 
-// Byte offset into `text` -> "line L, column C", both 1-based. Columns count
-// UTF-8 characters rather than bytes so they match what an editor shows.
-std::string position(std::string_view text, size_t offset) {
-  offset = std::min(offset, text.size());
-  size_t line = 1;
-  size_t line_start = 0;
-  for (size_t i = 0; i < offset; ++i) {
-    if (text[i] == '\n') {
-      ++line;
-      line_start = i + 1;
-    }
-  }
-  size_t column = 1;
-  for (size_t i = line_start; i < offset; ++i) {
-    if ((static_cast<unsigned char>(text[i]) & 0xC0) != 0x80) ++column;
-  }
-  return "line " + std::to_string(line) + ", column " + std::to_string(column);
-}
-
-// nlohmann's message is "[json.exception.parse_error.101] parse error at line
-// 2, column 8: syntax error while parsing value - unexpected ','; ...". The
-// position is computed separately, so keep only what follows it.
-std::string parse_error_reason(const char* what) {
-  std::string_view s(what);
-  if (size_t at = s.find("parse error"); at != std::string_view::npos) {
-    s.remove_prefix(at);
-    if (size_t colon = s.find(": "); colon != std::string_view::npos) {
-      s.remove_prefix(colon + 2);
-    }
-  }
-  // "syntax error while parsing object - " says nothing the rest does not.
-  constexpr std::string_view kNoise = "syntax error while parsing ";
-  if (s.substr(0, kNoise.size()) == kNoise) {
-    if (size_t dash = s.find(" - "); dash != std::string_view::npos) s.remove_prefix(dash + 3);
-  }
-  return std::string(s);
-}
-
 }  // namespace
-
-size_t json_nesting_depth(std::string_view text, size_t limit) {
-  size_t depth = 0;
-  size_t deepest = 0;
-  bool in_string = false;
-  bool escaped = false;
-  for (const char c : text) {
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      deepest = std::max(deepest, ++depth);
-      if (deepest > limit) return deepest;
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
-    }
-  }
-  return deepest;
-}
 
 std::string dump_value(const nlohmann::json& value) {
   std::string s = value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -108,17 +43,18 @@ std::optional<nlohmann::json> FieldReader::parse(std::string_view text) {
     problem("", "invalid JSON: the document is empty");
     return std::nullopt;
   }
-  if (json_nesting_depth(text) > kMaxJsonDepth) {
-    problem("", "invalid JSON: nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+  if (json_text::nesting_depth(text) > json_text::kMaxDepth) {
+    problem("",
+            "invalid JSON: nested deeper than " + std::to_string(json_text::kMaxDepth) + " levels");
     return std::nullopt;
   }
   try {
     return nlohmann::json::parse(text.begin(), text.end());
   } catch (const nlohmann::json::parse_error& e) {
-    // e.byte is the 1-based position of the last character read, which is
-    // where the parser noticed the mistake (or one past the end of input).
-    const size_t offset = e.byte > 0 ? e.byte - 1 : 0;
-    problem("", "invalid JSON at " + position(text, offset) + ": " + parse_error_reason(e.what()));
+    const json_text::Position at =
+        json_text::position(text, json_text::error_offset(e.byte), json_text::Columns::kCharacters);
+    problem("", "invalid JSON at " + json_text::describe(at) + ": " +
+                    json_text::parse_error_reason(e.what()));
   } catch (const nlohmann::json::exception& e) {
     // Not a syntax error, e.g. a number too large for a double.
     problem("", std::string("invalid JSON: ") + e.what());

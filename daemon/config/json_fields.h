@@ -24,16 +24,6 @@ std::string describe(const nlohmann::json& value);
 // The value alone, as JSON: `"256MiB"`, `4097`.
 std::string dump_value(const nlohmann::json& value);
 
-// No document ublkd reads needs more than a few levels; copying and dumping
-// a parsed value recurse once per level, so a deeper one is refused before
-// it is parsed rather than allowed to exhaust the stack.
-inline constexpr size_t kMaxJsonDepth = 64;
-
-// The deepest nesting of arrays and objects in `text`, counting brackets
-// outside strings; stops counting once past `limit`. Meant for text that is
-// about to be parsed: it does not check the syntax.
-size_t json_nesting_depth(std::string_view text, size_t limit = kMaxJsonDepth);
-
 // "backend" + "size" -> "backend.size"; "" + "name" -> "name".
 std::string join_path(std::string_view prefix, std::string_view key);
 

@@ -56,12 +56,6 @@ struct BackendFeatures {
   bool discard = false;
   bool write_zeroes = false;
   uint32_t discard_granularity = 0;  // bytes; 0 = logical block size
-  // Serving a request a second time is harmless: what the kernel needs to
-  // re-send the requests a crashed server had taken but not answered
-  // (UBLK_F_USER_RECOVERY_REISSUE) instead of failing them. True for any
-  // backend where READ, WRITE, DISCARD, WRITE_ZEROES and FLUSH are
-  // idempotent, i.e. every one that stores blocks in place.
-  bool reissue_safe = false;
 };
 
 // What a queue thread lends an asynchronous backend: its io_uring, on which

@@ -324,7 +324,6 @@ BackendFeatures FileBackend::features() const {
   f.discard_granularity = block_device_ ? 0 : std::max<uint32_t>(4096, logical_block_size_);
   // Blocks are written in place at their offset: a repeated request leaves
   // the file as the first one did.
-  f.reissue_safe = true;
   return f;
 }
 

@@ -24,7 +24,6 @@ BackendFeatures NullBackend::features() const {
   // their path through the queue worker is exercised like any other.
   f.discard = true;
   f.write_zeroes = true;
-  f.reissue_safe = true;
   return f;
 }
 

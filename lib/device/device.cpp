@@ -377,8 +377,8 @@ Result<void> Device::go_live(std::string_view command, std::string_view phase,
   }
   for (auto& w : workers_) {
     if (w->exited()) {
-      return Error(EIO, "queue " + std::to_string(w->queue_id()) + " exited during " +
-                            std::string(phase));
+      return Error(
+          EIO, "queue " + std::to_string(w->queue_id()) + " exited during " + std::string(phase));
     }
   }
   return sm_.transition(DeviceState::kLive);
@@ -459,7 +459,7 @@ Result<void> Device::bring_up() {
     // at recovery; re-sent, they succeed, which is only right where serving
     // a request twice is harmless.
     uint64_t bits = uapi::kFeatUserRecovery;
-    if (backend_->features().reissue_safe) bits |= uapi::kFeatUserRecoveryReissue;
+    if (config_.reissue_safe) bits |= uapi::kFeatUserRecoveryReissue;
     want.flags |= config_.kernel_features & bits;
   }
   // Zero copy where both sides can: the backend reads and writes the

@@ -1,0 +1,50 @@
+// How a piece of JSON text is described to the person who wrote it: where
+// in the text a mistake is, what the parser's complaint was, how deep the
+// text nests. Shared by every reader of JSON in ublkd and ublkctl (device
+// specs, ublkd.json, admin requests, spec files given to ublkctl).
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace ublkd::json_text {
+
+// No document ublkd reads needs more than a few levels; copying and dumping
+// a parsed value recurse once per level, so a deeper one is refused before
+// it is parsed rather than allowed to exhaust the stack.
+inline constexpr size_t kMaxDepth = 64;
+
+// The deepest nesting of arrays and objects in `text`, counting brackets
+// outside strings; stops counting once past `limit`. Meant for text that is
+// about to be parsed: it does not check the syntax.
+size_t nesting_depth(std::string_view text, size_t limit = kMaxDepth);
+
+// How columns are counted: in characters (UTF-8), as an editor shows them,
+// or in bytes, as the admin protocol has always reported them.
+enum class Columns { kCharacters, kBytes };
+
+struct Position {
+  size_t line;    // 1-based
+  size_t column;  // 1-based
+};
+
+// The line and column of byte `offset` of `text` (clamped to its end).
+Position position(std::string_view text, size_t offset, Columns columns);
+
+// "line L, column C".
+std::string describe(Position p);
+
+// Where a nlohmann parse_error points: its `byte` is the 1-based position of
+// the last character read, where the parser noticed the mistake.
+inline size_t error_offset(size_t byte) {
+  return byte > 0 ? byte - 1 : 0;
+}
+
+// nlohmann says "[json.exception.parse_error.101] parse error at line 1,
+// column 9: syntax error while parsing object - unexpected '}'; expected
+// string literal". The position is reported separately, so keep only the
+// reason ("unexpected '}'; expected string literal").
+std::string parse_error_reason(std::string_view what);
+
+}  // namespace ublkd::json_text
