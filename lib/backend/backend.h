@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "base/error.h"
+#include "queue/user_data.h"
 
 struct io_uring;
 struct io_uring_sqe;
@@ -76,13 +77,14 @@ class QueueContext {
   // Per-queue state of the backend, set in attach() (owned by the backend).
   void* backend_data = nullptr;
 
-  // user_data for a backend SQE serving `tag`; `cookie` is the backend's own.
-  static constexpr uint64_t kBackendBit = 1ull << 33;
+  // user_data for a backend SQE serving `tag`; `cookie` is the backend's
+  // own (layout: queue/user_data.h).
+  static constexpr uint64_t kBackendBit = user_data::kBackendBit;
   static uint64_t backend_user_data(uint16_t tag, uint16_t cookie) {
-    return kBackendBit | (uint64_t{cookie} << 16) | tag;
+    return user_data::backend(tag, cookie);
   }
-  static uint16_t tag_of(uint64_t user_data) { return static_cast<uint16_t>(user_data); }
-  static uint16_t cookie_of(uint64_t user_data) { return static_cast<uint16_t>(user_data >> 16); }
+  static uint16_t tag_of(uint64_t ud) { return user_data::tag_of(ud); }
+  static uint16_t cookie_of(uint64_t ud) { return user_data::cookie_of(ud); }
 };
 
 // Returned by Backend::submit() when the request's result will come later,
