@@ -36,24 +36,15 @@ const AdminHandler::Op AdminHandler::kOps[] = {
 
 AdminError to_admin_error(const OpError& e) {
   switch (e.kind) {
-    case Failure::kInvalidSpec:
-      return {code::kInvalidSpec, e.message};
-    case Failure::kExists:
-      return {code::kExists, e.message};
-    case Failure::kNotFound:
-      return {code::kNotFound, e.message};
-    case Failure::kBusy:
-      return {code::kBusy, e.message};
-    case Failure::kBackend:
-      return {code::kBackendError, e.message};
-    case Failure::kKernel:
-      return {code::kKernelError, e.message};
-    case Failure::kTimeout:
-      return {code::kTimeout, e.message};
-    case Failure::kIo:
-      return {code::kIoError, e.message};
-    case Failure::kShuttingDown:
-      return {code::kShuttingDown, e.message};
+    case Failure::kInvalidSpec: return {code::kInvalidSpec, e.message};
+    case Failure::kExists: return {code::kExists, e.message};
+    case Failure::kNotFound: return {code::kNotFound, e.message};
+    case Failure::kBusy: return {code::kBusy, e.message};
+    case Failure::kBackend: return {code::kBackendError, e.message};
+    case Failure::kKernel: return {code::kKernelError, e.message};
+    case Failure::kTimeout: return {code::kTimeout, e.message};
+    case Failure::kIo: return {code::kIoError, e.message};
+    case Failure::kShuttingDown: return {code::kShuttingDown, e.message};
   }
   return {code::kInternal, e.message};
 }

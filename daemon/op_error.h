@@ -32,12 +32,9 @@ struct OpError {
 // a start cut short by the shutdown (ECANCELED), or the kernel's refusal.
 inline Failure failure_of(int code) {
   switch (code) {
-    case ETIMEDOUT:
-      return Failure::kTimeout;
-    case ECANCELED:
-      return Failure::kShuttingDown;
-    default:
-      return Failure::kKernel;
+    case ETIMEDOUT: return Failure::kTimeout;
+    case ECANCELED: return Failure::kShuttingDown;
+    default: return Failure::kKernel;
   }
 }
 

@@ -12,23 +12,15 @@ namespace {
 
 const char* type_name(const json& v) {
   switch (v.type()) {
-    case json::value_t::null:
-      return "null";
-    case json::value_t::boolean:
-      return "a boolean";
-    case json::value_t::string:
-      return "a string";
-    case json::value_t::array:
-      return "an array";
-    case json::value_t::object:
-      return "an object";
-    case json::value_t::number_float:
-      return "a number";
+    case json::value_t::null: return "null";
+    case json::value_t::boolean: return "a boolean";
+    case json::value_t::string: return "a string";
+    case json::value_t::array: return "an array";
+    case json::value_t::object: return "an object";
+    case json::value_t::number_float: return "a number";
     case json::value_t::number_integer:
-    case json::value_t::number_unsigned:
-      return "an integer";
-    default:
-      return "a value";
+    case json::value_t::number_unsigned: return "an integer";
+    default: return "a value";
   }
 }
 
@@ -42,21 +34,17 @@ Result<Request, RequestError> parse_request(std::string_view line) {
                                                  std::to_string(json_text::kMaxDepth) + " levels"},
                         std::nullopt};
   }
-  json doc;
-  try {
-    doc = json::parse(line.begin(), line.end());
-  } catch (const json::parse_error& e) {
-    const json_text::Position at =
-        json_text::position(line, json_text::error_offset(e.byte), json_text::Columns::kBytes);
+  auto parsed = json_text::parse(line, json_text::Columns::kBytes);
+  if (!parsed) {
+    const json_text::ParseFailure& f = parsed.error();
+    // A syntax error is told by its place; what else the library refuses
+    // (a number too large for a double) by its message.
     return RequestError{
-        {code::kInvalidJson, "request is not valid JSON at " + json_text::describe(at)},
+        {code::kInvalidJson, f.at ? "request is not valid JSON at " + json_text::describe(*f.at)
+                                  : "request is not valid JSON: " + f.reason},
         std::nullopt};
-  } catch (const json::exception& e) {
-    // Valid syntax the library still refuses, e.g. a number too large for
-    // a double (out_of_range 406).
-    return RequestError{{code::kInvalidJson, std::string("request is not valid JSON: ") + e.what()},
-                        std::nullopt};
   }
+  json doc = std::move(parsed).value();
   if (!doc.is_object())
     return RequestError{{code::kInvalidRequest,
                          std::string("request must be a JSON object, not ") + type_name(doc)},

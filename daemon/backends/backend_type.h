@@ -80,6 +80,7 @@ struct BackendCaps {
   bool zero_copy = false;
 };
 
+// A row of the table. Rows are written positionally, in this order.
 struct BackendType {
   std::string_view name;
   // The keys its "backend" object may hold, "type" included; any other is
@@ -130,6 +131,17 @@ void view_nothing(const BackendSpec& spec, nlohmann::json& out);
 inline constexpr BackendFlag kSizeFlag = {
     "size", "size", BackendFlag::Sets::kValue, "--size SIZE",
     "bytes, or with a unit: 256MiB, 1GiB (B, KiB, MiB, GiB, TiB)"};
+
+// The keys and ublkctl options of a type whose only key is its size.
+inline constexpr std::string_view kSizeOnlyKeys[] = {"type", "size"};
+inline constexpr BackendFlag kSizeOnlyFlags[] = {kSizeFlag};
+
+// What a row's open() returns for a backend it made, or the error.
+template <typename T>
+Result<std::unique_ptr<Backend>> as_backend(Result<std::unique_ptr<T>> made) {
+  if (!made) return made.error();
+  return std::unique_ptr<Backend>(std::move(made).value());
+}
 
 // The rows (one file each).
 extern const BackendType kMemBackendType;

@@ -68,22 +68,12 @@ Result<std::unique_ptr<Backend>> open(const DeviceSpec& spec, const BackendEnv&)
   o.direct_io = spec.backend.direct_io;
   o.read_only = spec.read_only;
   o.logical_block_size = spec.logical_block_size;
-  auto f = FileBackend::open(o);
-  if (!f) return f.error();
-  return std::unique_ptr<Backend>(std::move(f).value());
+  return as_backend(FileBackend::open(o));
 }
 
 }  // namespace
 
 const BackendType kFileBackendType = {
-    .name = "file",
-    .keys = kKeys,
-    .flags = kFlags,
-    .caps = {.reissue_safe = true, .zero_copy = true},
-    .read = read,
-    .write = write,
-    .view = view,
-    .open = open,
-};
+    "file", kKeys, kFlags, {.reissue_safe = true, .zero_copy = true}, read, write, view, open};
 
 }  // namespace ublkd

@@ -7,9 +7,6 @@ namespace ublkd {
 
 namespace {
 
-constexpr std::string_view kKeys[] = {"type", "size"};
-constexpr BackendFlag kFlags[] = {kSizeFlag};
-
 void read(config::FieldReader& reader, const nlohmann::json& backend,
           std::optional<uint32_t> block_size, BackendSpec& out) {
   read_size_key(reader, backend, block_size, /*required=*/true, kMaxMemDeviceSize, out);
@@ -28,23 +25,14 @@ Result<std::unique_ptr<MemBackend>> open_kept(const DeviceSpec& spec, const Back
 }
 
 Result<std::unique_ptr<Backend>> open(const DeviceSpec& spec, const BackendEnv& env) {
-  auto m = env.memory != nullptr && spec.recovery ? open_kept(spec, env)
-                                                  : MemBackend::create(spec.backend.size);
-  if (!m) return m.error();
-  return std::unique_ptr<Backend>(std::move(m).value());
+  return as_backend(env.memory != nullptr && spec.recovery ? open_kept(spec, env)
+                                                           : MemBackend::create(spec.backend.size));
 }
 
 }  // namespace
 
 const BackendType kMemBackendType = {
-    .name = "mem",
-    .keys = kKeys,
-    .flags = kFlags,
-    .caps = {.reissue_safe = true, .keeps_memory = true},
-    .read = read,
-    .write = write_size_key,
-    .view = view_nothing,
-    .open = open,
-};
+    "mem", kSizeOnlyKeys,  kSizeOnlyFlags, {.reissue_safe = true, .keeps_memory = true},
+    read,  write_size_key, view_nothing,   open};
 
 }  // namespace ublkd

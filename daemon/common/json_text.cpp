@@ -68,4 +68,17 @@ std::string parse_error_reason(std::string_view what) {
   return std::string(what);
 }
 
+Result<nlohmann::json, ParseFailure> parse(std::string_view text, Columns columns) {
+  try {
+    return nlohmann::json::parse(text.begin(), text.end());
+  } catch (const nlohmann::json::parse_error& e) {
+    // e.byte is the 1-based position of the last character read, where the
+    // parser noticed the mistake.
+    const size_t offset = e.byte > 0 ? e.byte - 1 : 0;
+    return ParseFailure{position(text, offset, columns), parse_error_reason(e.what())};
+  } catch (const nlohmann::json::exception& e) {
+    return ParseFailure{std::nullopt, e.what()};
+  }
+}
+
 }  // namespace ublkd::json_text

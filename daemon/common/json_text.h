@@ -5,8 +5,13 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
 
 namespace ublkd::json_text {
 
@@ -35,16 +40,21 @@ Position position(std::string_view text, size_t offset, Columns columns);
 // "line L, column C".
 std::string describe(Position p);
 
-// Where a nlohmann parse_error points: its `byte` is the 1-based position of
-// the last character read, where the parser noticed the mistake.
-inline size_t error_offset(size_t byte) {
-  return byte > 0 ? byte - 1 : 0;
-}
-
 // nlohmann says "[json.exception.parse_error.101] parse error at line 1,
 // column 9: syntax error while parsing object - unexpected '}'; expected
 // string literal". The position is reported separately, so keep only the
 // reason ("unexpected '}'; expected string literal").
 std::string parse_error_reason(std::string_view what);
+
+// Why a text is not JSON: where (for a syntax error; nullopt for valid
+// syntax the library still refuses, such as a number too large for a
+// double) and the reason, without the position.
+struct ParseFailure {
+  std::optional<Position> at;
+  std::string reason;
+};
+
+// Parses `text` as one JSON document.
+Result<nlohmann::json, ParseFailure> parse(std::string_view text, Columns columns);
 
 }  // namespace ublkd::json_text

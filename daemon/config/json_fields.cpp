@@ -48,17 +48,12 @@ std::optional<nlohmann::json> FieldReader::parse(std::string_view text) {
             "invalid JSON: nested deeper than " + std::to_string(json_text::kMaxDepth) + " levels");
     return std::nullopt;
   }
-  try {
-    return nlohmann::json::parse(text.begin(), text.end());
-  } catch (const nlohmann::json::parse_error& e) {
-    const json_text::Position at =
-        json_text::position(text, json_text::error_offset(e.byte), json_text::Columns::kCharacters);
-    problem("", "invalid JSON at " + json_text::describe(at) + ": " +
-                    json_text::parse_error_reason(e.what()));
-  } catch (const nlohmann::json::exception& e) {
-    // Not a syntax error, e.g. a number too large for a double.
-    problem("", std::string("invalid JSON: ") + e.what());
-  }
+  auto parsed = json_text::parse(text, json_text::Columns::kCharacters);
+  if (parsed) return std::move(parsed).value();
+  const json_text::ParseFailure& f = parsed.error();
+  // Not a syntax error (no place), e.g. a number too large for a double.
+  problem("", f.at ? "invalid JSON at " + json_text::describe(*f.at) + ": " + f.reason
+                   : "invalid JSON: " + f.reason);
   return std::nullopt;
 }
 
@@ -93,38 +88,39 @@ const nlohmann::json* FieldReader::find(const nlohmann::json& object, std::strin
   return nullptr;
 }
 
+const nlohmann::json* FieldReader::find_typed(const nlohmann::json& object, std::string_view prefix,
+                                              std::string_view key, bool required,
+                                              bool (*fits)(const nlohmann::json&),
+                                              std::string_view expected) {
+  const nlohmann::json* v = find(object, prefix, key, required);
+  if (v == nullptr || fits(*v)) return v;
+  problem(join_path(prefix, key), "expected " + std::string(expected) + ", got " + describe(*v));
+  return nullptr;
+}
+
 std::optional<std::string> FieldReader::string(const nlohmann::json& object,
                                                std::string_view prefix, std::string_view key,
                                                bool required) {
-  const nlohmann::json* v = find(object, prefix, key, required);
+  auto fits = [](const nlohmann::json& v) { return v.is_string(); };
+  const nlohmann::json* v = find_typed(object, prefix, key, required, fits, "a string");
   if (v == nullptr) return std::nullopt;
-  if (!v->is_string()) {
-    problem(join_path(prefix, key), "expected a string, got " + describe(*v));
-    return std::nullopt;
-  }
   return v->get<std::string>();
 }
 
 std::optional<bool> FieldReader::boolean(const nlohmann::json& object, std::string_view prefix,
                                          std::string_view key, bool required) {
-  const nlohmann::json* v = find(object, prefix, key, required);
+  auto fits = [](const nlohmann::json& v) { return v.is_boolean(); };
+  const nlohmann::json* v = find_typed(object, prefix, key, required, fits, "true or false");
   if (v == nullptr) return std::nullopt;
-  if (!v->is_boolean()) {
-    problem(join_path(prefix, key), "expected true or false, got " + describe(*v));
-    return std::nullopt;
-  }
   return v->get<bool>();
 }
 
 std::optional<uint64_t> FieldReader::integer(const nlohmann::json& object, std::string_view prefix,
                                              std::string_view key, bool required, uint64_t min,
                                              uint64_t max) {
-  const nlohmann::json* v = find(object, prefix, key, required);
+  auto fits = [](const nlohmann::json& v) { return v.is_number_integer(); };
+  const nlohmann::json* v = find_typed(object, prefix, key, required, fits, "an integer");
   if (v == nullptr) return std::nullopt;
-  if (!v->is_number_integer()) {
-    problem(join_path(prefix, key), "expected an integer, got " + describe(*v));
-    return std::nullopt;
-  }
   // Documents built in code may hold non-negative values as signed integers.
   const bool negative = !v->is_number_unsigned() && v->get<int64_t>() < 0;
   const uint64_t n = negative ? 0 : v->get<uint64_t>();

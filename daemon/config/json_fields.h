@@ -70,6 +70,11 @@ class FieldReader {
  private:
   const nlohmann::json* find(const nlohmann::json& object, std::string_view prefix,
                              std::string_view key, bool required);
+  // find(), and a problem ("expected <expected>, got ...") unless the value
+  // fits; nullptr then.
+  const nlohmann::json* find_typed(const nlohmann::json& object, std::string_view prefix,
+                                   std::string_view key, bool required,
+                                   bool (*fits)(const nlohmann::json&), std::string_view expected);
 
   std::string origin_;
   std::vector<ConfigProblem>& problems_;

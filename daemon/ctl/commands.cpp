@@ -63,17 +63,14 @@ Result<json> parse_spec_text(std::string_view text, std::string_view origin) {
   if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
     return Error(EINVAL, name + ": the spec file is empty");
   }
-  json spec;
-  try {
-    spec = json::parse(text.begin(), text.end());
-  } catch (const json::parse_error& e) {
-    const json_text::Position at =
-        json_text::position(text, json_text::error_offset(e.byte), json_text::Columns::kCharacters);
-    return Error(EINVAL, name + ":" + std::to_string(at.line) + ":" + std::to_string(at.column) +
-                             ": invalid JSON: " + json_text::parse_error_reason(e.what()));
-  } catch (const json::exception& e) {
-    return Error(EINVAL, name + ": invalid JSON: " + e.what());
+  auto parsed = json_text::parse(text, json_text::Columns::kCharacters);
+  if (!parsed) {
+    const json_text::ParseFailure& f = parsed.error();
+    const std::string where =
+        f.at ? ":" + std::to_string(f.at->line) + ":" + std::to_string(f.at->column) : "";
+    return Error(EINVAL, name + where + ": invalid JSON: " + f.reason);
   }
+  json spec = std::move(parsed).value();
   if (!spec.is_object()) {
     return Error(EINVAL, name + ": a device spec must be a JSON object, not " + article(spec));
   }

@@ -11,6 +11,7 @@
 
 #include "base/error.h"
 #include "queue/user_data.h"
+#include "uapi/ublk.h"
 
 struct io_uring;
 struct io_uring_sqe;
@@ -21,11 +22,11 @@ namespace ublkd {
 // Block operations the queue worker hands to a backend. The values are the
 // kernel's UBLK_IO_OP_* numbers so the worker can pass them through.
 enum class IoOp : uint8_t {
-  kRead = 0,
-  kWrite = 1,
-  kFlush = 2,
-  kDiscard = 3,
-  kWriteZeroes = 5,
+  kRead = uapi::kOpRead,
+  kWrite = uapi::kOpWrite,
+  kFlush = uapi::kOpFlush,
+  kDiscard = uapi::kOpDiscard,
+  kWriteZeroes = uapi::kOpWriteZeroes,
 };
 
 struct IoRequest {
