@@ -143,9 +143,4 @@ Result<std::unique_ptr<Backend>> as_backend(Result<std::unique_ptr<T>> made) {
   return std::unique_ptr<Backend>(std::move(made).value());
 }
 
-// The rows (one file each).
-extern const BackendType kMemBackendType;
-extern const BackendType kFileBackendType;
-extern const BackendType kNullBackendType;
-
 }  // namespace ublkd

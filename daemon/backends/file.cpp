@@ -73,7 +73,7 @@ Result<std::unique_ptr<Backend>> open(const DeviceSpec& spec, const BackendEnv&)
 
 }  // namespace
 
-const BackendType kFileBackendType = {
+extern const BackendType kFileBackendType = {
     "file", kKeys, kFlags, {.reissue_safe = true, .zero_copy = true}, read, write, view, open};
 
 }  // namespace ublkd

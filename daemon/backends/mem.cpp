@@ -31,7 +31,7 @@ Result<std::unique_ptr<Backend>> open(const DeviceSpec& spec, const BackendEnv& 
 
 }  // namespace
 
-const BackendType kMemBackendType = {
+extern const BackendType kMemBackendType = {
     "mem", kSizeOnlyKeys,  kSizeOnlyFlags, {.reissue_safe = true, .keeps_memory = true},
     read,  write_size_key, view_nothing,   open};
 

@@ -18,7 +18,7 @@ Result<std::unique_ptr<Backend>> open(const DeviceSpec& spec, const BackendEnv&)
 
 }  // namespace
 
-const BackendType kNullBackendType = {
+extern const BackendType kNullBackendType = {
     "null", kSizeOnlyKeys,  kSizeOnlyFlags, {.reissue_safe = true},
     read,   write_size_key, view_nothing,   open};
 

@@ -1,15 +1,17 @@
 // The one table of backend types (backend_type.h). A new type is a file of
 // its own beside this one and a row here.
-#include <algorithm>
-#include <array>
-
 #include "backends/backend_type.h"
 
 namespace ublkd {
 
+// The rows, each defined in a file of its own.
+extern const BackendType kMemBackendType;
+extern const BackendType kFileBackendType;
+extern const BackendType kNullBackendType;
+
 namespace {
 
-const std::array<const BackendType*, 3> kBackendTypes = {
+const BackendType* const kBackendTypes[] = {
     &kMemBackendType,
     &kFileBackendType,
     &kNullBackendType,
@@ -22,9 +24,10 @@ std::span<const BackendType* const> backend_types() {
 }
 
 const BackendType* find_backend_type(std::string_view name) {
-  auto it = std::find_if(kBackendTypes.begin(), kBackendTypes.end(),
-                         [name](const BackendType* t) { return t->name == name; });
-  return it == kBackendTypes.end() ? nullptr : *it;
+  for (const BackendType* t : kBackendTypes) {
+    if (t->name == name) return t;
+  }
+  return nullptr;
 }
 
 }  // namespace ublkd
