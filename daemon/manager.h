@@ -16,8 +16,6 @@
 #include <thread>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "backends/backend_type.h"
 #include "base/error.h"
 #include "config/config_dir.h"
