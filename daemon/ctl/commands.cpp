@@ -66,9 +66,9 @@ Result<json> parse_spec_text(std::string_view text, std::string_view origin) {
   auto parsed = json_text::parse(text, json_text::Columns::kCharacters);
   if (!parsed) {
     const json_text::ParseFailure& f = parsed.error();
-    const std::string where =
-        f.at ? ":" + std::to_string(f.at->line) + ":" + std::to_string(f.at->column) : "";
-    return Error(EINVAL, name + where + ": invalid JSON: " + f.reason);
+    if (!f.at) return Error(EINVAL, name + ": invalid JSON: " + f.reason);
+    return Error(EINVAL, name + ":" + std::to_string(f.at->line) + ":" +
+                             std::to_string(f.at->column) + ": invalid JSON: " + f.reason);
   }
   json spec = std::move(parsed).value();
   if (!spec.is_object()) {
