@@ -1,6 +1,6 @@
 // ublkd as a whole: the event loop, the device manager, the admin socket and
-// signal handling, wired together. main() parses the command line and hands
-// over here.
+// signal handling, wired together; the admin API itself is api.h. main()
+// parses the command line and hands over here.
 #pragma once
 
 #include <chrono>
@@ -9,11 +9,8 @@
 #include <optional>
 #include <string>
 
-#include "admin/protocol.h"
-#include "admin/server.h"
+#include "api.h"
 #include "config/config_dir.h"
-#include "event_loop.h"
-#include "manager.h"
 
 namespace ublkd {
 
@@ -32,35 +29,5 @@ inline constexpr int kExitHandedOver = 75;
 // 1 when setup failed or a device may be left in the kernel (its stop or
 // cleanup failed), or kExitHandedOver.
 int run_daemon(const DaemonOptions& options, const LoadedConfig& config);
-
-// Told when a reload starts and when it has ended (systemd hears of both).
-struct ReloadHooks {
-  std::function<void()> begin;
-  std::function<void()> end;
-  // The devices were handed over (`upgrade`, already answered): exit.
-  std::function<void()> handed_over;
-};
-
-// The admin request dispatcher, exposed for tests: answers `req` through
-// `reply`, now or later.
-class AdminHandler {
- public:
-  AdminHandler(Manager& manager, std::filesystem::path config_dir, SpecDefaults defaults,
-               ReloadHooks hooks = {})
-      : manager_(manager),
-        config_dir_(std::move(config_dir)),
-        defaults_(defaults),
-        hooks_(std::move(hooks)) {}
-  void handle(const admin::Request& req, const admin::Server::Reply& reply);
-
- private:
-  Manager& manager_;
-  std::filesystem::path config_dir_;
-  SpecDefaults defaults_;
-  ReloadHooks hooks_;
-};
-
-nlohmann::json to_json(const ReloadReport& r);
-admin::AdminError to_admin_error(const OpError& e);
 
 }  // namespace ublkd

@@ -11,9 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "atomic_file.h"
-#include "backend/file_backend.h"
-#include "backend/mem_backend.h"
-#include "backend/null_backend.h"
+#include "countdown.h"
 #include "ctrl/control_device.h"
 #include "log.h"
 #include "uring/ring.h"
@@ -34,89 +32,7 @@ std::string held_by_users(const Device& dev) {
          " when its last user (a mount, a process) closes it";
 }
 
-// A device whose memory lives in the MemStore, to outlive the process.
-bool memory_is_kept(const DeviceSpec& spec) {
-  return spec.backend.type == "mem" && spec.recovery;
-}
-
 }  // namespace
-
-Result<std::unique_ptr<Backend>> make_backend(const DeviceSpec& spec, MemStore* mem_store,
-                                              bool reopen) {
-  const BackendSpec& b = spec.backend;
-  if (mem_store != nullptr && memory_is_kept(spec)) {
-    auto fd = reopen ? mem_store->reopen(spec.name, b.size) : mem_store->create(spec.name, b.size);
-    if (!fd) {
-      return fd.error().wrap(reopen ? "memory kept by the last ublkd"
-                                    : "memory in " + mem_store->describe());
-    }
-    auto m = MemBackend::adopt(std::move(fd).value(), b.size);
-    if (!m) return m.error();
-    return std::unique_ptr<Backend>(std::move(m).value());
-  }
-  if (b.type == "mem") {
-    auto m = MemBackend::create(b.size);
-    if (!m) return m.error();
-    return std::unique_ptr<Backend>(std::move(m).value());
-  }
-  if (b.type == "null") {
-    auto n = NullBackend::create(b.size);
-    if (!n) return n.error();
-    return std::unique_ptr<Backend>(std::move(n).value());
-  }
-  if (b.type == "file") {
-    FileBackendOptions o;
-    o.path = b.path;
-    o.size = b.size;
-    o.create = b.create;
-    o.direct_io = b.direct_io;
-    o.read_only = spec.read_only;
-    o.logical_block_size = spec.logical_block_size;
-    auto f = FileBackend::open(o);
-    if (!f) return f.error();
-    return std::unique_ptr<Backend>(std::move(f).value());
-  }
-  return Error(EINVAL, "unknown backend type '" + b.type + "'");
-}
-
-std::string describe_features(uint64_t features) {
-  std::string out;
-  for (unsigned bit = 0; bit < 64; ++bit) {
-    if ((features & (1ull << bit)) == 0) continue;
-    if (!out.empty()) out += '|';
-    if (bit < std::size(uapi::kFeatureNames))
-      out += uapi::kFeatureNames[bit];
-    else
-      out += "bit" + std::to_string(bit);
-  }
-  return out.empty() ? "none" : out;
-}
-
-nlohmann::json to_json(const DeviceSnapshot& d) {
-  nlohmann::json backend = {{"type", d.backend.type}};
-  if (d.backend.type == "file") {
-    backend["path"] = d.backend.path;
-    backend["direct_io"] = d.backend.direct_io;
-  }
-  nlohmann::json j = {
-      {"name", d.name},
-      {"id", d.id ? nlohmann::json(*d.id) : nlohmann::json(nullptr)},
-      {"state", std::string(to_string(d.state))},
-      {"backend", backend},
-      {"size", d.size},
-      {"queues", d.queues},
-      {"queue_depth", d.queue_depth},
-      {"logical_block_size", d.logical_block_size},
-      {"read_only", d.read_only},
-      {"recovery", d.recovery},
-      {"block_device",
-       d.block_device.empty() ? nlohmann::json(nullptr) : nlohmann::json(d.block_device)},
-      {"persistent", d.persistent},
-      {"source", d.source.empty() ? nlohmann::json(nullptr) : nlohmann::json(d.source)},
-  };
-  if (d.state == DeviceState::kFailed) j["error"] = d.error;
-  return j;
-}
 
 Manager::Manager(EventLoop& loop, ManagerOptions options)
     : loop_(loop), options_(std::move(options)) {
@@ -146,8 +62,6 @@ Result<void> Manager::probe() {
   if (!f) return f.error().wrap("GET_FEATURES");
   features_ = *f;
   ioctl_encoding_ = ctrl->ioctl_encoding();
-  spdlog::info("kernel ublk features 0x{:x}: {}; control commands use the {} encoding", features_,
-               describe_features(features_), ioctl_encoding_ ? "ioctl" : "legacy");
   return {};
 }
 
@@ -155,15 +69,28 @@ std::filesystem::path Manager::dropin_path(const std::string& name) const {
   return options_.config_dir / std::string(kDevicesDir) / (name + ".json");
 }
 
-void Manager::start_op(const std::string& name, std::function<void()> work,
-                       std::function<void()> then) {
+template <typename T>
+void Manager::start_op(const std::string& name, std::function<T()> work,
+                       std::function<void(T)> then) {
   Entry& e = *entries_.at(name);
   ++ops_running_;
   e.op = std::thread([this, name, work = std::move(work), then = std::move(then)]() mutable {
-    work();
-    loop_.post(
-        [this, name, then = std::move(then)]() mutable { finish_op(name, std::move(then)); });
+    T result = work();
+    loop_.post([this, name, then = std::move(then), result = std::move(result)]() mutable {
+      finish_op(name, [&then, &result] { then(std::move(result)); });
+    });
   });
+}
+
+void Manager::start_op(const std::string& name, std::function<void()> work,
+                       std::function<void()> then) {
+  start_op<bool>(
+      name,
+      [work = std::move(work)] {
+        work();
+        return true;
+      },
+      [then = std::move(then)](bool) { then(); });
 }
 
 void Manager::finish_op(const std::string& name, std::function<void()> then) {
@@ -182,23 +109,44 @@ void Manager::changed() {
 }
 
 Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, uint64_t identity,
-                                    bool reopen,
-                                    std::shared_ptr<std::optional<Error>> record_failed) {
+                                    bool reopen) {
+  auto owned = std::make_unique<Entry>();
+  Entry& e = *owned;
+  e.spec = spec;
+  e.identity = identity;
+  e.persistent = persistent;
+  // What the record says from the start; the hooks add the id.
+  const DeviceRecord record{spec, std::nullopt, identity, persistent};
+  auto listener = [this, &e, record](DeviceState from, DeviceState to, const std::string& reason) {
+    on_state(e, record, from, to, reason);
+  };
+  const int efd = queue_exit_fd_.get();
+  auto on_queue_exit = [efd] {
+    const uint64_t one = 1;
+    (void)!::write(efd, &one, sizeof(one));
+  };
+  const BackendEnv env{options_.mem_store.get(), reopen};
+  Device::BackendFactory open = [spec, env] { return make_backend(spec, env); };
+  e.dev = std::make_unique<Device>(device_config(e, record, reopen), std::move(open), listener,
+                                   on_queue_exit);
+  entries_[spec.name] = std::move(owned);
+  return e;
+}
+
+DeviceConfig Manager::device_config(Entry& e, const DeviceRecord& record, bool reopen) {
+  const DeviceSpec& spec = e.spec;
   const std::string name = spec.name;
   DeviceConfig cfg;
+  static_cast<DeviceShape&>(cfg) = spec;
   cfg.name = name;
-  cfg.queues = static_cast<uint16_t>(spec.queues);
-  cfg.queue_depth = static_cast<uint16_t>(spec.queue_depth);
-  cfg.logical_block_size = spec.logical_block_size;
-  cfg.read_only = spec.read_only;
   cfg.kernel_features = features_;
-  cfg.zero_copy = spec.backend.zero_copy;
-  cfg.recovery = spec.recovery;
-  cfg.identity = identity;
+  const BackendCaps caps = backend_caps(spec.backend);
+  cfg.zero_copy = caps.zero_copy && spec.backend.zero_copy;
+  cfg.reissue_safe = caps.reissue_safe;
+  cfg.identity = e.identity;
   cfg.idle_spin = options_.idle_spin;
   cfg.start_timeout = options_.start_timeout;
   cfg.control_path = options_.control_path;
-  const DeviceRecord record{spec, std::nullopt, identity, persistent};
   if (reopen && state_) {
     cfg.earlier_recovery_cut_short = state_->recovering_marked(name);
     cfg.before_recovery_start = [this, name] { return state_->mark_recovering(name); };
@@ -206,9 +154,9 @@ Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, uin
   if (!reopen && state_) {
     // The record exists before the kernel can hold the device: a crash right
     // after ADD_DEV still leaves its identity to find the device by.
-    cfg.before_add = [this, record, record_failed]() -> Result<void> {
+    cfg.before_add = [this, &e, record]() -> Result<void> {
       if (auto w = state_->save(record); !w) {
-        *record_failed = w.error();
+        e.record_error = w.error();
         return w.error().wrap("state record");
       }
       return {};
@@ -220,55 +168,38 @@ Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, uin
     devlog::warn(name, "device {}: test hook active: queue 0 tag {} gets no FETCH_REQ",
                  spec.queue_depth - 1);
   }
-  // The listener runs on the operation's thread, before the device exists
-  // for it to be handed; it reaches the device through this slot.
-  auto slot = std::make_shared<Device*>(nullptr);
-  auto listener = [this, name, slot, record, record_failed](DeviceState from, DeviceState to,
-                                                            const std::string& reason) {
-    if (to == DeviceState::kFailed) {
-      devlog::error(name, "device {}: state {} -> failed: {}", to_string(from), reason);
-    } else {
-      devlog::info(name, "device {}: state {} -> {}", to_string(from), to_string(to));
-    }
-    Device* dev = *slot;
-    // Completed the moment the kernel names the device: a crash from here
-    // on leaves a record with the id a later ublkd looks at first.
-    if (to == DeviceState::kAdded) crash_here("after-add-dev");
-    if (to == DeviceState::kAdded && state_ && dev != nullptr && dev->dev_id()) {
-      DeviceRecord r = record;
-      r.dev_id = dev->dev_id();
-      if (auto w = state_->save(r); !w) *record_failed = w.error();
-      retire_records_naming(*dev->dev_id(), name);
-    }
-    if (to == DeviceState::kLive && from == DeviceState::kRecovering && state_) {
-      if (auto w = state_->clear_recovering(name); !w)
-        devlog::warn(name, "device {}: state: {}", w.error().to_string());
-    }
-    // Once the kernel holds nothing of it, nothing needs keeping.
-    if (is_terminal(to) && dev != nullptr && dev->released()) {
-      if (dev->dev_id()) crash_here("after-del-dev");
-      retire(record.spec);
-    }
-    // Runs on the operation's thread; whoever watches states lives on the loop.
-    loop_.post([this] { changed(); });
-  };
-  const int efd = queue_exit_fd_.get();
-  auto on_queue_exit = [efd] {
-    const uint64_t one = 1;
-    (void)!::write(efd, &one, sizeof(one));
-  };
+  return cfg;
+}
 
-  auto entry = std::make_unique<Entry>();
-  entry->spec = spec;
-  entry->identity = identity;
-  MemStore* store = options_.mem_store.get();
-  Device::BackendFactory open = [spec, store, reopen] { return make_backend(spec, store, reopen); };
-  entry->dev = std::make_unique<Device>(cfg, std::move(open), listener, on_queue_exit);
-  *slot = entry->dev.get();
-  entry->persistent = persistent;
-  Entry& e = *entry;
-  entries_[name] = std::move(entry);
-  return e;
+void Manager::on_state(Entry& e, const DeviceRecord& record, DeviceState from, DeviceState to,
+                       const std::string& reason) {
+  const std::string& name = record.spec.name;
+  if (to == DeviceState::kFailed) {
+    devlog::error(name, "device {}: state {} -> failed: {}", to_string(from), reason);
+  } else {
+    devlog::info(name, "device {}: state {} -> {}", to_string(from), to_string(to));
+  }
+  const Device& dev = *e.dev;
+  // Completed the moment the kernel names the device: a crash from here
+  // on leaves a record with the id a later ublkd looks at first.
+  if (to == DeviceState::kAdded) crash_here("after-add-dev");
+  if (to == DeviceState::kAdded && state_ && dev.dev_id()) {
+    DeviceRecord r = record;
+    r.dev_id = dev.dev_id();
+    if (auto w = state_->save(r); !w) e.record_error = w.error();
+    retire_records_naming(*dev.dev_id(), name);
+  }
+  if (to == DeviceState::kLive && from == DeviceState::kRecovering && state_) {
+    if (auto w = state_->clear_recovering(name); !w)
+      devlog::warn(name, "device {}: state: {}", w.error().to_string());
+  }
+  // Once the kernel holds nothing of it, nothing needs keeping.
+  if (is_terminal(to) && dev.released()) {
+    if (dev.dev_id()) crash_here("after-del-dev");
+    retire(record.spec);
+  }
+  // Runs on the operation's thread; whoever watches states lives on the loop.
+  loop_.post([this] { changed(); });
 }
 
 void Manager::crash_here(std::string_view point) const {
@@ -291,7 +222,7 @@ void Manager::retire(const DeviceSpec& spec) {
     if (auto w = state_->remove(spec.name); !w)
       devlog::warn(spec.name, "device {}: state record: {}", w.error().to_string());
   }
-  if (options_.mem_store && memory_is_kept(spec)) options_.mem_store->drop(spec.name);
+  if (options_.mem_store && keeps_memory(spec)) options_.mem_store->drop(spec.name);
 }
 
 void Manager::retire_records_naming(uint32_t dev_id, const std::string& owner) {
@@ -306,114 +237,120 @@ void Manager::retire_records_naming(uint32_t dev_id, const std::string& owner) {
   }
 }
 
-void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
-  const std::string name = spec.name;
+std::optional<OpError> Manager::refuse_add(const std::string& name, bool persist) {
   if (shutting_down_ || handed_over_)
-    return done(OpError{Failure::kShuttingDown, "ublkd is shutting down"});
+    return OpError{Failure::kShuttingDown, "ublkd is shutting down"};
   if (auto it = entries_.find(name); it != entries_.end()) {
     Entry& old = *it->second;
     if (old.dev->state() == DeviceState::kRemovedPending)
-      return done(OpError{Failure::kBusy,
-                          "device " + name + " was removed and " + held_by_users(*old.dev)});
+      return OpError{Failure::kBusy,
+                     "device " + name + " was removed and " + held_by_users(*old.dev)};
     if (old.op.joinable())
-      return done(OpError{Failure::kBusy, "device " + name + " is busy (" +
-                                              std::string(to_string(old.dev->state())) + ")"});
+      return OpError{Failure::kBusy, "device " + name + " is busy (" +
+                                         std::string(to_string(old.dev->state())) + ")"};
     if (!is_terminal(old.dev->state()))
-      return done(OpError{Failure::kExists, "device " + name + " already exists"});
+      return OpError{Failure::kExists, "device " + name + " already exists"};
     forget(it);  // a failed device of that name is replaced
   }
   if (persist) {
     std::error_code ec;
     const auto path = dropin_path(name);
     if (std::filesystem::exists(path, ec))
-      return done(OpError{Failure::kExists, "drop-in " + path.string() + " already exists"});
+      return OpError{Failure::kExists, "drop-in " + path.string() + " already exists"};
   }
-  auto record_failed = std::make_shared<std::optional<Error>>();
+  return std::nullopt;
+}
+
+void Manager::add(DeviceSpec spec, bool persist, AddDone done) {
+  const std::string name = spec.name;
+  if (auto refused = refuse_add(name, persist)) return done(std::move(*refused));
   const uint64_t identity = options_.no_identity ? 0 : Device::new_identity();
-  Entry& entry =
-      make_entry(spec, persist || !spec.source.empty(), identity, /*reopen=*/false, record_failed);
+  Entry& entry = make_entry(spec, persist || !spec.source.empty(), identity, /*reopen=*/false);
   entry.from_api = spec.source.empty();
   entry.starting = true;
-  Device* dev = entry.dev.get();
   changed();
+  start_op<OpResult<void>>(
+      name, [this, &entry, persist] { return bring_up(entry, persist); },
+      [this, name, persist, done = std::move(done)](OpResult<void> result) {
+        finish_add(name, persist, std::move(result), done);
+      });
+}
 
-  auto failure = std::make_shared<std::optional<OpError>>();
-  auto work = [this, dev, persist, spec, failure, record_failed] {
-    if (auto b = dev->open_backend(); !b) {
-      *failure = OpError{Failure::kBackend, "device " + spec.name + ": backend " +
-                                                spec.backend.type + ": " + b.error().to_string()};
-      return;
-    }
-    if (auto r = dev->start(); !r) {
-      const int code = r.error().code();
-      const Failure kind = *record_failed      ? Failure::kIo
-                           : code == ETIMEDOUT ? Failure::kTimeout
-                           : code == ECANCELED ? Failure::kShuttingDown
-                                               : Failure::kKernel;
-      *failure = OpError{kind, "device " + spec.name + ": " + r.error().message()};
-      return;
-    }
-    if (*record_failed) {
-      // Without its record a crash would leave the device where no later
-      // ublkd finds it: not a device to hand out.
-      *failure = OpError{Failure::kIo, "device " + spec.name + ": state record: " +
-                                           (*record_failed)->to_string() +
-                                           " (device removed again)"};
-      (void)dev->stop();
-      return;
-    }
-    if (persist) {
-      if (auto w = write_dropin(spec); !w) {
-        *failure =
-            OpError{Failure::kIo, "device " + spec.name + ": persist: " + w.error().to_string() +
-                                      " (device removed again)"};
-        (void)dev->stop();
-      }
-    }
-  };
-  auto then = [this, name, persist, failure, done = std::move(done)] {
-    auto it = entries_.find(name);
-    Entry& e = *it->second;
-    e.starting = false;
-    if (*failure) {
-      // The message names the device already.
-      if ((*failure)->kind == Failure::kIo) devlog::error(name, "{1}", (*failure)->message);
-      // The client was told; a failed API device is not kept for `list`.
-      if (e.from_api) forget(it);
-      return done(**failure);
-    }
-    const auto& info = e.dev->kernel_info();
-    if (info.nr_hw_queues != e.spec.queues || info.queue_depth != e.spec.queue_depth) {
-      devlog::warn(name, "device {}: kernel granted {} queues of depth {} (asked {} of {})",
-                   info.nr_hw_queues, info.queue_depth, e.spec.queues, e.spec.queue_depth);
-    }
-    if (persist) {
-      e.spec.source = dropin_path(name).string();
-      devlog::info(name, "device {}: spec persisted to {}", e.spec.source);
-      save_record(e);
-    }
-    if (e.spec.recovery && (info.flags & uapi::kFeatUserRecovery) == 0) {
-      devlog::warn(name,
-                   "device {}: the kernel did not grant USER_RECOVERY: the device will not "
-                   "survive ublkd exiting");
-    }
-    std::string notes = e.dev->backend().io_notes();
-    if (e.dev->zero_copy()) {
-      notes += notes.empty() ? "" : "; ";
-      notes += "zero copy (the kernel registers each request's pages for the backend)";
-    }
-    devlog::info(name, "device {} live at {} (queue rings: {}{}{})", e.dev->block_device(),
-                 setup_flags_string(e.dev->queue_ring_flags()), notes.empty() ? "" : "; ", notes);
-    if (const auto& f = e.dev->io_flusher_error()) {
-      devlog::warn(name,
-                   "device {}: queue threads are not I/O flushers: {} (ublkd lacks "
-                   "CAP_SYS_RESOURCE); writeback to this device under memory pressure may "
-                   "deadlock",
-                   f->to_string());
-    }
-    done(snapshot(e));
-  };
-  start_op(name, std::move(work), std::move(then));
+OpResult<void> Manager::bring_up(Entry& e, bool persist) {
+  const DeviceSpec& spec = e.spec;
+  Device& dev = *e.dev;
+  if (auto b = dev.open_backend(); !b) {
+    return OpError{Failure::kBackend, "device " + spec.name + ": backend " + spec.backend.type +
+                                          ": " + b.error().to_string()};
+  }
+  if (auto r = dev.start(); !r) {
+    const Failure kind = e.record_error ? Failure::kIo : failure_of(r.error().code());
+    return OpError{kind, "device " + spec.name + ": " + r.error().message()};
+  }
+  if (e.record_error) {
+    // Without its record a crash would leave the device where no later
+    // ublkd finds it: not a device to hand out.
+    (void)dev.stop();
+    return OpError{Failure::kIo, "device " + spec.name + ": state record: " +
+                                     e.record_error->to_string() + " (device removed again)"};
+  }
+  if (!persist) return {};
+  if (auto w = write_dropin(spec); !w) {
+    (void)dev.stop();
+    return OpError{Failure::kIo, "device " + spec.name + ": persist: " + w.error().to_string() +
+                                     " (device removed again)"};
+  }
+  return {};
+}
+
+void Manager::finish_add(const std::string& name, bool persist, OpResult<void> result,
+                         AddDone done) {
+  auto it = entries_.find(name);
+  Entry& e = *it->second;
+  e.starting = false;
+  if (!result) {
+    const OpError& failure = result.error();
+    // The message names the device already.
+    if (failure.kind == Failure::kIo) devlog::error(name, "{1}", failure.message);
+    // The client was told; a failed API device is not kept for `list`.
+    if (e.from_api) forget(it);
+    return done(failure);
+  }
+  const auto& info = e.dev->kernel_info();
+  if (info.nr_hw_queues != e.spec.queues || info.queue_depth != e.spec.queue_depth) {
+    devlog::warn(name, "device {}: kernel granted {} queues of depth {} (asked {} of {})",
+                 info.nr_hw_queues, info.queue_depth, e.spec.queues, e.spec.queue_depth);
+  }
+  if (persist) {
+    e.spec.source = dropin_path(name).string();
+    devlog::info(name, "device {}: spec persisted to {}", e.spec.source);
+    save_record(e);
+  }
+  log_live(e);
+  done(snapshot(e));
+}
+
+void Manager::log_live(const Entry& e) const {
+  const std::string& name = e.spec.name;
+  if (e.spec.recovery && (e.dev->kernel_info().flags & uapi::kFeatUserRecovery) == 0) {
+    devlog::warn(name,
+                 "device {}: the kernel did not grant USER_RECOVERY: the device will not "
+                 "survive ublkd exiting");
+  }
+  std::string notes = e.dev->backend().io_notes();
+  if (e.dev->zero_copy()) {
+    notes += notes.empty() ? "" : "; ";
+    notes += "zero copy (the kernel registers each request's pages for the backend)";
+  }
+  devlog::info(name, "device {} live at {} (queue rings: {}{}{})", e.dev->block_device(),
+               setup_flags_string(e.dev->queue_ring_flags()), notes.empty() ? "" : "; ", notes);
+  if (const auto& f = e.dev->io_flusher_error()) {
+    devlog::warn(name,
+                 "device {}: queue threads are not I/O flushers: {} (ublkd lacks "
+                 "CAP_SYS_RESOURCE); writeback to this device under memory pressure may "
+                 "deadlock",
+                 f->to_string());
+  }
 }
 
 void Manager::up(DeviceSpec spec, AddDone done) {
@@ -481,17 +418,18 @@ void Manager::remove(const std::string& name, DelDone done) {
     changed();
     return done(gone);
   }
-  auto failure = std::make_shared<std::optional<OpError>>();
   Device* dev = e.dev.get();
-  auto work = [dev, name, failure] {
+  auto work = [dev, name]() -> OpResult<void> {
     if (auto r = dev->stop(); !r)
-      *failure = OpError{Failure::kKernel, "device " + name + ": " + r.error().message()};
+      return OpError{Failure::kKernel, "device " + name + ": " + r.error().message()};
+    return {};
   };
-  auto then = [this, name, failure, done = std::move(done)] {
+  auto then = [this, name, done = std::move(done)](OpResult<void> stopped) {
     auto it = entries_.find(name);
-    if (*failure || it == entries_.end()) {
+    if (!stopped || it == entries_.end()) {
       if (it != entries_.end()) forget(it);
-      return done(failure->value_or(OpError{Failure::kNotFound, "no device named " + name}));
+      return done(stopped ? OpError{Failure::kNotFound, "no device named " + name}
+                          : stopped.error());
     }
     Entry& e = *it->second;
     const DeviceSnapshot after = snapshot(e);
@@ -504,7 +442,7 @@ void Manager::remove(const std::string& name, DelDone done) {
     devlog::info(name, "device {} removed");
     done(after);
   };
-  start_op(name, std::move(work), std::move(then));
+  start_op<OpResult<void>>(name, std::move(work), std::move(then));
 }
 
 void Manager::watch_release(const Entry& e) {
@@ -521,20 +459,19 @@ void Manager::check_releases() {
   for (auto& [name, e] : entries_) {
     if (e->op.joinable() || !e->dev->delete_pending()) continue;
     Device* dev = e->dev.get();
-    auto result = std::make_shared<Result<bool>>(false);
     const std::string n = name;  // clang before 16 cannot capture a structured binding
-    start_op(
-        n, [dev, result] { *result = dev->check_released(); },
-        [this, n, result] {
+    start_op<Result<bool>>(
+        n, [dev] { return dev->check_released(); },
+        [this, n](Result<bool> released) {
           auto it = entries_.find(n);
           if (it == entries_.end()) return;
           Entry& entry = *it->second;
-          if (!*result) {
+          if (!released) {
             devlog::warn(n, "device {}: asking the kernel whether it released /dev/ublkb{}: {}",
-                         *entry.dev->dev_id(), result->error().to_string());
+                         *entry.dev->dev_id(), released.error().to_string());
             return;
           }
-          if (!**result) return;
+          if (!*released) return;
           devlog::info(n,
                        "device {}: the kernel released /dev/ublkb{}; its state record is retired",
                        *entry.dev->dev_id());
@@ -567,60 +504,62 @@ void Manager::recover_all(std::function<void()> done) {
   if (records.empty()) return done();
   spdlog::info("recovering {} device(s) from {}", records.size(), state_->dir().string());
 
-  auto pending = std::make_shared<size_t>(records.size());
-  auto finish = std::make_shared<std::function<void()>>(std::move(done));
-  for (const DeviceRecord& r : records) {
-    const std::string name = r.spec.name;
-    Entry& e = make_entry(r.spec, r.persistent, r.identity, /*reopen=*/true,
-                          std::make_shared<std::optional<Error>>());
-    e.from_api = r.spec.source.empty();
-    if (r.removed) {
-      (void)e.dev->await_release(*r.dev_id);
-      devlog::info(name, "device {}: removed by the last ublkd; {}", held_by_users(*e.dev));
-      watch_release(e);
-      if (--*pending == 0) (*finish)();
-      continue;
-    }
-    e.starting = true;
-    Device* dev = e.dev.get();
-    const std::optional<uint32_t> id = r.dev_id;
-    devlog::info(name, "device {}: recovering {} (recovery {})",
-                 id ? "/dev/ublkb" + std::to_string(*id)
-                    : "the device with identity " + format_identity(r.identity),
-                 r.spec.recovery ? "on" : "off");
-    auto stale = std::make_shared<bool>(false);
-    auto work = [dev, id, stale] {
-      auto rec = dev->recover(id);
-      *stale = !rec && rec.error().code() == ESTALE;
-    };
-    auto then = [this, name, pending, finish, stale] {
-      auto it = entries_.find(name);
-      if (it != entries_.end()) {
-        Entry& entry = *it->second;
-        entry.starting = false;
-        if (entry.dev->state() == DeviceState::kLive) {
-          devlog::info(name, "device {} recovered: live again at {}", entry.dev->block_device());
-        } else if (*stale) {
-          devlog::error(name, "device {}: {}", entry.dev->failure_reason());
-          retire(entry.spec);
-          forget(it);
-        } else if (entry.dev->released()) {
-          devlog::warn(name,
-                       "device {}: not recovered ({}); nothing of it is left in the kernel, its "
-                       "record is retired",
-                       entry.dev->failure_reason());
-        } else if (entry.dev->delete_pending()) {
-          devlog::warn(name, "device {}: not recovered ({}); deleted, and {}",
-                       entry.dev->failure_reason(), held_by_users(*entry.dev));
-          watch_release(entry);
-        } else {
-          devlog::error(name, "device {}: not recovered and left in the kernel: {}",
-                        entry.dev->failure_reason());
-        }
-      }
-      if (--*pending == 0) (*finish)();
-    };
-    start_op(name, std::move(work), std::move(then));
+  auto all_settled = Countdown::start(records.size(), std::move(done));
+  for (const DeviceRecord& r : records) recover_one(r, [all_settled] { all_settled->one_done(); });
+}
+
+void Manager::recover_one(const DeviceRecord& r, std::function<void()> done) {
+  const std::string name = r.spec.name;
+  Entry& e = make_entry(r.spec, r.persistent, r.identity, /*reopen=*/true);
+  e.from_api = r.spec.source.empty();
+  if (r.removed) {
+    (void)e.dev->await_release(*r.dev_id);
+    devlog::info(name, "device {}: removed by the last ublkd; {}", held_by_users(*e.dev));
+    watch_release(e);
+    return done();
+  }
+  e.starting = true;
+  Device* dev = e.dev.get();
+  const std::optional<uint32_t> id = r.dev_id;
+  devlog::info(name, "device {}: recovering {} (recovery {})",
+               id ? "/dev/ublkb" + std::to_string(*id)
+                  : "the device with identity " + format_identity(r.identity),
+               r.spec.recovery ? "on" : "off");
+  // Whether the record turned out to be stale (ESTALE: the id is another
+  // device's now).
+  auto work = [dev, id] {
+    auto rec = dev->recover(id);
+    return !rec && rec.error().code() == ESTALE;
+  };
+  start_op<bool>(name, work, [this, name, done = std::move(done)](bool stale) {
+    finish_recovery(name, stale);
+    done();
+  });
+}
+
+void Manager::finish_recovery(const std::string& name, bool stale) {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return;
+  Entry& entry = *it->second;
+  entry.starting = false;
+  if (entry.dev->state() == DeviceState::kLive) {
+    devlog::info(name, "device {} recovered: live again at {}", entry.dev->block_device());
+  } else if (stale) {
+    devlog::error(name, "device {}: {}", entry.dev->failure_reason());
+    retire(entry.spec);
+    forget(it);
+  } else if (entry.dev->released()) {
+    devlog::warn(name,
+                 "device {}: not recovered ({}); nothing of it is left in the kernel, its "
+                 "record is retired",
+                 entry.dev->failure_reason());
+  } else if (entry.dev->delete_pending()) {
+    devlog::warn(name, "device {}: not recovered ({}); deleted, and {}",
+                 entry.dev->failure_reason(), held_by_users(*entry.dev));
+    watch_release(entry);
+  } else {
+    devlog::error(name, "device {}: not recovered and left in the kernel: {}",
+                  entry.dev->failure_reason());
   }
 }
 
@@ -636,7 +575,7 @@ std::vector<DeviceRecord> Manager::drop_ambiguous(std::vector<DeviceRecord> reco
   return records;
 }
 
-std::variant<std::vector<std::string>, OpError> Manager::hand_over() {
+OpResult<std::vector<std::string>> Manager::hand_over() {
   if (shutting_down_ || handed_over_)
     return OpError{Failure::kShuttingDown, "ublkd is shutting down"};
   std::vector<std::string> names;
@@ -760,16 +699,15 @@ void Manager::reload(const LoadedConfig& config, std::function<void(ReloadReport
       devlog::warn(name, "device {}: its drop-in is gone; it keeps running until deleted");
     }
   }
-  if (to_add.empty()) return done(std::move(*report));
-  auto pending = std::make_shared<size_t>(to_add.size());
-  auto finish = std::make_shared<std::function<void(ReloadReport)>>(std::move(done));
+  auto all_started = Countdown::start(
+      to_add.size(), [report, done = std::move(done)] { done(std::move(*report)); });
   for (const DeviceSpec& spec : to_add) {
-    add(spec, false, [report, pending, finish, name = spec.name](auto result) {
-      if (auto* err = std::get_if<OpError>(&result))
-        report->failed.emplace_back(name, err->message);
+    add(spec, false, [report, all_started, name = spec.name](OpResult<DeviceSnapshot> result) {
+      if (!result)
+        report->failed.emplace_back(name, result.error().message);
       else
         report->started.push_back(name);
-      if (--*pending == 0) (*finish)(std::move(*report));
+      all_started->one_done();
     });
   }
 }
@@ -780,13 +718,9 @@ DeviceSnapshot Manager::snapshot(const Entry& e) const {
   // The state is read first: fields the device sets before it leaves `new`
   // are only read once the state says they are there.
   d.state = e.dev->state();
+  static_cast<DeviceShape&>(d) = e.spec;
   d.backend = e.spec.backend;
   d.size = e.dev->size();
-  d.queues = e.spec.queues;
-  d.queue_depth = e.spec.queue_depth;
-  d.logical_block_size = e.spec.logical_block_size;
-  d.read_only = e.spec.read_only;
-  d.recovery = e.spec.recovery;
   d.persistent = e.persistent;
   d.source = e.persistent ? e.spec.source : std::string();
   if (d.state != DeviceState::kNew && e.dev->dev_id()) {

@@ -14,16 +14,15 @@
 #include <optional>
 #include <string>
 #include <thread>
-#include <variant>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
+#include "backends/backend_type.h"
 #include "base/error.h"
 #include "config/config_dir.h"
 #include "config/device_spec.h"
 #include "device/device.h"
 #include "event_loop.h"
+#include "op_error.h"
 #include "recovery/mem_store.h"
 #include "recovery/state_store.h"
 
@@ -59,44 +58,21 @@ struct ManagerOptions {
   std::shared_ptr<MemStore> mem_store;
 };
 
-// Why an operation failed, in the terms the admin API reports.
-enum class Failure {
-  kInvalidSpec,
-  kExists,
-  kNotFound,
-  kBusy,
-  kBackend,
-  kKernel,
-  kTimeout,
-  kIo,
-  kShuttingDown,
-};
-
-struct OpError {
-  Failure kind;
-  std::string message;
-};
-
-// A device as `list` and `info` show it.
-struct DeviceSnapshot {
+// A device as `list` and `info` show it (api.h writes it as JSON). The
+// shape is the spec's, except queues and queue_depth, which are what the
+// kernel granted once it has the device.
+struct DeviceSnapshot : DeviceShape {
   std::string name;
   std::optional<uint32_t> id;
   DeviceState state = DeviceState::kNew;
   BackendSpec backend;
   uint64_t size = 0;
-  uint32_t queues = 0;
-  uint32_t queue_depth = 0;
-  uint32_t logical_block_size = 0;
-  bool read_only = false;
-  bool recovery = true;
   std::string block_device;
   bool persistent = false;
   std::string source;
   std::string error;
   uint64_t kernel_flags = 0;
 };
-
-nlohmann::json to_json(const DeviceSnapshot& d);
 
 struct ReloadReport {
   std::vector<std::string> started;
@@ -108,10 +84,10 @@ struct ReloadReport {
 
 class Manager {
  public:
-  using AddDone = std::function<void(std::variant<DeviceSnapshot, OpError>)>;
+  using AddDone = std::function<void(OpResult<DeviceSnapshot>)>;
   // The device as it was left: removed, or removed-pending while somebody
   // still holds /dev/ublkbN open.
-  using DelDone = std::function<void(std::variant<DeviceSnapshot, OpError>)>;
+  using DelDone = std::function<void(OpResult<DeviceSnapshot>)>;
 
   Manager(EventLoop& loop, ManagerOptions options);
   ~Manager();
@@ -145,7 +121,7 @@ class Manager {
   // kernel). On success returns the names handed over; the records and the
   // memory stay, and from now on the manager refuses new work. The caller
   // then ends the process without stopping the devices.
-  std::variant<std::vector<std::string>, OpError> hand_over();
+  OpResult<std::vector<std::string>> hand_over();
 
   // Brings a drop-in's device live, or answers at once if it is live
   // already (it may have been autostarted): what ublkd@NAME.service needs.
@@ -190,14 +166,35 @@ class Manager {
     uint64_t identity = 0;    // DeviceConfig::identity
     std::thread op;           // the add/remove/fail under way, if any
     bool starting = false;    // that operation is an add
+    // Why the state record could not be written while the device started.
+    // Written by the operation's thread, read once it is joined.
+    std::optional<Error> record_error;
   };
   using Entries = std::map<std::string, std::unique_ptr<Entry>>;
 
   // A new entry for `spec`, registered under its name, whose device reopens
-  // kept memory (recovery) or creates it. `record_failed` is set when the
-  // state record could not be written at ADD_DEV.
-  Entry& make_entry(const DeviceSpec& spec, bool persistent, uint64_t identity, bool reopen,
-                    std::shared_ptr<std::optional<Error>> record_failed);
+  // kept memory (recovery) or creates it.
+  Entry& make_entry(const DeviceSpec& spec, bool persistent, uint64_t identity, bool reopen);
+  // The device's config for the entry, with the hooks that keep its state
+  // record (`record`) up to date.
+  DeviceConfig device_config(Entry& e, const DeviceRecord& record, bool reopen);
+  // The device of `e` changed state (on the thread of its operation): logs
+  // it and keeps the state record in step.
+  void on_state(Entry& e, const DeviceRecord& record, DeviceState from, DeviceState to,
+                const std::string& reason);
+  // add(): why the device cannot be added now, if it cannot.
+  std::optional<OpError> refuse_add(const std::string& name, bool persist);
+  // add(), on the operation's thread: brings the device live, and with
+  // `persist` writes its drop-in.
+  OpResult<void> bring_up(Entry& e, bool persist);
+  // add(), on the loop thread once bring_up() is done.
+  void finish_add(const std::string& name, bool persist, OpResult<void> result, AddDone done);
+  // The log lines of a device that just went live.
+  void log_live(const Entry& e) const;
+  // recover_all(): recovers, or waits for the release of, one recorded
+  // device; `done` runs when that is settled.
+  void recover_one(const DeviceRecord& r, std::function<void()> done);
+  void finish_recovery(const std::string& name, bool stale);
   // Rewrites the entry's record (its spec, id, identity; removed once the
   // device is removed-pending).
   void save_record(const Entry& e);
@@ -219,6 +216,10 @@ class Manager {
   void check_releases();
   // ManagerOptions::crash_at.
   void crash_here(std::string_view point) const;
+  // Runs `work` on a thread of the entry `name`, then `then` with its result
+  // on the loop thread (see finish_op()).
+  template <typename T>
+  void start_op(const std::string& name, std::function<T()> work, std::function<void(T)> then);
   void start_op(const std::string& name, std::function<void()> work, std::function<void()> then);
   // Drops an entry, remembering it for shutdown's report if its device may
   // be left in the kernel.
@@ -257,13 +258,5 @@ class Manager {
   std::vector<std::string> left_behind_;
   std::function<void()> on_change_;
 };
-
-// A backend for the spec, or why not. A mem device with recovery takes its
-// memory from `mem_store` when given: kept memory when `reopen`, else new.
-Result<std::unique_ptr<Backend>> make_backend(const DeviceSpec& spec,
-                                              MemStore* mem_store = nullptr, bool reopen = false);
-
-// "ZERO_COPY|USER_RECOVERY|...|bit40" for logs.
-std::string describe_features(uint64_t features);
 
 }  // namespace ublkd

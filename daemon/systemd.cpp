@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <span>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 #include <systemd/sd-daemon.h>
@@ -39,24 +41,29 @@ bool is_starting(DeviceState s) {
   return false;
 }
 
-std::string family_name(int family) {
-  switch (family) {
-    case AF_UNIX: return "AF_UNIX";
-    case AF_INET: return "AF_INET";
-    case AF_INET6: return "AF_INET6";
-    case AF_NETLINK: return "AF_NETLINK";
+// The names of the socket families and types a passed fd may have.
+constexpr std::pair<int, const char*> kFamilies[] = {
+    {AF_UNIX, "AF_UNIX"}, {AF_INET, "AF_INET"}, {AF_INET6, "AF_INET6"}, {AF_NETLINK, "AF_NETLINK"}};
+constexpr std::pair<int, const char*> kTypes[] = {{SOCK_STREAM, "SOCK_STREAM"},
+                                                  {SOCK_DGRAM, "SOCK_DGRAM"},
+                                                  {SOCK_SEQPACKET, "SOCK_SEQPACKET"},
+                                                  {SOCK_RAW, "SOCK_RAW"}};
+
+// `value`'s name in `names`, else `what` and the number.
+std::string name_of(int value, std::span<const std::pair<int, const char*>> names,
+                    const char* what) {
+  for (const auto& [v, name] : names) {
+    if (v == value) return name;
   }
-  return "family " + std::to_string(family);
+  return std::string(what) + " " + std::to_string(value);
+}
+
+std::string family_name(int family) {
+  return name_of(family, kFamilies, "family");
 }
 
 std::string type_name(int type) {
-  switch (type) {
-    case SOCK_STREAM: return "SOCK_STREAM";
-    case SOCK_DGRAM: return "SOCK_DGRAM";
-    case SOCK_SEQPACKET: return "SOCK_SEQPACKET";
-    case SOCK_RAW: return "SOCK_RAW";
-  }
-  return "type " + std::to_string(type);
+  return name_of(type, kTypes, "type");
 }
 
 // "an AF_INET SOCK_STREAM socket", "an AF_UNIX SOCK_STREAM socket that is

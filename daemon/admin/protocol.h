@@ -7,33 +7,13 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <variant>
 
 #include <nlohmann/json.hpp>
 
+#include "base/error.h"
+#include "common/wire.h"
+
 namespace ublkd::admin {
-
-inline constexpr size_t kMaxRequestLine = 1 << 20;  // bytes, newline included
-inline constexpr int kApiVersion = 1;
-
-// Error codes of docs/admin-api.md.
-namespace code {
-inline constexpr const char* kInvalidJson = "invalid-json";
-inline constexpr const char* kInvalidRequest = "invalid-request";
-inline constexpr const char* kRequestTooLarge = "request-too-large";
-inline constexpr const char* kUnknownOp = "unknown-op";
-inline constexpr const char* kPermissionDenied = "permission-denied";
-inline constexpr const char* kInvalidSpec = "invalid-spec";
-inline constexpr const char* kExists = "exists";
-inline constexpr const char* kNotFound = "not-found";
-inline constexpr const char* kBusy = "busy";
-inline constexpr const char* kBackendError = "backend-error";
-inline constexpr const char* kKernelError = "kernel-error";
-inline constexpr const char* kTimeout = "timeout";
-inline constexpr const char* kIoError = "io-error";
-inline constexpr const char* kShuttingDown = "shutting-down";
-inline constexpr const char* kInternal = "internal";
-}  // namespace code
 
 struct AdminError {
   std::string code;
@@ -56,7 +36,7 @@ struct RequestError {
 // Parses one line (without its newline). Checks only the envelope: a JSON
 // object with a string "op"; the op's own fields are checked by its handler
 // with check_fields().
-std::variant<Request, RequestError> parse_request(std::string_view line);
+Result<Request, RequestError> parse_request(std::string_view line);
 
 // Every field of the request other than op and id must be in `allowed`;
 // fields in `required` must be present. Returns the first violation.
@@ -65,7 +45,7 @@ std::optional<AdminError> check_fields(const Request& req,
                                        std::initializer_list<std::string_view> required = {});
 
 // A field's value of the expected JSON type, or the error naming it.
-std::variant<std::string, AdminError> string_field(const Request& req, std::string_view field);
+Result<std::string, AdminError> string_field(const Request& req, std::string_view field);
 
 nlohmann::json ok_response(const std::optional<nlohmann::json>& id, nlohmann::json result);
 nlohmann::json error_response(const std::optional<nlohmann::json>& id, const AdminError& e);

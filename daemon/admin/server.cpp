@@ -131,10 +131,10 @@ void Server::on_accept() {
     }
     if (!ok) {
       spdlog::warn("admin socket: permission denied for uid {} (pid {})", cred.uid, cred.pid);
-      queue_response(id, error_response(std::nullopt,
-                                        {code::kPermissionDenied,
-                                         "uid " + std::to_string(cred.uid) +
-                                             " is neither root nor in the admin group"}));
+      queue_response(id,
+                     error_response(std::nullopt, {code::kPermissionDenied,
+                                                   "uid " + std::to_string(cred.uid) +
+                                                       " is neither root nor in the admin group"}));
       conns_[id]->close_after_write = true;
       flush(id);
     } else if (full) {
@@ -169,11 +169,11 @@ void Server::on_conn_event(uint64_t id, uint32_t events) {
         // certain, and a client piling up requests while one is handled
         // cannot make us buffer without bound either.
         const size_t nl = c.in.find('\n');
-        const bool line_too_long = c.in.size() > kMaxRequestLine &&
-                                   (nl == std::string::npos || nl + 1 > kMaxRequestLine);
+        const bool line_too_long =
+            c.in.size() > kMaxRequestLine && (nl == std::string::npos || nl + 1 > kMaxRequestLine);
         if (line_too_long || c.in.size() > 4 * kMaxRequestLine) {
-          queue_response(id, error_response(std::nullopt,
-                                            {code::kRequestTooLarge, "request line exceeds 1 MiB"}));
+          queue_response(id, error_response(std::nullopt, {code::kRequestTooLarge,
+                                                           "request line exceeds 1 MiB"}));
           c.close_after_write = true;
           c.in.clear();
           flush(id);
@@ -207,22 +207,22 @@ void Server::process_lines(uint64_t id) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
     if (line.size() + 1 > kMaxRequestLine) {
-      queue_response(id, error_response(std::nullopt,
-                                        {code::kRequestTooLarge, "request line exceeds 1 MiB"}));
+      queue_response(
+          id, error_response(std::nullopt, {code::kRequestTooLarge, "request line exceeds 1 MiB"}));
       c.close_after_write = true;
       flush(id);
       return;
     }
     auto parsed = parse_request(line);
-    if (auto* e = std::get_if<RequestError>(&parsed)) {
-      queue_response(id, error_response(e->id, e->error));
+    if (!parsed) {
+      queue_response(id, error_response(parsed.error().id, parsed.error().error));
       flush(id);
       if (!conns_.count(id)) return;
       continue;
     }
     c.busy = true;
     std::weak_ptr<bool> alive = alive_;
-    handler_(std::get<Request>(parsed), c.peer, [this, id, alive](const nlohmann::json& resp) {
+    handler_(parsed.value(), c.peer, [this, id, alive](const nlohmann::json& resp) {
       if (alive.expired()) return;
       auto cit = conns_.find(id);
       if (cit == conns_.end()) return;

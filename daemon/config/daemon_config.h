@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/wire.h"
 #include "config/config_problem.h"
 #include "config/device_spec.h"
 
@@ -25,7 +26,6 @@ enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError };
 std::string_view to_string(LogLevel level);
 std::optional<LogLevel> parse_log_level(std::string_view text);
 
-inline constexpr std::string_view kDefaultSocketPath = "/run/ublkd/ublkd.sock";
 inline constexpr std::chrono::milliseconds kDefaultStartTimeout{10000};
 inline constexpr std::string_view kDefaultAdminGroup = "root";
 inline constexpr uint32_t kMaxStartTimeoutSeconds = 300;

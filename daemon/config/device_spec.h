@@ -19,52 +19,54 @@
 
 #include "base/error.h"
 #include "config/config_problem.h"
+#include "device/device_shape.h"
 
 namespace ublkd {
 
 inline constexpr size_t kMaxDeviceNameLength = 32;
 inline constexpr uint32_t kMaxQueues = 64;
 inline constexpr uint32_t kMaxQueueDepth = 4096;
-inline constexpr uint32_t kDefaultQueueDepth = 128;
+inline constexpr uint32_t kDefaultQueueDepth = DeviceShape{}.queue_depth;
 inline constexpr uint32_t kMaxDefaultQueues = 4;
 inline constexpr uint32_t kMinLogicalBlockSize = 512;
 inline constexpr uint32_t kMaxLogicalBlockSize = 4096;
-inline constexpr uint32_t kDefaultLogicalBlockSize = 512;
+inline constexpr uint32_t kDefaultLogicalBlockSize = DeviceShape{}.logical_block_size;
 // A mem device is one shared mapping of its whole size, so the limit is the
 // address space that can be reserved for it, not the memory it may use.
 inline constexpr uint64_t kMaxMemDeviceSize = uint64_t{16} << 40;
 // Files and block devices: what off_t can address.
 inline constexpr uint64_t kMaxDeviceSize = (uint64_t{1} << 63) - 1;
 
-// What stores the data. Each type has its own keys (the parser's table of
-// backend types), so a key that belongs to another type is rejected.
+// What stores the data. Each type has its own keys, checked by its row of
+// the backend table (daemon/backends/), so a key that belongs to another
+// type is rejected.
 //   mem:  size (required)
 //   file: path (required, absolute), size (required with create, else the
 //         file's or block device's own), create, direct_io, zero_copy
 //   null: size (required)
 struct BackendSpec {
-  std::string type;       // "mem", "file" or "null"
-  uint64_t size = 0;      // bytes, a multiple of the logical block size; 0: a file's own size
-  std::string path;       // file
-  bool create = false;    // file: create a missing file at `size`
-  bool direct_io = true;  // file: O_DIRECT
+  std::string type;        // a row of the backend table: "mem", "file", "null"
+  uint64_t size = 0;       // bytes, a multiple of the logical block size; 0: a file's own size
+  std::string path;        // file
+  bool create = false;     // file: create a missing file at `size`
+  bool direct_io = true;   // file: O_DIRECT
   bool zero_copy = false;  // file: UBLK_F_AUTO_BUF_REG where the kernel has it
+  // The checked values of keys that a type has and the fields above do not
+  // name, by key; its row reads and writes them.
+  nlohmann::json params = nlohmann::json::object();
 
   bool operator==(const BackendSpec&) const = default;
 };
 
-struct DeviceSpec {
+// The shape (queues 1..64, queue_depth 1..4096, logical_block_size a power
+// of two 512..4096, read_only, recovery) is the device's own (DeviceShape).
+// recovery: survive a daemon crash or upgrade: the kernel keeps the device
+// quiesced (UBLK_F_USER_RECOVERY) until the next ublkd reattaches. Off: the
+// device goes away with the daemon and its I/O fails.
+struct DeviceSpec : DeviceShape {
   std::string name;  // 1..32 characters of [A-Za-z0-9_.-], not "." or ".."
   BackendSpec backend;
-  uint32_t queues = 1;                                     // 1..64
-  uint32_t queue_depth = kDefaultQueueDepth;               // 1..4096
-  uint32_t logical_block_size = kDefaultLogicalBlockSize;  // power of two, 512..4096
-  bool read_only = false;
   bool autostart = true;
-  // Survive a daemon crash or upgrade: the kernel keeps the device quiesced
-  // (UBLK_F_USER_RECOVERY) until the next ublkd reattaches. Off: the device
-  // goes away with the daemon and its I/O fails.
-  bool recovery = true;
   std::string source;  // the file it came from (the parser's origin), or ""
 
   bool operator==(const DeviceSpec&) const = default;
@@ -131,6 +133,10 @@ requires std::same_as<Json, nlohmann::json> Result<DeviceSpec> parse_device_spec
 
 // The "backend" object of a spec: the keys its type has.
 nlohmann::json backend_json(const BackendSpec& backend);
+
+// The shape's fields under their keys, as specs and the device object of
+// `list` and `info` have them.
+void write_shape(const DeviceShape& shape, nlohmann::json& out);
 
 // Every field except `source`, with the size in bytes, so that parsing the
 // result gives the same spec back.

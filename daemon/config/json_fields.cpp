@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "base/size.h"
+#include "common/json_text.h"
 
 namespace ublkd::config {
 
@@ -10,73 +11,7 @@ namespace {
 
 constexpr size_t kMaxShownValue = 64;
 
-// Byte offset into `text` -> "line L, column C", both 1-based. Columns count
-// UTF-8 characters rather than bytes so they match what an editor shows.
-std::string position(std::string_view text, size_t offset) {
-  offset = std::min(offset, text.size());
-  size_t line = 1;
-  size_t line_start = 0;
-  for (size_t i = 0; i < offset; ++i) {
-    if (text[i] == '\n') {
-      ++line;
-      line_start = i + 1;
-    }
-  }
-  size_t column = 1;
-  for (size_t i = line_start; i < offset; ++i) {
-    if ((static_cast<unsigned char>(text[i]) & 0xC0) != 0x80) ++column;
-  }
-  return "line " + std::to_string(line) + ", column " + std::to_string(column);
-}
-
-// nlohmann's message is "[json.exception.parse_error.101] parse error at line
-// 2, column 8: syntax error while parsing value - unexpected ','; ...". The
-// position is computed separately, so keep only what follows it.
-std::string parse_error_reason(const char* what) {
-  std::string_view s(what);
-  if (size_t at = s.find("parse error"); at != std::string_view::npos) {
-    s.remove_prefix(at);
-    if (size_t colon = s.find(": "); colon != std::string_view::npos) {
-      s.remove_prefix(colon + 2);
-    }
-  }
-  // "syntax error while parsing object - " says nothing the rest does not.
-  constexpr std::string_view kNoise = "syntax error while parsing ";
-  if (s.substr(0, kNoise.size()) == kNoise) {
-    if (size_t dash = s.find(" - "); dash != std::string_view::npos) s.remove_prefix(dash + 3);
-  }
-  return std::string(s);
-}
-
 }  // namespace
-
-size_t json_nesting_depth(std::string_view text, size_t limit) {
-  size_t depth = 0;
-  size_t deepest = 0;
-  bool in_string = false;
-  bool escaped = false;
-  for (const char c : text) {
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      deepest = std::max(deepest, ++depth);
-      if (deepest > limit) return deepest;
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
-    }
-  }
-  return deepest;
-}
 
 std::string dump_value(const nlohmann::json& value) {
   std::string s = value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -108,21 +43,17 @@ std::optional<nlohmann::json> FieldReader::parse(std::string_view text) {
     problem("", "invalid JSON: the document is empty");
     return std::nullopt;
   }
-  if (json_nesting_depth(text) > kMaxJsonDepth) {
-    problem("", "invalid JSON: nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+  if (json_text::nesting_depth(text) > json_text::kMaxDepth) {
+    problem("",
+            "invalid JSON: nested deeper than " + std::to_string(json_text::kMaxDepth) + " levels");
     return std::nullopt;
   }
-  try {
-    return nlohmann::json::parse(text.begin(), text.end());
-  } catch (const nlohmann::json::parse_error& e) {
-    // e.byte is the 1-based position of the last character read, which is
-    // where the parser noticed the mistake (or one past the end of input).
-    const size_t offset = e.byte > 0 ? e.byte - 1 : 0;
-    problem("", "invalid JSON at " + position(text, offset) + ": " + parse_error_reason(e.what()));
-  } catch (const nlohmann::json::exception& e) {
-    // Not a syntax error, e.g. a number too large for a double.
-    problem("", std::string("invalid JSON: ") + e.what());
-  }
+  auto parsed = json_text::parse(text, json_text::Columns::kCharacters);
+  if (parsed) return std::move(parsed).value();
+  const json_text::ParseFailure& f = parsed.error();
+  // Not a syntax error (no place), e.g. a number too large for a double.
+  problem("", f.at ? "invalid JSON at " + json_text::describe(*f.at) + ": " + f.reason
+                   : "invalid JSON: " + f.reason);
   return std::nullopt;
 }
 
@@ -157,38 +88,39 @@ const nlohmann::json* FieldReader::find(const nlohmann::json& object, std::strin
   return nullptr;
 }
 
+const nlohmann::json* FieldReader::find_typed(const nlohmann::json& object, std::string_view prefix,
+                                              std::string_view key, bool required,
+                                              bool (*fits)(const nlohmann::json&),
+                                              std::string_view expected) {
+  const nlohmann::json* v = find(object, prefix, key, required);
+  if (v == nullptr || fits(*v)) return v;
+  problem(join_path(prefix, key), "expected " + std::string(expected) + ", got " + describe(*v));
+  return nullptr;
+}
+
 std::optional<std::string> FieldReader::string(const nlohmann::json& object,
                                                std::string_view prefix, std::string_view key,
                                                bool required) {
-  const nlohmann::json* v = find(object, prefix, key, required);
+  auto fits = [](const nlohmann::json& v) { return v.is_string(); };
+  const nlohmann::json* v = find_typed(object, prefix, key, required, fits, "a string");
   if (v == nullptr) return std::nullopt;
-  if (!v->is_string()) {
-    problem(join_path(prefix, key), "expected a string, got " + describe(*v));
-    return std::nullopt;
-  }
   return v->get<std::string>();
 }
 
 std::optional<bool> FieldReader::boolean(const nlohmann::json& object, std::string_view prefix,
                                          std::string_view key, bool required) {
-  const nlohmann::json* v = find(object, prefix, key, required);
+  auto fits = [](const nlohmann::json& v) { return v.is_boolean(); };
+  const nlohmann::json* v = find_typed(object, prefix, key, required, fits, "true or false");
   if (v == nullptr) return std::nullopt;
-  if (!v->is_boolean()) {
-    problem(join_path(prefix, key), "expected true or false, got " + describe(*v));
-    return std::nullopt;
-  }
   return v->get<bool>();
 }
 
 std::optional<uint64_t> FieldReader::integer(const nlohmann::json& object, std::string_view prefix,
                                              std::string_view key, bool required, uint64_t min,
                                              uint64_t max) {
-  const nlohmann::json* v = find(object, prefix, key, required);
+  auto fits = [](const nlohmann::json& v) { return v.is_number_integer(); };
+  const nlohmann::json* v = find_typed(object, prefix, key, required, fits, "an integer");
   if (v == nullptr) return std::nullopt;
-  if (!v->is_number_integer()) {
-    problem(join_path(prefix, key), "expected an integer, got " + describe(*v));
-    return std::nullopt;
-  }
   // Documents built in code may hold non-negative values as signed integers.
   const bool negative = !v->is_number_unsigned() && v->get<int64_t>() < 0;
   const uint64_t n = negative ? 0 : v->get<uint64_t>();

@@ -24,16 +24,6 @@ std::string describe(const nlohmann::json& value);
 // The value alone, as JSON: `"256MiB"`, `4097`.
 std::string dump_value(const nlohmann::json& value);
 
-// No document ublkd reads needs more than a few levels; copying and dumping
-// a parsed value recurse once per level, so a deeper one is refused before
-// it is parsed rather than allowed to exhaust the stack.
-inline constexpr size_t kMaxJsonDepth = 64;
-
-// The deepest nesting of arrays and objects in `text`, counting brackets
-// outside strings; stops counting once past `limit`. Meant for text that is
-// about to be parsed: it does not check the syntax.
-size_t json_nesting_depth(std::string_view text, size_t limit = kMaxJsonDepth);
-
 // "backend" + "size" -> "backend.size"; "" + "name" -> "name".
 std::string join_path(std::string_view prefix, std::string_view key);
 
@@ -80,6 +70,11 @@ class FieldReader {
  private:
   const nlohmann::json* find(const nlohmann::json& object, std::string_view prefix,
                              std::string_view key, bool required);
+  // find(), and a problem ("expected <expected>, got ...") unless the value
+  // fits; nullptr then.
+  const nlohmann::json* find_typed(const nlohmann::json& object, std::string_view prefix,
+                                   std::string_view key, bool required,
+                                   bool (*fits)(const nlohmann::json&), std::string_view expected);
 
   std::string origin_;
   std::vector<ConfigProblem>& problems_;

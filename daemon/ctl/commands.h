@@ -18,8 +18,6 @@
 
 namespace ublkd::ctl {
 
-inline constexpr const char* kDefaultSocket = "/run/ublkd/ublkd.sock";
-
 // Bringing a device up or down (and a reload, which may start several) waits
 // for the kernel and the backend; everything else answers from memory.
 inline constexpr std::chrono::milliseconds kSlowResponseTimeout{60000};

@@ -15,12 +15,13 @@
 #include <set>
 #include <string>
 
+#include "backends/backend_type.h"
 #include "base/error.h"
 #include "base/unique_fd.h"
 
 namespace ublkd {
 
-class MemStore {
+class MemStore final : public KeptMemory {
  public:
   enum class Kind { kFdStore, kDirectory };
   // Sends one sd_notify message, with `fd` attached unless it is -1;
@@ -35,15 +36,15 @@ class MemStore {
 
   Kind kind() const { return kind_; }
   // "systemd's fd store" or the directory, for logs.
-  std::string describe() const;
+  std::string describe() const override;
 
   // Memory for a new device: `size` bytes of zeros, kept where a restarted
   // ublkd finds it. Whatever an earlier device of that name left is dropped.
-  Result<UniqueFd> create(const std::string& name, uint64_t size);
+  Result<UniqueFd> create(const std::string& name, uint64_t size) override;
   // The memory a device of that name had in an earlier process; ENOENT if
   // none was kept (the unit lacks FileDescriptorStoreMax=, or the file is
   // gone), EINVAL if it does not hold `size` bytes.
-  Result<UniqueFd> reopen(const std::string& name, uint64_t size);
+  Result<UniqueFd> reopen(const std::string& name, uint64_t size) override;
   // Lets the memory go (the device is deleted). Safe for unknown names.
   void drop(const std::string& name);
   // Drops what earlier processes kept for devices not in `keep`; returns

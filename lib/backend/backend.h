@@ -10,6 +10,8 @@
 #include <string_view>
 
 #include "base/error.h"
+#include "queue/user_data.h"
+#include "uapi/ublk.h"
 
 struct io_uring;
 struct io_uring_sqe;
@@ -20,11 +22,11 @@ namespace ublkd {
 // Block operations the queue worker hands to a backend. The values are the
 // kernel's UBLK_IO_OP_* numbers so the worker can pass them through.
 enum class IoOp : uint8_t {
-  kRead = 0,
-  kWrite = 1,
-  kFlush = 2,
-  kDiscard = 3,
-  kWriteZeroes = 5,
+  kRead = uapi::kOpRead,
+  kWrite = uapi::kOpWrite,
+  kFlush = uapi::kOpFlush,
+  kDiscard = uapi::kOpDiscard,
+  kWriteZeroes = uapi::kOpWriteZeroes,
 };
 
 struct IoRequest {
@@ -56,12 +58,6 @@ struct BackendFeatures {
   bool discard = false;
   bool write_zeroes = false;
   uint32_t discard_granularity = 0;  // bytes; 0 = logical block size
-  // Serving a request a second time is harmless: what the kernel needs to
-  // re-send the requests a crashed server had taken but not answered
-  // (UBLK_F_USER_RECOVERY_REISSUE) instead of failing them. True for any
-  // backend where READ, WRITE, DISCARD, WRITE_ZEROES and FLUSH are
-  // idempotent, i.e. every one that stores blocks in place.
-  bool reissue_safe = false;
 };
 
 // What a queue thread lends an asynchronous backend: its io_uring, on which
@@ -82,13 +78,14 @@ class QueueContext {
   // Per-queue state of the backend, set in attach() (owned by the backend).
   void* backend_data = nullptr;
 
-  // user_data for a backend SQE serving `tag`; `cookie` is the backend's own.
-  static constexpr uint64_t kBackendBit = 1ull << 33;
+  // user_data for a backend SQE serving `tag`; `cookie` is the backend's
+  // own (layout: queue/user_data.h).
+  static constexpr uint64_t kBackendBit = user_data::kBackendBit;
   static uint64_t backend_user_data(uint16_t tag, uint16_t cookie) {
-    return kBackendBit | (uint64_t{cookie} << 16) | tag;
+    return user_data::backend(tag, cookie);
   }
-  static uint16_t tag_of(uint64_t user_data) { return static_cast<uint16_t>(user_data); }
-  static uint16_t cookie_of(uint64_t user_data) { return static_cast<uint16_t>(user_data >> 16); }
+  static uint16_t tag_of(uint64_t ud) { return user_data::tag_of(ud); }
+  static uint16_t cookie_of(uint64_t ud) { return user_data::cookie_of(ud); }
 };
 
 // Returned by Backend::submit() when the request's result will come later,

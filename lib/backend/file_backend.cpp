@@ -186,7 +186,10 @@ FileBackend::~FileBackend() {
   if (fd_) ::flock(fd_.get(), LOCK_UN);
 }
 
-Result<std::unique_ptr<FileBackend>> FileBackend::open(const FileBackendOptions& o) {
+namespace {
+
+// What can be checked before the file is looked at.
+Result<void> check_options(const FileBackendOptions& o) {
   const std::string& path = o.path;
   if (path.empty()) return Error(EINVAL, "file backend: no path given");
   const uint32_t lbs = o.logical_block_size;
@@ -202,8 +205,13 @@ Result<std::unique_ptr<FileBackend>> FileBackend::open(const FileBackendOptions&
   if (o.size > static_cast<uint64_t>(std::numeric_limits<off_t>::max())) {
     return Error(EINVAL, path + ": size " + num(o.size) + " is too large");
   }
+  return {};
+}
 
-  RemoveOnFailure remove_created{path};
+// The file's stat, after creating it where the options ask for that; a
+// file created here is marked for removal in `remove_created`.
+Result<struct stat> stat_or_create(const FileBackendOptions& o, RemoveOnFailure& remove_created) {
+  const std::string& path = o.path;
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     if (errno != ENOENT) return errno_error("stat " + path);
@@ -227,7 +235,17 @@ Result<std::unique_ptr<FileBackend>> FileBackend::open(const FileBackendOptions&
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
     return Error(EINVAL, path + " is neither a regular file nor a block device");
   }
+  return st;
+}
 
+struct OpenedFile {
+  UniqueFd fd;
+  struct stat st;  // of the open file
+};
+
+// Opens the file (`st` from before the open), blocking and locked.
+Result<OpenedFile> open_locked(const FileBackendOptions& o, const struct stat& st) {
+  const std::string& path = o.path;
   // O_NONBLOCK only guards the open itself, in case the path was replaced by
   // a FIFO since stat(); it is cleared again below.
   int flags = O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (o.read_only ? O_RDONLY : O_RDWR);
@@ -235,8 +253,8 @@ Result<std::unique_ptr<FileBackend>> FileBackend::open(const FileBackendOptions&
   // For a block device O_EXCL means "fail if mounted or claimed by another
   // driver or exclusive opener", which is exactly what must not be written to.
   if (S_ISBLK(st.st_mode) && !o.read_only) flags |= O_EXCL;
-  UniqueFd fd(::open(path.c_str(), flags));
-  if (!fd) {
+  OpenedFile f{UniqueFd(::open(path.c_str(), flags)), {}};
+  if (!f.fd) {
     const int err = errno;
     if (err == EINVAL && o.direct_io) {
       return Error(EINVAL, "the file system of " + path + " refuses direct I/O (O_DIRECT); " +
@@ -247,32 +265,38 @@ Result<std::unique_ptr<FileBackend>> FileBackend::open(const FileBackendOptions&
     }
     return Error(err, std::string("open ") + path + (o.read_only ? " read-only" : " read-write"));
   }
-  if (::fstat(fd.get(), &st) != 0) return errno_error("fstat " + path);
-  const bool block = S_ISBLK(st.st_mode);
-  if (!S_ISREG(st.st_mode) && !block) {
+  if (::fstat(f.fd.get(), &f.st) != 0) return errno_error("fstat " + path);
+  if (!S_ISREG(f.st.st_mode) && !S_ISBLK(f.st.st_mode)) {
     return Error(EINVAL, path + " is neither a regular file nor a block device");
   }
-  const int fl = ::fcntl(fd.get(), F_GETFL);
-  if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) != 0) {
+  const int fl = ::fcntl(f.fd.get(), F_GETFL);
+  if (fl < 0 || ::fcntl(f.fd.get(), F_SETFL, fl & ~O_NONBLOCK) != 0) {
     return errno_error("set " + path + " to blocking mode");
   }
-
   // A shared lock for read_only: readers may share a file, but never with a
   // writer. The lock belongs to this open file and dies with it.
-  if (::flock(fd.get(), (o.read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+  if (::flock(f.fd.get(), (o.read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK) {
       return Error(EBUSY, path + " is already in use by another ublk device (locked)");
     }
     return errno_error("lock " + path);
   }
+  return f;
+}
 
-  uint64_t actual = static_cast<uint64_t>(st.st_size);
+// The size the device gets: the options', which must be the file's own,
+// or the file's.
+Result<uint64_t> device_size(const FileBackendOptions& o, const OpenedFile& f) {
+  const std::string& path = o.path;
+  const uint32_t lbs = o.logical_block_size;
+  const bool block = S_ISBLK(f.st.st_mode);
+  uint64_t actual = static_cast<uint64_t>(f.st.st_size);
   if (block) {
-    if (::ioctl(fd.get(), BLKGETSIZE64, &actual) != 0) {
+    if (::ioctl(f.fd.get(), BLKGETSIZE64, &actual) != 0) {
       return errno_error("get the size of block device " + path);
     }
     int sector = 0;
-    if (::ioctl(fd.get(), BLKSSZGET, &sector) != 0) {
+    if (::ioctl(f.fd.get(), BLKSSZGET, &sector) != 0) {
       return errno_error("get the logical sector size of block device " + path);
     }
     if (o.direct_io && static_cast<uint64_t>(sector) > lbs) {
@@ -296,19 +320,35 @@ Result<std::unique_ptr<FileBackend>> FileBackend::open(const FileBackendOptions&
     return Error(EINVAL, std::string(what) + path + " is " + num(size) +
                              " bytes, which is not a multiple of logical_block_size " + num(lbs));
   }
-  if (o.direct_io) {
-    if (auto r = probe_direct_io(fd.get(), path, lbs); !r) return r.error();
-  }
+  return size;
+}
 
+}  // namespace
+
+Result<std::unique_ptr<FileBackend>> FileBackend::open(const FileBackendOptions& o) {
+  if (auto r = check_options(o); !r) return r.error();
+  RemoveOnFailure remove_created{o.path};
+  auto st = stat_or_create(o, remove_created);
+  if (!st) return st.error();
+  auto file = open_locked(o, *st);
+  if (!file) return file.error();
+  auto size = device_size(o, *file);
+  if (!size) return size.error();
+  if (o.direct_io) {
+    if (auto r = probe_direct_io(file->fd.get(), o.path, o.logical_block_size); !r)
+      return r.error();
+  }
   const std::byte* zeros = nullptr;
   if (!o.read_only) {
     zeros = zero_buffer();
-    if (zeros == nullptr) return Error(ENOMEM, "allocate the zero buffer for " + path);
+    if (zeros == nullptr) return Error(ENOMEM, "allocate the zero buffer for " + o.path);
   }
-  const bool serve_inline = o.inline_in_memory && in_memory_file(fd.get(), block);
+  const bool block = S_ISBLK(file->st.st_mode);
+  const bool serve_inline = o.inline_in_memory && in_memory_file(file->fd.get(), block);
   remove_created.armed = false;
-  return std::unique_ptr<FileBackend>(new FileBackend(std::move(fd), path, size, block, o.direct_io,
-                                                      o.read_only, lbs, zeros, serve_inline));
+  return std::unique_ptr<FileBackend>(new FileBackend(std::move(file->fd), o.path, *size, block,
+                                                      o.direct_io, o.read_only,
+                                                      o.logical_block_size, zeros, serve_inline));
 }
 
 BackendFeatures FileBackend::features() const {
@@ -324,7 +364,6 @@ BackendFeatures FileBackend::features() const {
   f.discard_granularity = block_device_ ? 0 : std::max<uint32_t>(4096, logical_block_size_);
   // Blocks are written in place at their offset: a repeated request leaves
   // the file as the first one did.
-  f.reissue_safe = true;
   return f;
 }
 

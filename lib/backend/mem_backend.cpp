@@ -161,7 +161,6 @@ BackendFeatures MemBackend::features() const {
   // makes the kernel align its splits of large discards to chunks and lets
   // fstrim / filesystems skip ranges that could not be released anyway.
   f.discard_granularity = kChunkSize;
-  f.reissue_safe = true;  // every operation stores or drops blocks in place
   return f;
 }
 

@@ -24,23 +24,15 @@ BackendFeatures NullBackend::features() const {
   // their path through the queue worker is exercised like any other.
   f.discard = true;
   f.write_zeroes = true;
-  f.reissue_safe = true;
   return f;
 }
 
 int NullBackend::handle(const IoRequest& req) noexcept {
-  switch (req.op) {
-    case IoOp::kRead:
-    case IoOp::kWrite:
-    case IoOp::kFlush:
-    case IoOp::kDiscard:
-    case IoOp::kWriteZeroes:
-      break;
-    default:
-      return -EOPNOTSUPP;
-  }
   // A FLUSH carries no range (the block layer's flush request has sector -1).
   if (req.op == IoOp::kFlush) return 0;
+  const bool known = req.op == IoOp::kRead || req.op == IoOp::kWrite || req.op == IoOp::kDiscard ||
+                     req.op == IoOp::kWriteZeroes;
+  if (!known) return -EOPNOTSUPP;
   // Written so that it cannot overflow for any offset.
   if (req.offset > size_ || req.length > size_ - req.offset) return -EINVAL;
   if (req.op != IoOp::kRead && req.op != IoOp::kWrite) return 0;

@@ -18,7 +18,8 @@ class Error {
  public:
   // code is a positive errno value; a negative one (as the kernel and liburing
   // return them) is normalised so both conventions can be passed straight in.
-  Error(int code, std::string message) : code_(code < 0 ? -code : code), message_(std::move(message)) {}
+  Error(int code, std::string message)
+      : code_(code < 0 ? -code : code), message_(std::move(message)) {}
 
   int code() const { return code_; }
   const std::string& message() const { return message_; }
@@ -44,42 +45,49 @@ class Error {
 };
 
 // Error from the current errno, for wrapping a failed libc call.
-inline Error errno_error(std::string message) { return Error(errno, std::move(message)); }
+inline Error errno_error(std::string message) {
+  return Error(errno, std::move(message));
+}
 
-template <typename T>
-class [[nodiscard]] Result {
+// A value or the error that prevented it. E is Error everywhere below the
+// daemon's operations, which fail with their own kind (OpError). It is a
+// std::variant<T, E> underneath, so std::get_if and friends work as well.
+template <typename T, typename E = Error>
+class [[nodiscard]] Result : public std::variant<T, E> {
+  static_assert(!std::is_same_v<T, E>, "a value and an error of one type cannot be told apart");
+  using Base = std::variant<T, E>;
+
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
-  Result(Error error) : v_(std::move(error)) {}  // NOLINT: implicit by design
+  Result(T value) : Base(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit by design
+  Result(E error) : Base(std::in_place_index<1>, std::move(error)) {}  // NOLINT: implicit by design
 
-  bool ok() const { return v_.index() == 0; }
+  bool ok() const { return this->index() == 0; }
   explicit operator bool() const { return ok(); }
 
-  T& value() & { return std::get<0>(v_); }
-  const T& value() const& { return std::get<0>(v_); }
-  T&& value() && { return std::get<0>(std::move(v_)); }
+  T& value() & { return std::get<0>(*this); }
+  const T& value() const& { return std::get<0>(*this); }
+  T&& value() && { return std::get<0>(std::move(*this)); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
 
-  const Error& error() const { return std::get<1>(v_); }
-
- private:
-  std::variant<T, Error> v_;
+  const E& error() const& { return std::get<1>(*this); }
+  E&& error() && { return std::get<1>(std::move(*this)); }
 };
 
-template <>
-class [[nodiscard]] Result<void> {
+template <typename E>
+class [[nodiscard]] Result<void, E> {
  public:
   Result() = default;
-  Result(Error error) : e_(std::move(error)) {}  // NOLINT: implicit by design
+  Result(E error) : e_(std::move(error)) {}  // NOLINT: implicit by design
 
   bool ok() const { return !e_.has_value(); }
   explicit operator bool() const { return ok(); }
-  const Error& error() const { return *e_; }
+  const E& error() const { return *e_; }
 
  private:
-  std::optional<Error> e_;
+  std::optional<E> e_;
 };
 
 }  // namespace ublkd

@@ -469,7 +469,7 @@ Result<void> Device::bring_up() {
     // at recovery; re-sent, they succeed, which is only right where serving
     // a request twice is harmless.
     uint64_t bits = uapi::kFeatUserRecovery;
-    if (backend_->features().reissue_safe) bits |= uapi::kFeatUserRecoveryReissue;
+    if (config_.reissue_safe) bits |= uapi::kFeatUserRecoveryReissue;
     want.flags |= config_.kernel_features & bits;
   }
   // Zero copy where both sides can: the backend reads and writes the

@@ -23,18 +23,15 @@
 #include "base/error.h"
 #include "base/unique_fd.h"
 #include "ctrl/control_device.h"
+#include "device/device_shape.h"
 #include "device/state_machine.h"
 #include "queue/queue_worker.h"
 #include "uapi/ublk.h"
 
 namespace ublkd {
 
-struct DeviceConfig {
+struct DeviceConfig : DeviceShape {
   std::string name;
-  uint16_t queues = 1;
-  uint16_t queue_depth = 128;
-  uint32_t logical_block_size = 512;
-  bool read_only = false;
   // Largest request the kernel may send; also each tag's buffer size.
   uint32_t max_io_buf_bytes = 512 * 1024;
   // Kernel feature bits from GET_FEATURES (0 if the kernel lacks it).
@@ -44,10 +41,10 @@ struct DeviceConfig {
   // for: 7.2's io_uring logs a UBSAN report on the first registration
   // (docs/configuration.md).
   bool zero_copy = false;
-  // Ask for UBLK_F_USER_RECOVERY (and _REISSUE where the backend tolerates
-  // a repeated request): if this process dies the kernel keeps the device
-  // quiesced, its I/O waiting, until a new server recover()s it.
-  bool recovery = true;
+  // Serving one of the backend's requests twice is harmless: with recovery,
+  // the kernel re-sends the requests a dead server had taken instead of
+  // failing them (UBLK_F_USER_RECOVERY_REISSUE).
+  bool reissue_safe = false;
   // Who the device is: a random nonzero number (Device::new_identity())
   // that ADD_DEV stores in the kernel's dev_info (ublksrv_flags, which the
   // driver keeps for the server's own use and hands back with

@@ -11,17 +11,13 @@
 
 #include "base/mapping.h"
 #include "queue/idle_poll.h"
+#include "queue/user_data.h"
 #include "uapi/ublk.h"
 #include "uring/ring.h"
 
 namespace ublkd {
 
 namespace {
-
-// user_data layout: the low 16 bits carry the tag of a ublk io command; the
-// wake eventfd's read and the timer are told apart by bits no tag can have.
-constexpr uint64_t kWakeUserData = 1ull << 32;
-constexpr uint64_t kTimerUserData = (1ull << 32) | 1;
 
 // What the control plane asks of the loop (QueueWorker::commands_).
 constexpr unsigned kCmdStop = 1;
@@ -30,10 +26,6 @@ constexpr unsigned kCmdFailUnanswered = 2;
 // Per tag, what the loop knows beyond the kernel's descriptor.
 constexpr uint8_t kTagInBackend = 1;  // handed to the backend, not answered yet
 constexpr uint8_t kTagStale = 2;      // failed while the backend still had I/O for it
-
-uint64_t round_up(uint64_t v, uint64_t align) {
-  return (v + align - 1) / align * align;
-}
 
 }  // namespace
 
@@ -177,102 +169,152 @@ class WorkerContext final : public QueueContext {
   int file_index_;
 };
 
-}  // namespace
-
-Result<void> QueueWorker::serve() {
-  const QueueConfig& c = config_;
-  bool primed_reported = false;
-  auto fail = [&](Error e) -> Result<void> {
-    if (!primed_reported) {
-      primed_.set_value(e);
-      primed_reported = true;
-    }
-    return e;
-  };
-
-  // Per tag at most one ublk command and one backend SQE are queued at once,
-  // plus the wake eventfd's read and a timer.
-  // The kernel runs a completion's task work when this thread next waits
-  // (DEFER_TASKRUN), instead of interrupting it (an IPI and a trip through
-  // the signal path under COOP_TASKRUN alone, a forced one without either):
-  // one pass of the loop then reaps everything that became ready. The ring
-  // is only ever used from this thread (SINGLE_ISSUER).
-  // TASKRUN_FLAG: the kernel raises IORING_SQ_TASKRUN when task work waits,
-  // which is what lets an idle thread watch for work without entering the
-  // kernel (IdlePoll below).
-  auto ring_r = Ring::create_probed(2u * c.depth + 2u, 0,
-                                    IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
-                                        IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
-  if (!ring_r) return fail(ring_r.error());
-  Ring ring = std::move(ring_r).value();
-  ring_flags_.store(ring.flags(), std::memory_order_release);
+// Per tag at most one ublk command and one backend SQE are queued at once,
+// plus the wake eventfd's read and a timer.
+// The kernel runs a completion's task work when this thread next waits
+// (DEFER_TASKRUN), instead of interrupting it (an IPI and a trip through
+// the signal path under COOP_TASKRUN alone, a forced one without either):
+// one pass of the loop then reaps everything that became ready. The ring
+// is only ever used from this thread (SINGLE_ISSUER).
+// TASKRUN_FLAG: the kernel raises IORING_SQ_TASKRUN when task work waits,
+// which is what lets an idle thread watch for work without entering the
+// kernel (IdlePoll).
+Result<Ring> make_ring(uint16_t depth) {
+  auto ring = Ring::create_probed(2u * depth + 2u, 0,
+                                  IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
+                                      IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
+  if (!ring) return ring;
   // Each io_uring_enter then skips looking the ring's fd up. Optional: a
   // kernel without it (before 5.18) serves the same, a little slower.
-  (void)io_uring_register_ring_fd(ring.get());
-  IdlePoll idle((ring.flags() & IORING_SETUP_TASKRUN_FLAG) ? c.idle_spin
-                                                           : std::chrono::nanoseconds(0));
-  io_uring* const r = ring.get();
-  auto work_ready = [r] {
-    return (IO_URING_READ_ONCE(*r->sq.kflags) & IORING_SQ_TASKRUN) != 0 || io_uring_cq_ready(r) > 0;
-  };
-  const int backend_fd = backend_.attach_fd();
-  const int files[2] = {c.char_fd, backend_fd};
-  if (auto r = ring.register_files(files, backend_fd >= 0 ? 2 : 1); !r) return fail(r.error());
-  WorkerContext ctx(ring, c.queue_id, c.depth, backend_fd >= 0 ? 1 : -1);
-  if (auto r = backend_.attach(ctx); !r) return fail(r.error().wrap("backend"));
-  struct Detach {
-    Backend& b;
-    QueueContext& q;
-    ~Detach() { b.detach(q); }
-  } detach{backend_, ctx};
-  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const size_t desc_len = round_up(c.depth * sizeof(uapi::IoDesc), page);
-  void* desc_addr = ::mmap(nullptr, desc_len, PROT_READ, MAP_SHARED | MAP_POPULATE, c.char_fd,
-                           static_cast<off_t>(uapi::io_desc_mmap_offset(c.queue_id, page)));
-  if (desc_addr == MAP_FAILED) return fail(errno_error("mmap io descriptors"));
-  Mapping descs_map(desc_addr, desc_len);
-  const auto* descs = static_cast<const uapi::IoDesc*>(desc_addr);
+  (void)io_uring_register_ring_fd(ring->get());
+  return ring;
+}
 
-  // Buffers are reserved, not committed: a tag's pages are only backed once
-  // a request of that size has used them. With automatic buffer
-  // registration there are none: the kernel lends the request's own pages,
-  // into a table slot per tag.
-  Mapping bufs_map;
-  char* buf_base = nullptr;
-  if (c.user_copy) {
-    // Nothing to set up: the backend reaches the data through the char
-    // device, or never does.
-  } else if (c.auto_buf_reg) {
-    if (const int ret = io_uring_register_buffers_sparse(ring.get(), c.depth); ret < 0)
-      return fail(Error(ret, "io_uring register a sparse buffer table of " +
-                                 std::to_string(c.depth) + " entries"));
-  } else {
-    const size_t buf_len = static_cast<size_t>(c.depth) * c.buf_bytes;
+// One queue thread's ring, mappings and loop, set up step by step by
+// QueueWorker::serve(): attach(), map(), prime(), then run().
+class QueueLoop {
+ public:
+  // `commands`, `fail_after_ns` and `failed_unanswered` are the worker's,
+  // shared with the control plane (QueueWorker::fail_unanswered_after).
+  QueueLoop(const QueueConfig& c, Backend& backend, Ring ring, int wake_fd,
+            std::atomic<unsigned>& commands, const std::atomic<int64_t>& fail_after_ns,
+            std::atomic<uint32_t>& failed_unanswered)
+      : c_(c),
+        backend_(backend),
+        ring_(std::move(ring)),
+        r_(ring_.get()),
+        idle_((ring_.flags() & IORING_SETUP_TASKRUN_FLAG) ? c.idle_spin
+                                                          : std::chrono::nanoseconds(0)),
+        ctx_(ring_, c.queue_id, c.depth, backend.attach_fd() >= 0 ? 1 : -1),
+        wake_fd_(wake_fd),
+        commands_(commands),
+        fail_after_ns_(fail_after_ns),
+        failed_unanswered_(failed_unanswered),
+        tag_state_(c.depth, 0),
+        fetch_op_(c.ioctl_encoding ? uapi::io_op_ioctl(uapi::kIoFetchReq)
+                                   : uint32_t{uapi::kIoFetchReq}),
+        commit_op_(c.ioctl_encoding ? uapi::io_op_ioctl(uapi::kIoCommitAndFetchReq)
+                                    : uint32_t{uapi::kIoCommitAndFetchReq}) {}
+  ~QueueLoop() {
+    if (attached_) backend_.detach(ctx_);
+  }
+  QueueLoop(const QueueLoop&) = delete;
+  QueueLoop& operator=(const QueueLoop&) = delete;
+
+  // The char device as fixed file 0 (and the backend's fd as 1), and the
+  // backend's per-queue state.
+  Result<void> attach() {
+    const int backend_fd = backend_.attach_fd();
+    const int files[2] = {c_.char_fd, backend_fd};
+    if (auto r = ring_.register_files(files, backend_fd >= 0 ? 2 : 1); !r) return r;
+    if (auto r = backend_.attach(ctx_); !r) return r.error().wrap("backend");
+    attached_ = true;
+    return {};
+  }
+
+  // The io descriptors, and the tags' buffers unless requests bring their
+  // own pages (auto_buf_reg) or need none (user_copy).
+  Result<void> map() {
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const size_t desc_len = round_up(c_.depth * sizeof(uapi::IoDesc), page);
+    void* desc_addr = ::mmap(nullptr, desc_len, PROT_READ, MAP_SHARED | MAP_POPULATE, c_.char_fd,
+                             static_cast<off_t>(uapi::io_desc_mmap_offset(c_.queue_id, page)));
+    if (desc_addr == MAP_FAILED) return errno_error("mmap io descriptors");
+    descs_map_ = Mapping(desc_addr, desc_len);
+    descs_ = static_cast<const uapi::IoDesc*>(desc_addr);
+    if (c_.user_copy) return {};  // the backend reaches the data through the char device, or never
+    if (c_.auto_buf_reg) {
+      // The kernel lends each request's own pages, into a table slot per tag.
+      if (const int ret = io_uring_register_buffers_sparse(r_, c_.depth); ret < 0)
+        return Error(ret, "io_uring register a sparse buffer table of " + std::to_string(c_.depth) +
+                              " entries");
+      return {};
+    }
+    // Reserved, not committed: a tag's pages are only backed once a request
+    // of that size has used them.
+    const size_t buf_len = static_cast<size_t>(c_.depth) * c_.buf_bytes;
     void* buf_addr = ::mmap(nullptr, buf_len, PROT_READ | PROT_WRITE,
                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (buf_addr == MAP_FAILED) return fail(errno_error("mmap io buffers"));
-    bufs_map = Mapping(buf_addr, buf_len);
+    if (buf_addr == MAP_FAILED) return errno_error("mmap io buffers");
+    bufs_map_ = Mapping(buf_addr, buf_len);
+    buf_base_ = static_cast<char*>(buf_addr);
     // A tag's buffer is as large as the largest request, but most requests
     // touch a few pages of it; with transparent huge pages each touch would
     // back 2 MiB, and a deep queue of small requests would take gigabytes.
     // Advice only: a kernel without THP has nothing to turn off.
     (void)::madvise(buf_addr, buf_len, MADV_NOHUGEPAGE);
-    buf_base = static_cast<char*>(buf_addr);
+    return {};
   }
-  auto buffer = [&](uint16_t tag) -> char* {
-    if (buf_base == nullptr) return nullptr;
-    return buf_base + static_cast<size_t>(tag) * c.buf_bytes;
-  };
 
-  const uint32_t fetch_op =
-      c.ioctl_encoding ? uapi::io_op_ioctl(uapi::kIoFetchReq) : uint32_t{uapi::kIoFetchReq};
-  const uint32_t commit_op = c.ioctl_encoding ? uapi::io_op_ioctl(uapi::kIoCommitAndFetchReq)
-                                              : uint32_t{uapi::kIoCommitAndFetchReq};
-  auto queue_cmd = [&](uint32_t op, uint16_t tag, int32_t result) -> bool {
-    io_uring_sqe* sqe = ring.get_sqe();
+  // The read of the wake eventfd and a FETCH_REQ per tag, submitted.
+  Result<void> prime() {
+    if (!arm_wake()) return Error(EBUSY, "queue ring has no room");
+    for (uint16_t tag = 0; tag < c_.depth; ++tag) {
+      if (c_.unprimed_tag && *c_.unprimed_tag == tag) continue;
+      if (!queue_cmd(fetch_op_, tag, 0)) return Error(EBUSY, "queue ring has no room");
+      ++outstanding_;
+    }
+    if (auto r = ring_.submit_all(); !r) return r.error().wrap("submit fetches");
+    return {};
+  }
+
+  // Serves requests until the kernel hands every tag back (the device
+  // stopped) or the worker is asked to stop.
+  Result<void> run() {
+    while (outstanding_ > 0 && !stop_) {
+      const int ret = wait_for_work();
+      if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+        return Error(ret, "io_uring_enter");
+      reap();
+    }
+    // Commits queued in the last pass answer requests the kernel still
+    // waits for: they go out before the ring does, or those requests would
+    // only end when the kernel aborts them.
+    if (io_uring_sq_ready(r_) > 0) (void)ring_.submit_all();
+    if (first_error_) return *first_error_;
+    return {};
+  }
+
+  unsigned ring_flags() const { return ring_.flags(); }
+
+ private:
+  static uint64_t round_up(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
+
+  char* buffer(uint16_t tag) const {
+    if (buf_base_ == nullptr) return nullptr;
+    return buf_base_ + static_cast<size_t>(tag) * c_.buf_bytes;
+  }
+
+  bool work_ready() const {
+    return (IO_URING_READ_ONCE(*r_->sq.kflags) & IORING_SQ_TASKRUN) != 0 ||
+           io_uring_cq_ready(r_) > 0;
+  }
+
+  bool queue_cmd(uint32_t op, uint16_t tag, int32_t result) {
+    io_uring_sqe* sqe = ring_.get_sqe();
     if (sqe == nullptr) return false;
     uapi::IoCmd cmd{};
-    cmd.q_id = c.queue_id;
+    cmd.q_id = c_.queue_id;
     cmd.tag = tag;
     cmd.result = result;
     cmd.addr = reinterpret_cast<uintptr_t>(buffer(tag));
@@ -281,162 +323,195 @@ Result<void> QueueWorker::serve() {
     // No fallback flag: slot `tag` is this tag's alone, so registration
     // can only fail for want of memory, and then the request fails rather
     // than reaching us without its pages.
-    if (c.auto_buf_reg) sqe->addr = uapi::auto_buf_reg_sqe_addr(uapi::AutoBufReg{tag, 0, 0, 0});
-    sqe->user_data = tag;
+    if (c_.auto_buf_reg) sqe->addr = uapi::auto_buf_reg_sqe_addr(uapi::AutoBufReg{tag, 0, 0, 0});
+    sqe->user_data = user_data::io_command(tag);
     return true;
-  };
-
-  uint64_t wake_value = 0;
-  auto arm_wake = [&]() -> bool {
-    io_uring_sqe* sqe = ring.get_sqe();
-    if (sqe == nullptr) return false;
-    io_uring_prep_read(sqe, wake_fd_.get(), &wake_value, sizeof(wake_value), 0);
-    sqe->user_data = kWakeUserData;
-    return true;
-  };
-  if (!arm_wake()) return fail(Error(EBUSY, "queue ring has no room"));
-  __kernel_timespec timer_ts{};
-  auto arm_timer = [&](int64_t ns) -> bool {
-    io_uring_sqe* sqe = ring.get_sqe();
-    if (sqe == nullptr) return false;
-    timer_ts.tv_sec = ns / 1'000'000'000;
-    timer_ts.tv_nsec = ns % 1'000'000'000;
-    io_uring_prep_timeout(sqe, &timer_ts, 0, 0);
-    sqe->user_data = kTimerUserData;
-    return true;
-  };
-
-  uint32_t outstanding = 0;
-  for (uint16_t tag = 0; tag < c.depth; ++tag) {
-    if (c.unprimed_tag && *c.unprimed_tag == tag) continue;
-    if (!queue_cmd(fetch_op, tag, 0)) return fail(Error(EBUSY, "queue ring has no room"));
-    ++outstanding;
   }
-  if (auto r = ring.submit_all(); !r) return fail(r.error().wrap("submit fetches"));
-  primed_.set_value({});
-  primed_reported = true;
 
-  // kTagInBackend / kTagStale per tag; touched by this thread only.
-  std::vector<uint8_t> tag_state(c.depth, 0);
-  std::optional<Error> first_error;
-  bool stop = false;
-  auto commit = [&](uint16_t tag, int result) {
-    if (!queue_cmd(commit_op, tag, result)) {
-      first_error = Error(EBUSY, "queue ring has no room for a commit");
-      stop = true;
+  // Submits what is queued and waits, spinning first while work tends to
+  // come soon (IdlePoll); returns what io_uring_enter returned.
+  int wait_for_work() {
+    if (work_ready()) return io_uring_submit_and_get_events(r_);
+    // The commits go out first: they complete requests, and the next ones
+    // follow them.
+    int ret = io_uring_submit(r_);
+    const auto idle_since = IdlePoll::Clock::now();
+    if (ret >= 0 && idle_.spin([this] { return work_ready(); })) return io_uring_get_events(r_);
+    if (ret >= 0) {
+      ret = io_uring_submit_and_wait(r_, 1);
+      idle_.record(IdlePoll::Clock::now() - idle_since);
     }
-  };
+    return ret;
+  }
+
+  bool arm_wake() {
+    io_uring_sqe* sqe = ring_.get_sqe();
+    if (sqe == nullptr) return false;
+    io_uring_prep_read(sqe, wake_fd_, &wake_value_, sizeof(wake_value_), 0);
+    sqe->user_data = user_data::kWake;
+    return true;
+  }
+
+  bool arm_timer(int64_t ns) {
+    io_uring_sqe* sqe = ring_.get_sqe();
+    if (sqe == nullptr) return false;
+    timer_ts_.tv_sec = ns / 1'000'000'000;
+    timer_ts_.tv_nsec = ns % 1'000'000'000;
+    io_uring_prep_timeout(sqe, &timer_ts_, 0, 0);
+    sqe->user_data = user_data::kTimer;
+    return true;
+  }
+
+  // What the control plane asked for since the last wake-up.
+  void take_commands() {
+    const unsigned cmds = commands_.exchange(0, std::memory_order_acquire);
+    if (cmds & kCmdStop) stop_ = true;
+    // Without room for the timer they are failed now rather than never.
+    if ((cmds & kCmdFailUnanswered) && !arm_timer(fail_after_ns_.load(std::memory_order_relaxed)))
+      fail_unanswered();
+    if (!stop_ && !arm_wake()) fail_loop(Error(EBUSY, "queue ring has no room"));
+  }
+
   // The requests the backend holds are answered with EIO now; its late
   // answers to them are dropped when they come.
-  auto fail_unanswered = [&] {
+  void fail_unanswered() {
     uint32_t failed = 0;
-    for (uint16_t tag = 0; tag < c.depth; ++tag) {
-      if ((tag_state[tag] & (kTagInBackend | kTagStale)) != kTagInBackend) continue;
-      tag_state[tag] = kTagStale;
+    for (uint16_t tag = 0; tag < c_.depth; ++tag) {
+      if ((tag_state_[tag] & (kTagInBackend | kTagStale)) != kTagInBackend) continue;
+      tag_state_[tag] = kTagStale;
       commit(tag, -EIO);
       ++failed;
     }
     failed_unanswered_.fetch_add(failed, std::memory_order_acq_rel);
-  };
-  auto take_commands = [&] {
-    const unsigned cmds = commands_.exchange(0, std::memory_order_acquire);
-    if (cmds & kCmdStop) stop = true;
-    if ((cmds & kCmdFailUnanswered) && !arm_timer(fail_after_ns_.load(std::memory_order_relaxed)))
-      fail_unanswered();  // no room for the timer: fail them now rather than never
-    if (!stop && !arm_wake()) first_error = Error(EBUSY, "queue ring has no room"), stop = true;
-  };
-  auto serve_request = [&](uint16_t tag) -> int {
+  }
+
+  void fail_loop(Error e) {
+    if (!first_error_) first_error_ = std::move(e);
+    stop_ = true;
+  }
+
+  // One pass over the completions.
+  void reap() {
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(r_, head, cqe) {
+      ++seen;
+      on_completion(*cqe);
+    }
+    io_uring_cq_advance(r_, seen);
+  }
+
+  void on_completion(const io_uring_cqe& cqe) {
+    if (cqe.user_data == user_data::kWake) return take_commands();
+    if (cqe.user_data == user_data::kTimer) return fail_unanswered();
+    const uint16_t tag = user_data::tag_of(cqe.user_data);
+    if (user_data::is_backend(cqe.user_data)) return on_backend_completion(tag, cqe);
+    if (cqe.res == uapi::kIoResOk) return commit(tag, serve(tag));
+    // UBLK_IO_RES_ABORT: the device is stopping and hands the tag back.
+    // Anything else is a protocol error; the tag is gone either way.
+    --outstanding_;
+    if (cqe.res != uapi::kIoResAbort && !first_error_)
+      first_error_ = Error(cqe.res, "io command for tag " + std::to_string(tag));
+  }
+
+  void on_backend_completion(uint16_t tag, const io_uring_cqe& cqe) {
+    if (tag_state_[tag] & kTagStale) {
+      tag_state_[tag] = 0;  // the failed request's I/O is over
+      return;
+    }
+    const int result = backend_.complete(ctx_, cqe);
+    if (result == kIoQueued) return;
+    tag_state_[tag] = 0;
+    commit(tag, result);
+  }
+
+  // Answers the tag's request with `result`, unless the backend queued it.
+  void commit(uint16_t tag, int result) {
+    if (result == kIoQueued) {
+      tag_state_[tag] = kTagInBackend;
+      return;
+    }
+    if (!queue_cmd(commit_op_, tag, result))
+      fail_loop(Error(EBUSY, "queue ring has no room for a commit"));
+  }
+
+  // The request the kernel put in the tag's io descriptor: its result, or
+  // kIoQueued.
+  int serve(uint16_t tag) {
     // The tag's previous request was failed while the backend still had
     // I/O for it, which may yet write into the tag's buffer.
-    if (tag_state[tag] & kTagStale) return -EIO;
-    const uapi::IoDesc d = descs[tag];
+    if (tag_state_[tag] & kTagStale) return -EIO;
+    const uapi::IoDesc d = descs_[tag];
     const uint8_t op = uapi::io_desc_op(d);
     const uint64_t len = static_cast<uint64_t>(d.nr_sectors) << 9;
     if (op > uapi::kOpWriteZeroes || op == uapi::kOpWriteSame) return -EOPNOTSUPP;
-    if (c.read_only && op != uapi::kOpRead && op != uapi::kOpFlush) return -EROFS;
-    // Cannot happen with max_sectors set from buf_bytes.
-    if ((op == uapi::kOpRead || op == uapi::kOpWrite) && len > c.buf_bytes) return -EIO;
+    if (c_.read_only && op != uapi::kOpRead && op != uapi::kOpFlush) return -EROFS;
+    const bool rw = op == uapi::kOpRead || op == uapi::kOpWrite;
+    if (rw && len > c_.buf_bytes) return -EIO;  // cannot happen with max_sectors set from buf_bytes
     IoRequest req{static_cast<IoOp>(op),
                   uapi::io_desc_flags(d),
                   d.start_sector << 9,
                   static_cast<uint32_t>(len),
                   buffer(tag),
-                  c.queue_id,
+                  c_.queue_id,
                   tag};
-    if (c.auto_buf_reg && (op == uapi::kOpRead || op == uapi::kOpWrite)) req.buf_index = tag;
-    if (c.user_copy) {
-      req.copy_fd = c.char_fd;
-      req.copy_pos = uapi::user_copy_pos(c.queue_id, tag);
+    if (c_.auto_buf_reg && rw) req.buf_index = tag;
+    if (c_.user_copy) {
+      req.copy_fd = c_.char_fd;
+      req.copy_pos = uapi::user_copy_pos(c_.queue_id, tag);
     }
-    const int result = backend_.submit(ctx, req);
-    if (result == kIoQueued) tag_state[tag] = kTagInBackend;
-    return result;
-  };
-
-  while (outstanding > 0) {
-    int ret;
-    if (work_ready()) {
-      ret = io_uring_submit_and_get_events(r);
-    } else {
-      // The commits go out first: they complete requests, and the next
-      // ones follow them.
-      ret = io_uring_submit(r);
-      const auto idle_since = IdlePoll::Clock::now();
-      if (ret >= 0 && idle.spin(work_ready)) {
-        ret = io_uring_get_events(r);
-      } else if (ret >= 0) {
-        ret = io_uring_submit_and_wait(r, 1);
-        idle.record(IdlePoll::Clock::now() - idle_since);
-      }
-    }
-    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
-      return Error(ret, "io_uring_enter");
-
-    unsigned head;
-    unsigned seen = 0;
-    io_uring_cqe* cqe;
-    io_uring_for_each_cqe(ring.get(), head, cqe) {
-      ++seen;
-      if (cqe->user_data == kWakeUserData) {
-        take_commands();
-        continue;
-      }
-      if (cqe->user_data == kTimerUserData) {
-        fail_unanswered();
-        continue;
-      }
-      const auto tag = static_cast<uint16_t>(cqe->user_data);
-      if (cqe->user_data & QueueContext::kBackendBit) {
-        if (tag_state[tag] & kTagStale) {
-          tag_state[tag] = 0;  // the failed request's I/O is over
-          continue;
-        }
-        const int result = backend_.complete(ctx, *cqe);
-        if (result == kIoQueued) continue;
-        tag_state[tag] = 0;
-        commit(tag, result);
-        continue;
-      }
-      if (cqe->res == uapi::kIoResOk) {
-        const int result = serve_request(tag);
-        if (result != kIoQueued) commit(tag, result);
-      } else {
-        // UBLK_IO_RES_ABORT: the device is stopping and hands the tag back.
-        // Anything else is a protocol error; the tag is gone either way.
-        --outstanding;
-        if (cqe->res != uapi::kIoResAbort && !first_error)
-          first_error = Error(cqe->res, "io command for tag " + std::to_string(tag));
-      }
-    }
-    io_uring_cq_advance(ring.get(), seen);
-    if (stop) break;
+    return backend_.submit(ctx_, req);
   }
-  // Commits queued in the last pass answer requests the kernel still
-  // waits for: they go out before the ring does, or those requests would
-  // only end when the kernel aborts them.
-  if (io_uring_sq_ready(ring.get()) > 0) (void)ring.submit_all();
-  if (first_error) return *first_error;
-  return {};
+
+  const QueueConfig& c_;
+  Backend& backend_;
+  Ring ring_;
+  io_uring* const r_;
+  IdlePoll idle_;
+  WorkerContext ctx_;
+  bool attached_ = false;
+  int wake_fd_;
+  uint64_t wake_value_ = 0;
+  __kernel_timespec timer_ts_{};
+  std::atomic<unsigned>& commands_;
+  const std::atomic<int64_t>& fail_after_ns_;
+  std::atomic<uint32_t>& failed_unanswered_;
+  // kTagInBackend / kTagStale per tag.
+  std::vector<uint8_t> tag_state_;
+  Mapping descs_map_;
+  const uapi::IoDesc* descs_ = nullptr;
+  Mapping bufs_map_;
+  char* buf_base_ = nullptr;
+  const uint32_t fetch_op_;
+  const uint32_t commit_op_;
+  uint32_t outstanding_ = 0;
+  bool stop_ = false;
+  std::optional<Error> first_error_;
+};
+
+}  // namespace
+
+Result<void> QueueWorker::serve() {
+  bool primed_reported = false;
+  auto fail = [&](Error e) -> Result<void> {
+    if (!primed_reported) {
+      primed_.set_value(e);
+      primed_reported = true;
+    }
+    return e;
+  };
+  auto ring = make_ring(config_.depth);
+  if (!ring) return fail(ring.error());
+  QueueLoop loop(config_, backend_, std::move(ring).value(), wake_fd_.get(), commands_,
+                 fail_after_ns_, failed_unanswered_);
+  ring_flags_.store(loop.ring_flags(), std::memory_order_release);
+  if (auto r = loop.attach(); !r) return fail(r.error());
+  if (auto r = loop.map(); !r) return fail(r.error());
+  if (auto r = loop.prime(); !r) return fail(r.error());
+  primed_.set_value({});
+  primed_reported = true;
+  return loop.run();
 }
 
 }  // namespace ublkd

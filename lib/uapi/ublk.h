@@ -25,10 +25,8 @@ struct CtrlCmd {
   uint16_t pad;
   uint32_t reserved;
 };
-static_assert(sizeof(CtrlCmd) == 32);
-static_assert(offsetof(CtrlCmd, addr) == 8);
-static_assert(offsetof(CtrlCmd, data) == 16);
-static_assert(offsetof(CtrlCmd, dev_path_len) == 24);
+static_assert(sizeof(CtrlCmd) == 32 && offsetof(CtrlCmd, addr) == 8 &&
+              offsetof(CtrlCmd, data) == 16 && offsetof(CtrlCmd, dev_path_len) == 24);
 
 struct CtrlDevInfo {
   uint16_t nr_hw_queues;
@@ -46,31 +44,21 @@ struct CtrlDevInfo {
   uint64_t reserved1;
   uint64_t reserved2;
 };
-static_assert(sizeof(CtrlDevInfo) == 64);
-static_assert(offsetof(CtrlDevInfo, max_io_buf_bytes) == 8);
-static_assert(offsetof(CtrlDevInfo, dev_id) == 12);
-static_assert(offsetof(CtrlDevInfo, ublksrv_pid) == 16);
-static_assert(offsetof(CtrlDevInfo, flags) == 24);
-static_assert(offsetof(CtrlDevInfo, owner_uid) == 40);
+static_assert(sizeof(CtrlDevInfo) == 64 && offsetof(CtrlDevInfo, max_io_buf_bytes) == 8 &&
+              offsetof(CtrlDevInfo, dev_id) == 12 && offsetof(CtrlDevInfo, ublksrv_pid) == 16 &&
+              offsetof(CtrlDevInfo, flags) == 24 && offsetof(CtrlDevInfo, owner_uid) == 40);
 
 // Command numbers. The legacy encoding is the plain number; kernels with
 // UBLK_F_CMD_IOCTL_ENCODE (and every command added after 6.1) take the
 // ioctl-style encoding of the same number.
+// clang-format off
 enum CtrlOp : uint8_t {
-  kCmdGetQueueAffinity = 0x01,
-  kCmdGetDevInfo = 0x02,
-  kCmdAddDev = 0x04,
-  kCmdDelDev = 0x05,
-  kCmdStartDev = 0x06,
-  kCmdStopDev = 0x07,
-  kCmdSetParams = 0x08,
-  kCmdGetParams = 0x09,
-  kCmdStartUserRecovery = 0x10,
-  kCmdEndUserRecovery = 0x11,
-  kCmdGetDevInfo2 = 0x12,
-  kCmdGetFeatures = 0x13,
-  kCmdDelDevAsync = 0x14,
+  kCmdGetQueueAffinity = 0x01, kCmdGetDevInfo = 0x02, kCmdAddDev = 0x04, kCmdDelDev = 0x05,
+  kCmdStartDev = 0x06, kCmdStopDev = 0x07, kCmdSetParams = 0x08, kCmdGetParams = 0x09,
+  kCmdStartUserRecovery = 0x10, kCmdEndUserRecovery = 0x11, kCmdGetDevInfo2 = 0x12,
+  kCmdGetFeatures = 0x13, kCmdDelDevAsync = 0x14,
 };
+// clang-format on
 
 // Direction bits of each command's ioctl encoding, as the kernel defines them.
 constexpr bool ctrl_op_is_read_only(uint8_t op) {
@@ -150,14 +138,11 @@ inline uint8_t io_desc_op(const IoDesc& d) { return d.op_flags & 0xff; }
 // are masked, not shifted down as ublksrv_get_flags() would.
 inline uint32_t io_desc_flags(const IoDesc& d) { return d.op_flags & ~uint32_t{0xff}; }
 
+// clang-format off
 enum IoOpCode : uint8_t {
-  kOpRead = 0,
-  kOpWrite = 1,
-  kOpFlush = 2,
-  kOpDiscard = 3,
-  kOpWriteSame = 4,
-  kOpWriteZeroes = 5,
+  kOpRead = 0, kOpWrite = 1, kOpFlush = 2, kOpDiscard = 3, kOpWriteSame = 4, kOpWriteZeroes = 5,
 };
+// clang-format on
 
 constexpr uint32_t kIoFlagFua = 1u << 13;
 constexpr uint32_t kIoFlagNoUnmap = 1u << 15;
@@ -291,11 +276,9 @@ struct Params {
   ParamDevt devt;
   ParamZoned zoned;
 };
-static_assert(offsetof(Params, basic) == 8);
-static_assert(offsetof(Params, discard) == 40);
-static_assert(offsetof(Params, devt) == 60);
-static_assert(offsetof(Params, zoned) == 76);
-static_assert(sizeof(Params) == 112);
+static_assert(offsetof(Params, basic) == 8 && offsetof(Params, discard) == 40 &&
+              offsetof(Params, devt) == 60 && offsetof(Params, zoned) == 76 &&
+              sizeof(Params) == 112);
 
 // mmap offset of queue q's io descriptors on /dev/ublkcN. The stride uses the
 // maximum depth, not the device's depth.

@@ -1,0 +1,45 @@
+// How a daemon operation (add, del, up, upgrade, ...) fails, in the terms
+// the admin API reports (api.cpp maps each kind to its error code). Errors
+// from below carry an errno; failure_of() is the one place that turns an
+// errno into a kind.
+#pragma once
+
+#include <cerrno>
+#include <string>
+
+#include "base/error.h"
+
+namespace ublkd {
+
+enum class Failure {
+  kInvalidSpec,
+  kExists,
+  kNotFound,
+  kBusy,
+  kBackend,
+  kKernel,
+  kTimeout,
+  kIo,
+  kShuttingDown,
+};
+
+struct OpError {
+  Failure kind;
+  std::string message;
+};
+
+// The kind of a failure that came from the kernel or the device: a timeout,
+// a start cut short by the shutdown (ECANCELED), or the kernel's refusal.
+inline Failure failure_of(int code) {
+  switch (code) {
+    case ETIMEDOUT: return Failure::kTimeout;
+    case ECANCELED: return Failure::kShuttingDown;
+    default: return Failure::kKernel;
+  }
+}
+
+// What a daemon operation returns.
+template <typename T>
+using OpResult = Result<T, OpError>;
+
+}  // namespace ublkd

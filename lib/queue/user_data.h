@@ -1,0 +1,51 @@
+// The user_data of every SQE on a queue's ring, and so of its CQE: which
+// kind of completion it is and for which tag. The queue worker and the
+// backends that queue SQEs of their own (QueueContext) both pack and read
+// it here, so the layout is written down once.
+//
+//   bits  0..15  the tag
+//   bits 16..31  a backend SQE's cookie (the backend's own)
+//   bit  32      the worker's own SQEs: the read of its wake eventfd
+//                (bit 32 alone) and its timer (bit 32 and bit 0)
+//   bit  33      an SQE a backend queued (else: a ublk io command)
+#pragma once
+
+#include <cstdint>
+
+namespace ublkd::user_data {
+
+inline constexpr uint64_t kWake = 1ull << 32;
+inline constexpr uint64_t kTimer = kWake | 1;
+inline constexpr uint64_t kBackendBit = 1ull << 33;
+inline constexpr unsigned kCookieShift = 16;
+
+// A ublk io command (FETCH_REQ, COMMIT_AND_FETCH_REQ) for `tag`.
+constexpr uint64_t io_command(uint16_t tag) {
+  return tag;
+}
+// An SQE a backend queued while serving `tag`.
+constexpr uint64_t backend(uint16_t tag, uint16_t cookie) {
+  return kBackendBit | (uint64_t{cookie} << kCookieShift) | tag;
+}
+constexpr bool is_backend(uint64_t user_data) {
+  return (user_data & kBackendBit) != 0;
+}
+constexpr uint16_t tag_of(uint64_t user_data) {
+  return static_cast<uint16_t>(user_data);
+}
+constexpr uint16_t cookie_of(uint64_t user_data) {
+  return static_cast<uint16_t>(user_data >> kCookieShift);
+}
+
+// No tag and cookie can produce the worker's values or a backend bit by
+// themselves, and every field reads back as packed.
+static_assert((kWake & kBackendBit) == 0 && (kTimer & kBackendBit) == 0 && kWake != kTimer);
+static_assert((backend(0xffff, 0xffff) & kWake) == 0);
+static_assert((io_command(0xffff) & (kWake | kBackendBit)) == 0);
+static_assert(!is_backend(kWake) && !is_backend(kTimer) && !is_backend(io_command(0xffff)));
+static_assert(is_backend(backend(0, 0)));
+static_assert(tag_of(backend(0x1234, 0xabcd)) == 0x1234);
+static_assert(cookie_of(backend(0x1234, 0xabcd)) == 0xabcd);
+static_assert(tag_of(io_command(0xfffe)) == 0xfffe);
+
+}  // namespace ublkd::user_data
