@@ -252,6 +252,6 @@ fi
 if ((${#failures[@]})); then
     echo "failed: ${failures[*]}"
 fi
-section done
+section "done"
 echo "$passed passed, $failed failed, $skipped skipped"
 ((failed == 0 && ${#failures[@]} == 0))

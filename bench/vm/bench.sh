@@ -6,6 +6,8 @@
 # Devices, each of BENCH_SIZE_MIB: kernel brd, null_blk, loop with direct
 # I/O on a tmpfs file; ublkd null, mem, and file on a tmpfs file. All but
 # the null devices are written in full first, so reads hit real data.
+# In the VM this file is a case, next to the harness's lib.sh.
+# shellcheck source=../../tests/vm/lib.sh
 . "${BASH_SOURCE%/*}/../lib.sh"
 
 : "${BENCH_RUNTIME:=3}" "${BENCH_RAMP:=1}" "${BENCH_REPEATS:=3}" "${BENCH_SIZE_MIB:=256}"

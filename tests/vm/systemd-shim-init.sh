@@ -1,4 +1,6 @@
 #!/bin/busybox sh
+# busybox ash: shellcheck knows no ash and checks it as the nearest, dash.
+# shellcheck shell=dash
 # /init of the boot shim of the systemd VM flavour (see run-systemd.sh): a
 # tiny initramfs (static busybox and the modules listed in /etc/shim-modules)
 # whose only job is to make the root disk /dev/vda visible (virtio_blk is a

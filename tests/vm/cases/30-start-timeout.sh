@@ -69,7 +69,7 @@ chars=$(compgen -G '/dev/ublkc*' | paste -sd' ' - || true)
 [[ $blocks == "$good" ]] || fail "block devices: '$blocks', want only $good"
 [[ $chars == "/dev/ublkc$good_id" ]] || fail "char devices: '$chars', want only /dev/ublkc$good_id"
 if [[ -d /sys/class/ublk-char ]]; then
-    sys=$(ls /sys/class/ublk-char | paste -sd' ' -)
+    sys=$(compgen -G '/sys/class/ublk-char/*' | sed 's|.*/||' | paste -sd' ' - || true)
     [[ $sys == "ublkc$good_id" ]] || fail "/sys/class/ublk-char holds '$sys', want only ublkc$good_id"
 fi
 

@@ -43,9 +43,9 @@ size=$(dev_size "$dev")
 # The device advertises both operations to the kernel, so blkdiscard below
 # reaches the daemon as DISCARD / WRITE_ZEROES, not as emulated writes.
 q=/sys/block/${dev#/dev/}/queue
-log "discard_max_bytes=$(cat $q/discard_max_bytes) discard_granularity=$(cat $q/discard_granularity) write_zeroes_max_bytes=$(cat $q/write_zeroes_max_bytes)"
-(($(cat $q/discard_max_bytes) > 0)) || fail "$dev does not support discard"
-(($(cat $q/write_zeroes_max_bytes) > 0)) || fail "$dev does not support write zeroes"
+log "discard_max_bytes=$(cat "$q/discard_max_bytes") discard_granularity=$(cat "$q/discard_granularity") write_zeroes_max_bytes=$(cat "$q/write_zeroes_max_bytes")"
+(($(cat "$q/discard_max_bytes") > 0)) || fail "$dev does not support discard"
+(($(cat "$q/write_zeroes_max_bytes") > 0)) || fail "$dev does not support write zeroes"
 
 # 1. Never written: the first and last MiB and a range in the middle.
 assert_zeros "$dev" 0 "$MiB" "fresh device, first MiB"

@@ -21,8 +21,10 @@ dev[de]=$(ctl_ok add de --backend file --path "${img[de]}" --create --size 64MiB
 dev[db]=$(ctl_ok add db --backend file --path "${img[db]}" --create --size 64MiB --queues 2 --buffered)
 for n in de db; do id[$n]=${dev[$n]#/dev/ublkb}; done
 # Whatever happens below, the kernel devices of the killed daemon go.
-dead_ids=
-add_cleanup '[[ -z $dead_ids ]] || ublkd-del-dev $dead_ids'
+dead_ids=()
+# Single quotes: the list is read when the cleanup runs, not now.
+# shellcheck disable=SC2016
+add_cleanup '((${#dead_ids[@]} == 0)) || ublkd-del-dev "${dead_ids[@]}"'
 
 # 40 MiB of random data at 8 MiB, in writes of mixed sizes, plus a small
 # write at the very end.
@@ -37,7 +39,7 @@ for n in de db; do
 done
 sync
 log "data written and synced; killing ublkd with SIGKILL"
-dead_ids="${id[de]} ${id[db]}"
+dead_ids=("${id[de]}" "${id[db]}")
 kill -KILL "$UBLKD_PID"
 wait "$UBLKD_PID" 2>/dev/null || true
 
@@ -53,8 +55,8 @@ log "backing files hold exactly the data written"
 
 # The killed daemon's devices are dead; remove them, then a new daemon serves
 # the same files, and the devices read back the same data.
-ublkd-del-dev $dead_ids || fail "could not delete the dead devices"
-dead_ids=
+ublkd-del-dev "${dead_ids[@]}" || fail "could not delete the dead devices"
+dead_ids=()
 start_ublkd_api "$cfg"
 for n in de db; do
     opts=()

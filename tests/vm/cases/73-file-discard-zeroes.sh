@@ -18,11 +18,11 @@ MiB=$((1 << 20))
 dd if=/dev/urandom of="$CASE_DIR/data" bs=1M count=48 status=none
 
 zeros_at() { # DEV_OR_FILE OFFSET_MIB LENGTH_MIB [DD FLAGS]
-    cmp -s -n $(($3 * MiB)) /dev/zero <(dd if="$1" bs=1M skip="$2" count="$3" ${4:-} status=none)
+    cmp -s -n $(($3 * MiB)) /dev/zero <(dd if="$1" bs=1M skip="$2" count="$3" ${4:+"$4"} status=none)
 }
 sum_at() { # DEV_OR_FILE OFFSET_MIB LENGTH_MIB [DD FLAGS]
     local s
-    s=$(dd if="$1" bs=1M skip="$2" count="$3" ${4:-} status=none | sha256sum)
+    s=$(dd if="$1" bs=1M skip="$2" count="$3" ${4:+"$4"} status=none | sha256sum)
     echo "${s%% *}"
 }
 

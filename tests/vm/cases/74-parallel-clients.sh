@@ -19,9 +19,9 @@ threads() { compgen -G "/proc/$UBLKD_PID/task/*" | wc -l; }
 fds0=$(fds)
 threads0=$(threads)
 
-# client I ROUND: add c-I, race for "shared", report; one line per outcome.
+# client I: add c-I, race for "shared", report; one line per outcome.
 client() {
-    local i=$1 r=$2 out rc
+    local i=$1 out rc
     out=$("$UBLKCTL" add "c$i" --backend mem --size 16MiB --queues 1 --depth 16 2>&1) && rc=0 || rc=$?
     echo "own $i $rc $out"
     out=$("$UBLKCTL" add shared --backend mem --size 8MiB --queues 1 --depth 16 2>&1) && rc=0 || rc=$?
@@ -32,7 +32,7 @@ for round in 1 2 3; do
     # `wait` with the pids: a bare wait would also wait for ublkd.
     pids=()
     for i in {1..8}; do
-        client "$i" "$round" >"$CASE_DIR/round.$i" &
+        client "$i" >"$CASE_DIR/round.$i" &
         pids+=($!)
     done
     wait "${pids[@]}"

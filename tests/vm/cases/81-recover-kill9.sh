@@ -44,7 +44,10 @@ dd if="$mdev" of="$CASE_DIR/read.m" bs=1M count=16 iflag=direct status=none &
 reader=$!
 add_cleanup "kill -KILL $reader 2>/dev/null || true"
 sleep 2
-ublkd_alive "$reader" || { wait "$reader" && fail "the read finished with no daemon running" || fail "the read failed with no daemon running"; }
+if ! ublkd_alive "$reader"; then
+    wait "$reader" && fail "the read finished with no daemon running"
+    fail "the read failed with no daemon running"
+fi
 
 t0=${EPOCHREALTIME/./}
 start_ublkd "$cfg" --state-dir "$state"

@@ -60,11 +60,11 @@ fio_verify "$dev" --size=40M --offset=20M
 [[ $(json_get "$(ctl_ok --json info de)" .state) == live ]] || fail "de is not live after the errors"
 
 # The whole store fails, then comes back.
-dmsetup suspend store && echo "0 $sectors error" | dmsetup reload store && dmsetup resume store ||
+{ dmsetup suspend store && echo "0 $sectors error" | dmsetup reload store && dmsetup resume store; } ||
     fail "cannot switch the store to error"
 must_fail_eio "read while the store is failing" dd if="$dev" of=/dev/null bs=4k count=8 iflag=direct
 must_fail_eio "write while the store is failing" dd if=/dev/zero of="$dev" bs=4k count=8 oflag=direct
-good_table | dmsetup reload store && dmsetup suspend store && dmsetup resume store ||
+{ good_table | dmsetup reload store && dmsetup suspend store && dmsetup resume store; } ||
     fail "cannot switch the store back"
 fio_verify "$dev" --size=32M --offset=0
 log "the same device serves again after the store came back"
@@ -72,7 +72,7 @@ ctl_ok del de >/dev/null
 
 # Buffered: a write lands in the page cache of the store, and the error
 # comes with the flush that should have made it durable.
-holed_table | dmsetup reload store && dmsetup suspend store && dmsetup resume store ||
+{ holed_table | dmsetup reload store && dmsetup suspend store && dmsetup resume store; } ||
     fail "cannot put the bad range back"
 echo 3 >/proc/sys/vm/drop_caches
 dev=$(ctl_ok add bu --backend file --path "$store" --buffered --queues 1)

@@ -21,7 +21,6 @@ systemctl start ublkd.service || { show_unit ublkd.service; fail "start ublkd fa
 state_of() { ublkctl --json list | jq -r ".[] | select(.name == \"$1\") | .state"; }
 
 dev=$(ublkctl add held0 --backend mem --size 64MiB) || fail "add held0 failed"
-id=${dev#/dev/ublkb}
 mkfs.ext4 -q -F "$dev"
 mount "$dev" "$mnt"
 echo hello >"$mnt/hello"

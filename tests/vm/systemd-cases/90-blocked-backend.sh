@@ -106,6 +106,6 @@ until [[ $(unit_prop ublkd.service ActiveState) == @(inactive|failed) ]]; do
 done
 unit_journal ublkd.service | grep -q "exiting with status 1: 1 device(s) not stopped and deleted cleanly: stuck" ||
     { show_unit ublkd.service; fail "ublkd's exit does not name the device it could not stop cleanly"; }
-log "ublkd ended $((((${EPOCHREALTIME/./} - t0) / 1000))) ms after the store came back"
+log "ublkd ended $(((${EPOCHREALTIME/./} - t0) / 1000)) ms after the store came back"
 assert_no_ublk_devices 20
 log "a blocked backend stayed contained"
