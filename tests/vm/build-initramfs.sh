@@ -8,7 +8,7 @@
 #   2. modules: the kernel modules prepared by fetch-kernel.sh; cached in the
 #      prepared kernel directory.
 #   3. project: ublkd (and ublkctl), the libraries they need beyond (1), the
-#      test library and cases, /init and the list of cases to run. Small;
+#      test libraries and cases, /init and the list of cases to run. Small;
 #      built every time.
 set -euo pipefail
 
@@ -259,9 +259,10 @@ done
 # replace nothing but must not become directories either.
 rm "$stage/lib" "$stage/lib64"
 
-# Tests, laid out as in the tree so cases can source ../lib.sh.
-cp "$here/lib.sh" "$stage/ublkd-tests/"
-# For a TSan build of the binaries; init.sh points TSAN_OPTIONS at it.
+# Tests, laid out as in the tree so cases can source ../lib.sh; /init
+# sources guest-lib.sh, which sources kernel-reports.sh.
+cp "$here/lib.sh" "$here/guest-lib.sh" "$here/kernel-reports.sh" "$stage/ublkd-tests/"
+# For a TSan build of the binaries; guest-lib.sh points TSAN_OPTIONS at it.
 cp "$repo/tests/tsan.supp" "$stage/ublkd-tests/" 2>/dev/null || true
 cp "$cases_dir"/*.sh "$stage/ublkd-tests/cases/"
 cp "$here/init.sh" "$stage/init"

@@ -110,7 +110,8 @@ readonly MASKED_UNITS=(
     sys-fs-fuse-connections.mount modprobe@drm.service
     modprobe@efi_pstore.service modprobe@fuse.service
 )
-readonly SPLAT_RE='WARNING:|BUG:|Oops|lockdep|possible circular locking|INFO: task .* blocked for more than|general protection fault|Call Trace:|kernel BUG at|UBSAN:|KASAN:|Kernel panic'
+# shellcheck source=kernel-reports.sh
+. "$here/kernel-reports.sh"
 
 ((EUID == 0)) || die "must run as root"
 for tool in qemu-system-x86_64 cpio mkfs.ext4 tar meson busybox; do
@@ -250,9 +251,13 @@ make_image() {
     # find it in place whatever `meson install` brings.
     mkdir -p "$stage/etc/ublkd/devices.d"
     install_project "$stage" || return 1
-    # The tests, laid out so that cases find ../systemd-lib.sh and ../lib.sh.
+    # The tests, laid out so that cases find ../systemd-lib.sh and ../lib.sh,
+    # and the runner its guest-lib.sh (which sources kernel-reports.sh).
     mkdir -p "$stage/ublkd-tests/systemd-cases" "$stage/etc/ublkd-vm"
-    cp "$here/lib.sh" "$here/systemd-lib.sh" "$here/systemd-runner.sh" "$stage/ublkd-tests/"
+    cp "$here/lib.sh" "$here/systemd-lib.sh" "$here/systemd-runner.sh" "$here/guest-lib.sh" \
+        "$here/kernel-reports.sh" "$stage/ublkd-tests/"
+    # For a TSan build; guest-lib.sh points TSAN_OPTIONS at it.
+    [[ -f $repo/tests/tsan.supp ]] && cp "$repo/tests/tsan.supp" "$stage/ublkd-tests/"
     cp "$cases_dir"/*.sh "$stage/ublkd-tests/systemd-cases/"
     chmod 755 "$stage/ublkd-tests/systemd-runner.sh"
     cp "$here/ublkd-vm-tests.service" "$stage/etc/systemd/system/"
