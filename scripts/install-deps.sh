@@ -23,7 +23,7 @@ EOF
 # (busybox, fio, e2fsprogs, util-linux, kmod, jq, dmsetup) and the tools that unpack Debian
 # kernels (zstd, xz-utils, cpio). The benchmark (bench/) draws its chart with
 # gnuplot. debootstrap and clang-format are used by other scripts of the
-# project. The fuzz targets (scripts/run-fuzz.sh) build with clang, whose
+# project, shellcheck by scripts/check-shell.sh. The fuzz targets (scripts/run-fuzz.sh) build with clang, whose
 # libFuzzer runtime is in libclang-rt-14-dev. scripts/run-tests.sh compiles
 # through ccache.
 PACKAGES=(
@@ -31,7 +31,7 @@ PACKAGES=(
     liburing-dev libspdlog-dev nlohmann-json3-dev libsystemd-dev
     catch2
     qemu-system-x86 busybox-static fio e2fsprogs zstd cpio kmod xz-utils jq
-    util-linux dmsetup debootstrap clang-format scdoc gnuplot-nox
+    util-linux dmsetup debootstrap clang-format scdoc gnuplot-nox shellcheck
     clang libclang-rt-14-dev ccache
 )
 

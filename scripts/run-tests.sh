@@ -9,7 +9,8 @@ usage() {
     cat <<'USAGE'
 Usage: scripts/run-tests.sh [--unit-only] [--vm-only] [--kernel K] [--quick|--full] [--help]
 
-  1. scripts/install-deps.sh
+  1. scripts/install-deps.sh, then scripts/check-shell.sh: shellcheck on
+     every shell script (.shellcheckrc); a finding fails the run
   2. build ./build and run the unit tests (Catch2)
   3. build ./build-asan (-Db_sanitize=address,undefined) and run them again
   4. full tier: build ./build-tsan (-Db_sanitize=thread) and run them again
@@ -38,8 +39,9 @@ machine rebuilds only what changed.
   --quick       the quick tier; the default when CI=true
   --full        the full tier; the default otherwise
 Must run as root (packages, and the VM tests' downloads and cache).
-Ends with one line "N passed, N failed, N skipped": unit test cases of the
-builds, fuzz replays and runs, and VM cases per kernel and build.
+Ends with one line "N passed, N failed, N skipped": the shellcheck run
+(one), unit test cases of the builds, fuzz replays and runs, and VM cases
+per kernel and build.
 USAGE
 }
 
@@ -160,7 +162,22 @@ add_summary() {
     ((f == 0 && rc == 0)) || failures+=("$name")
 }
 
+# check NAME CMD...: a check that counts as one passed or failed; its
+# output, which is short, is shown as it comes.
+check() {
+    local name=$1
+    shift
+    if "$@"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+    fi
+}
+
 scripts/install-deps.sh
+section shellcheck
+check shellcheck scripts/check-shell.sh
 # Outside the tree, like the VM caches: a clean clone reuses it.
 export CCACHE_DIR=${CCACHE_DIR:-/var/cache/ublkd-ccache}
 # Paths relative to the checkout, so that another clone hits the same cache.
