@@ -246,7 +246,7 @@ if ((vm)); then
         build "$kernel"
 
     # The same cases with instrumented binaries: a report fails the case
-    # (tests/vm/init.sh).
+    # (tests/vm/guest-lib.sh).
     ((unit)) || setup_asan
     if [[ $tier == quick ]]; then
         asan_kernel=7.2
