@@ -11,7 +11,9 @@ Usage: scripts/run-tests.sh [--unit-only] [--vm-only] [--kernel K] [--quick|--fu
 
   1. scripts/install-deps.sh, then scripts/check-shell.sh: shellcheck on
      every shell script (.shellcheckrc); a finding fails the run
-  2. build ./build and run the unit tests (Catch2)
+  2. build ./build and run the unit tests (Catch2); compile ublkd and
+     ublkctl once more as a release build (./build-release, -O3), where
+     a warning only optimization shows fails the run too
   3. build ./build-asan (-Db_sanitize=address,undefined) and run them again
   4. full tier: build ./build-tsan (-Db_sanitize=thread) and run them again
   5. scripts/run-fuzz.sh: replay tests/fuzz/regressions, then fuzz each
@@ -33,15 +35,15 @@ in $CCACHE_DIR, default /var/cache/ublkd-ccache) so a rerun on the same
 machine rebuilds only what changed.
 
   --unit-only   steps 1-5
-  --vm-only     steps 1, 2 (build only), 6 and 7 (building the sanitizer
-                builds' binaries, not running their unit tests)
+  --vm-only     steps 1, 2 (the ./build build only), 6 and 7 (building the
+                sanitizer builds' binaries, not running their unit tests)
   --kernel K    VM kernels: 6.12, 7.2 or all (default all)
   --quick       the quick tier; the default when CI=true
   --full        the full tier; the default otherwise
 Must run as root (packages, and the VM tests' downloads and cache).
-Ends with one line "N passed, N failed, N skipped": the shellcheck run
-(one), unit test cases of the builds, fuzz replays and runs, and VM cases
-per kernel and build.
+Ends with one line "N passed, N failed, N skipped": the shellcheck run and
+the release build (one each), unit test cases of the builds, fuzz replays
+and runs, and VM cases per kernel and build.
 USAGE
 }
 
@@ -188,6 +190,22 @@ section build
 # warning must not break it).
 scripts/build.sh build -Dwerror=true
 
+# release_build: ublkd and ublkctl compiled as users build them for
+# production (-O3): GCC warns about some code only when it optimizes it
+# that far. A unity build of the two binaries keeps it to a few minutes;
+# ninja's progress goes to a log, shown when the build fails.
+release_build() {
+    local log=build/release-build.log
+    if scripts/build.sh build-release --buildtype=release -Dwerror=true -Dunity=on \
+        -- daemon/ublkd daemon/ublkctl >"$log" 2>&1; then
+        echo "release build: ublkd and ublkctl compile without warnings"
+    else
+        tail -n 80 "$log"
+        echo "release build failed; the whole output is in $log"
+        return 1
+    fi
+}
+
 # GCC 12 reports false -Wmaybe-uninitialized inside std::function and
 # std::regex once ASan instruments them; every other warning stays fatal.
 # The unit tests and what the VM suite runs (daemon, ublkctl, test tools):
@@ -209,6 +227,8 @@ tsan_options=halt_on_error=0:second_deadlock_stack=1
 [[ -f tests/tsan.supp ]] && tsan_options+=:suppressions=$top/tests/tsan.supp
 
 if ((unit)); then
+    section "release build (compile only)"
+    check "release build" release_build
     unit_suite plain plain build
     setup_asan
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
