@@ -40,7 +40,7 @@ constexpr uint16_t kGenMask = (1u << (16 - kKindBits)) - 1;
 // While a queue has no connection it looks at its reconnect every tick.
 constexpr milliseconds kTickPeriod{50};
 constexpr milliseconds kFirstBackoff{50};
-constexpr milliseconds kMaxBackoff{2'000};
+constexpr milliseconds kMaxBackoff{1'000};
 // The flush when a queue stops (Backend::sync's part for a network
 // backend): bounded, since a server that stopped answering must not hold
 // the stop.
