@@ -8,13 +8,17 @@ def r3: . * 1000 | round / 1000;
 def r1: . * 10 | round / 10;
 # The kernel device each ublkd device is compared with.
 def counterpart: {"ublkd-null": "null_blk", "ublkd-mem": "brd", "ublkd-file": "brd",
-                  "ublkd-null-q2": "null_blk"}[.];
+                  "ublkd-null-q2": "null_blk", "ublkd-nbd": "kernel-nbd"}[.];
 # ublkd-null-q2 (2 queues) is shown against the default, not held to a target.
 def target_ratio: {"ublkd-null": 0.90, "ublkd-mem": 0.95, "ublkd-file": 1.0}[.];
 # The ratio a row is held to: its device's at 4k iodepth 64 with one job,
 # 0.75 there with two jobs, 0.90 for 128k; none at iodepth 1 (latency is
 # compared instead).
-def row_target: if (.device | target_ratio) == null then null
+# ublkd-nbd against the kernel's nbd client on the same export: at least
+# as fast at 4k iodepth 64, 1.3 times at 512k.
+def row_target: if .device == "ublkd-nbd" then
+      (if (.job | test("-4k-64$")) then 1.0 elif (.job | test("-512k-")) then 1.3 else null end)
+    elif (.device | target_ratio) == null then null
     elif (.job | test("-4k-64$")) then (if .numjobs == 1 then (.device | target_ratio) else 0.75 end)
     elif (.job | test("-128k-")) then 0.90
     else null end;

@@ -10,7 +10,7 @@ def fmt: if . == null then "-" elif . >= 100 then (. | round | tostring) else to
 | "== kernel \($k): fio, medians of \($v.run.repeats // "?") repeat(s) of \($v.run.runtime_s // "?") s, \($v.run.cpus // "?") vCPUs (TCG), guest rep movsb fast (fsrm): \(if $v.run.cpu_fsrm == null then "?" else $v.run.cpu_fsrm end) ==",
   (("job" | pad(18)) + ("nj" | pad(3)) + ("device" | pad(11)) + ("IOPS" | lpad(9)) + ("MB/s" | lpad(8))
    + ("p50 us" | lpad(9)) + ("p99 us" | lpad(9)) + "  ratio (counterpart)"),
-  ($v.fio | sort_by(.job, .numjobs, (.device | {"brd":0,"null_blk":1,"loop":2,"ublkd-null":3,"ublkd-mem":4,"ublkd-file":5}[.]))[]
+  ($v.fio | sort_by(.job, .numjobs, (.device | {"brd":0,"null_blk":1,"loop":2,"ublkd-null":3,"ublkd-mem":4,"ublkd-file":5,"kernel-nbd":6,"ublkd-nbd":7}[.]))[]
    | ((.job | pad(18)) + (.numjobs | pad(3)) + (.device | pad(11)) + (.iops | fmt | lpad(9))
       + (.mbps | fmt | lpad(8)) + (.p50_us | fmt | lpad(9)) + (.p99_us | fmt | lpad(9))
       + (if .counterpart then "  \(.ratio | num) (\(.counterpart))" else "" end)

@@ -1,6 +1,7 @@
 #include "api.h"
 
 #include <cstdio>
+#include <variant>
 
 #include <spdlog/spdlog.h>
 
@@ -52,6 +53,12 @@ AdminError to_admin_error(const OpError& e) {
 json to_json(const DeviceSnapshot& d) {
   json backend = {{"type", d.backend.type}};
   if (const BackendType* type = find_backend_type(d.backend.type)) type->view(d.backend, backend);
+  if (!d.backend_facts.empty()) {
+    json negotiated = json::object();
+    for (const BackendFact& f : d.backend_facts)
+      std::visit([&](const auto& v) { negotiated[f.key] = v; }, f.value);
+    backend["negotiated"] = std::move(negotiated);
+  }
   json j = {
       {"name", d.name},
       {"id", d.id ? json(*d.id) : json(nullptr)},

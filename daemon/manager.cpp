@@ -731,6 +731,9 @@ DeviceSnapshot Manager::snapshot(const Entry& e) const {
     if (!is_terminal(d.state)) d.block_device = e.dev->block_device();
   }
   if (d.state == DeviceState::kFailed) d.error = e.dev->failure_reason();
+  // Only between operations: an operation's thread may be opening the
+  // backend.
+  if (d.state == DeviceState::kLive && !e.op.joinable()) d.backend_facts = e.dev->backend().facts();
   return d;
 }
 

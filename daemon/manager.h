@@ -72,6 +72,9 @@ struct DeviceSnapshot : DeviceShape {
   std::string source;
   std::string error;
   uint64_t kernel_flags = 0;
+  // What the backend learned when it opened (Backend::facts()), while the
+  // device is live.
+  std::vector<BackendFact> backend_facts;
 };
 
 struct ReloadReport {

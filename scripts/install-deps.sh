@@ -22,8 +22,11 @@ EOF
 # Unit tests: catch2. VM tests (tests/vm): qemu, the initramfs contents
 # (busybox, fio, e2fsprogs, util-linux, kmod, jq, dmsetup) and the tools that unpack Debian
 # kernels (zstd, xz-utils, cpio). The benchmark (bench/) draws its chart with
-# gnuplot. debootstrap and clang-format are used by other scripts of the
-# project, shellcheck by scripts/check-shell.sh. The fuzz targets (scripts/run-fuzz.sh) build with clang, whose
+# gnuplot. The nbd backend builds on libnbd; its tests and VM cases serve
+# exports with nbdkit, and the benchmark compares it with the kernel's
+# nbd-client. debootstrap and clang-format are used by other scripts of the
+# project, shellcheck by scripts/check-shell.sh. The fuzz targets
+# (scripts/run-fuzz.sh) build with clang, whose
 # libFuzzer runtime is in libclang-rt-14-dev. scripts/run-tests.sh compiles
 # through ccache.
 PACKAGES=(
@@ -33,6 +36,7 @@ PACKAGES=(
     qemu-system-x86 busybox-static fio e2fsprogs zstd cpio kmod xz-utils jq
     util-linux dmsetup debootstrap clang-format scdoc gnuplot-nox shellcheck
     clang libclang-rt-14-dev ccache
+    libnbd-dev libnbd-bin nbdkit nbd-client
 )
 
 check_only=0

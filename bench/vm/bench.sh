@@ -6,6 +6,10 @@
 # Devices, each of BENCH_SIZE_MIB: kernel brd, null_blk, loop with direct
 # I/O on a tmpfs file; ublkd null, mem, and file on a tmpfs file. All but
 # the null devices are written in full first, so reads hit real data.
+# Then the network pair: one nbdkit memory export on a Unix socket, served
+# to the kernel's nbd client (nbd-client, one connection) and to an ublkd
+# nbd device (its default queues: a connection each), with a matrix of its
+# own (BENCH_NBD_JOBS).
 # In the VM this file is a case, next to the harness's lib.sh.
 # shellcheck source=../../tests/vm/lib.sh
 . "${BASH_SOURCE%/*}/../lib.sh"
@@ -13,6 +17,7 @@
 : "${BENCH_RUNTIME:=3}" "${BENCH_RAMP:=1}" "${BENCH_REPEATS:=3}" "${BENCH_SIZE_MIB:=256}"
 : "${BENCH_JOBS:=randread-4k-1 randwrite-4k-1 randread-4k-64 randwrite-4k-64 read-128k-16 write-128k-16}"
 : "${BENCH_NUMJOBS:=1 2}"
+: "${BENCH_NBD_JOBS:=randread-4k-1 randwrite-4k-1 randread-4k-64 randwrite-4k-64 read-512k-16 write-512k-16}"
 : "${BENCH_QUEUES:=}" "${BENCH_DEPTH:=128}" # BENCH_QUEUES empty: ublkd's default
 # --queues N when BENCH_QUEUES is set, nothing (the daemon's default) when not.
 queues_opt=()
@@ -215,6 +220,48 @@ if [[ $(ctl_ok --json features | jq '[.known[].name] | index("AUTO_BUF_REG") != 
     for zc in true false; do ctl_ok del "b-zc-$zc" >/dev/null; done
     log "zero copy measured"
 fi
+
+# ---- NBD: the kernel's client and ublkd's nbd backend, one nbdkit export ----------
+# The same export for both, so both talk to the same server process; each
+# pair of runs alternates which goes first.
+require_cmd nbdkit nbd-client
+modprobe nbd nbds_max=2 || fail "the nbd module does not load (the kernel's client is the nbd counterpart)"
+{
+    add_cleanup "rmmod nbd 2>/dev/null || true"
+    start_nbdkit bench memory "${BENCH_SIZE_MIB}M"
+    nbdkit_pid=$NBDKIT_PID
+    nbd-client -unix "$CASE_DIR/bench.sock" /dev/nbd0 -b 4096 >"$dir/nbd-client.log" 2>&1 ||
+        { cat "$dir/nbd-client.log" >&2; fail "nbd-client could not connect /dev/nbd0"; }
+    add_cleanup "nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true"
+    dev[kernel-nbd]=/dev/nbd0
+    dev[ublkd-nbd]=$(ctl_ok add b-nbd --backend nbd --uri "$(nbd_uri bench)" "${queues_opt[@]}" \
+        --depth "$BENCH_DEPTH")
+    nbd_queues=$(json_get "$(ctl_ok --json info b-nbd)" .queues)
+    log "nbd: kernel /dev/nbd0 (max_sectors_kb $(<"/sys/block/nbd0/queue/max_sectors_kb")), ublkd ${dev[ublkd-nbd]} ($nbd_queues queues)"
+    fio --name=fill --filename="${dev[ublkd-nbd]}" --ioengine=io_uring --direct=1 --rw=write \
+        --bs=1M --iodepth=16 --size="$size" --output=/dev/null || fail "filling the nbd export failed"
+    for ((rep = 1; rep <= BENCH_REPEATS; rep++)); do
+        pair=(kernel-nbd ublkd-nbd)
+        ((rep % 2 == 0)) && pair=(ublkd-nbd kernel-nbd)
+        for job in $BENCH_NBD_JOBS; do
+            run_fio "$job" 1 "$rep" "${pair[@]}"
+            total=$((total + 1))
+        done
+    done
+    for rw in randread randwrite; do
+        read -r a0 q0 w0 <<<"$(cpu_ticks)"
+        ios=$(fio --output-format=json --name=ublkd-nbd --filename="${dev[ublkd-nbd]}" \
+            --ioengine=io_uring --direct=1 --time_based --runtime="$BENCH_RUNTIME" --norandommap \
+            --randrepeat=0 --rw=$rw --bs=4k --iodepth=64 --size="$size" |
+            jq '.jobs[0] | .read.total_ios + .write.total_ios') || fail "ublkd-nbd: fio for CPU cost failed"
+        read -r a1 q1 w1 <<<"$(cpu_ticks)"
+        emit "{\"kind\":\"cpu\",\"kernel\":\"$kernel\",\"device\":\"ublkd-nbd\",\"job\":\"$rw-4k-64\",\"ios\":$ios,\"ticks_all\":$((a1 - a0)),\"ticks_queues\":$((q1 - q0)),\"queue_wakeups\":$((w1 - w0)),\"hz\":100}"
+    done
+    ctl_ok del b-nbd >/dev/null
+    nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true
+    stop_nbdkit "$nbdkit_pid"
+    log "nbd measured"
+}
 
 # Whether the guest CPU has fast short rep movsb (see docs/performance.md).
 fsrm=false

@@ -8,6 +8,7 @@ namespace ublkd {
 extern const BackendType kMemBackendType;
 extern const BackendType kFileBackendType;
 extern const BackendType kNullBackendType;
+extern const BackendType kNbdBackendType;
 
 namespace {
 
@@ -15,6 +16,7 @@ const BackendType* const kBackendTypes[] = {
     &kMemBackendType,
     &kFileBackendType,
     &kNullBackendType,
+    &kNbdBackendType,
 };
 
 }  // namespace

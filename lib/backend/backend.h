@@ -4,10 +4,14 @@
 #pragma once
 
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
+#include <vector>
 
 #include "base/error.h"
 #include "queue/user_data.h"
@@ -58,12 +62,44 @@ struct BackendFeatures {
   bool discard = false;
   bool write_zeroes = false;
   uint32_t discard_granularity = 0;  // bytes; 0 = logical block size
+  // WRITE with UBLK_IO_F_FUA is durable on its own: the kernel sends FUA
+  // instead of a write followed by a FLUSH.
+  bool fua = false;
+  // The storage refuses writes (an export the server offers read-only): the
+  // device is read-only whatever its spec says.
+  bool read_only = false;
+  // The largest READ or WRITE the storage takes in one piece (a server's
+  // maximum block size); 0: no limit of its own. The device's largest
+  // request, and so each tag's buffer, is capped to it.
+  uint32_t max_io_bytes = 0;
+  // The most queues the backend can serve (a server that does not allow
+  // several connections to one export: 1); 0: as many as the spec asks
+  // for. The device gets no more; io_notes() says why.
+  uint16_t max_queues = 0;
+};
+
+// Something a backend learned when it opened, for `list` and `info` (what
+// a server negotiated: its size, block sizes, flags).
+struct BackendFact {
+  std::string key;
+  std::variant<bool, uint64_t, std::string> value;
 };
 
 // What a queue thread lends an asynchronous backend: its io_uring, on which
 // the backend queues its own SQEs. The worker routes their completions back
-// to Backend::complete() and submits everything queued in one io_uring_enter
+// to Backend::complete() (SQEs tied to a tag) or Backend::on_event() (SQEs
+// of the whole queue) and submits everything queued in one io_uring_enter
 // per loop pass.
+//
+// A backend that gets its answers some other way (a network library whose
+// callbacks run while the backend feeds it socket events from on_event())
+// reports each queued request's end with finish(). The worker keeps, per
+// tag, whether its request still waits on the backend and until when: past
+// that deadline (Backend::request_timeout() after submit(), or what the
+// backend set with set_deadline()), or a stop's grace, the worker fails the
+// request with EIO itself, and the tag stays unusable (new requests on it
+// fail at once) until the backend ends the old I/O with finish() or a
+// completion, because that I/O may still write the tag's buffer.
 class QueueContext {
  public:
   virtual ~QueueContext() = default;
@@ -77,6 +113,28 @@ class QueueContext {
   virtual int backend_file_index() const = 0;
   // Per-queue state of the backend, set in attach() (owned by the backend).
   void* backend_data = nullptr;
+
+  // The request on `tag`, which submit() queued (kIoQueued), is done with
+  // `result` (as submit() returns it); the worker commits it. Only on the
+  // queue thread, from complete() or on_event() (or a callback they run),
+  // never from submit() for the request being submitted (return its result
+  // instead). For a tag whose request no longer waits (failed by its
+  // deadline or a stop) it only marks the tag's old I/O as over.
+  virtual void finish(uint16_t tag, int result) = 0;
+  // Whether the request on `tag` still waits on the backend: false once
+  // finished, or failed by its deadline or a stop (whose late result is
+  // dropped; the backend should then end its I/O and finish() it).
+  virtual bool waiting(uint16_t tag) const = 0;
+  // When the worker fails the waiting request on `tag` with EIO; replaces
+  // the deadline it set from Backend::request_timeout() (e.g. a request
+  // held for a reconnect waits until the reconnect gives up, and one
+  // re-sent gets its full timeout again). time_point::max(): none.
+  virtual void set_deadline(uint16_t tag, std::chrono::steady_clock::time_point deadline) = 0;
+
+  // user_data for a queue-level backend SQE (Backend::on_event); the ring
+  // keeps room for kMaxBackendEvents of them besides one SQE per tag.
+  static constexpr unsigned kMaxBackendEvents = 8;
+  static uint64_t event_user_data(uint16_t cookie) { return user_data::backend_event(cookie); }
 
   // user_data for a backend SQE serving `tag`; `cookie` is the backend's
   // own (layout: queue/user_data.h).
@@ -146,6 +204,15 @@ class Backend {
   // result, or kIoQueued while more of its SQEs are outstanding (e.g. the
   // rest of a short write was resubmitted).
   virtual int complete(QueueContext& /*q*/, const io_uring_cqe& /*cqe*/) noexcept { return -EIO; }
+  // A completion of a queue-level SQE (QueueContext::event_user_data):
+  // a poll on a socket, a timer. Requests it ends go through finish().
+  virtual void on_event(QueueContext& /*q*/, const io_uring_cqe& /*cqe*/) noexcept {}
+  // How long a queued request may wait on the backend before the worker
+  // fails it with EIO (QueueContext). nullopt: no limit, and no clock is
+  // read per request.
+  virtual std::optional<std::chrono::milliseconds> request_timeout() const { return std::nullopt; }
+  // What the backend learned when it opened, for `list` and `info`.
+  virtual std::vector<BackendFact> facts() const { return {}; }
 };
 
 }  // namespace ublkd

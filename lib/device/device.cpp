@@ -396,18 +396,20 @@ Result<void> Device::go_live(std::string_view command, std::string_view phase,
 
 uapi::Params Device::build_params() const {
   const BackendFeatures f = backend_->features();
+  const bool read_only = this->read_only();
   const auto lbs_shift = static_cast<uint8_t>(std::countr_zero(config_.logical_block_size));
   uapi::Params p{};
   p.types = uapi::kParamTypeBasic;
-  p.basic.attrs = (config_.read_only ? uapi::kAttrReadOnly : 0u) |
-                  (f.volatile_cache ? uapi::kAttrVolatileCache : 0u);
+  p.basic.attrs = (read_only ? uapi::kAttrReadOnly : 0u) |
+                  (f.volatile_cache ? uapi::kAttrVolatileCache : 0u) |
+                  (f.volatile_cache && f.fua ? uapi::kAttrFua : 0u);
   p.basic.logical_bs_shift = lbs_shift;
   p.basic.physical_bs_shift = std::max<uint8_t>(lbs_shift, 12);
   p.basic.io_min_shift = lbs_shift;
   p.basic.io_opt_shift = std::max<uint8_t>(lbs_shift, 12);
   p.basic.max_sectors = info_.max_io_buf_bytes >> 9;
   p.basic.dev_sectors = backend_->size() >> 9;
-  if ((f.discard || f.write_zeroes) && !config_.read_only) {
+  if ((f.discard || f.write_zeroes) && !read_only) {
     p.types |= uapi::kParamTypeDiscard;
     // Ranges are capped so that a byte count fits the 32-bit request size.
     constexpr uint32_t kMaxRangeSectors = UINT32_MAX >> 9;
@@ -456,9 +458,20 @@ Result<void> Device::bring_up() {
     if (auto r = config_.before_add(); !r) return r;
   }
   uapi::CtrlDevInfo want{};
+  const BackendFeatures f = backend_->features();
+  // The backend's own limits (a server's) narrow what the spec asks for;
+  // the manager reports the queues the device got, io_notes() why.
   want.nr_hw_queues = config_.queues;
+  if (f.max_queues > 0) want.nr_hw_queues = std::min<uint16_t>(want.nr_hw_queues, f.max_queues);
   want.queue_depth = config_.queue_depth;
   want.max_io_buf_bytes = config_.max_io_buf_bytes;
+  if (f.max_io_bytes > 0) {
+    // Whole pages (the kernel's unit for the tag buffers), and at least one
+    // logical block.
+    const uint32_t page = static_cast<uint32_t>(::sysconf(_SC_PAGESIZE));
+    const uint32_t cap = std::max(f.max_io_bytes / page * page, config_.logical_block_size);
+    want.max_io_buf_bytes = std::min(want.max_io_buf_bytes, cap);
+  }
   want.dev_id = ControlDevice::kAutoDevId;
   want.ublksrv_pid = ::getpid();
   want.ublksrv_flags = config_.identity;
@@ -537,7 +550,7 @@ Result<void> Device::start_queues(steady_clock::time_point start_deadline) {
     qc.auto_buf_reg = zero_copy();
     qc.user_copy = (info_.flags & uapi::kFeatUserCopy) != 0;
     qc.idle_spin = config_.idle_spin;
-    qc.read_only = config_.read_only;
+    qc.read_only = read_only();
     if (config_.unprimed_tag && config_.unprimed_tag->first == q)
       qc.unprimed_tag = config_.unprimed_tag->second;
     auto hook = [this](uint16_t) {

@@ -190,6 +190,8 @@ class Device {
   const DeviceConfig& config() const { return config_; }
   const std::string& name() const { return config_.name; }
   Backend& backend() { return *backend_; }
+  // Asked for by the spec, or forced by storage that refuses writes.
+  bool read_only() const { return config_.read_only || backend_->features().read_only; }
   // The device's size in bytes; 0 until the backend is open. Safe from any
   // thread.
   uint64_t size() const { return size_.load(std::memory_order_acquire); }

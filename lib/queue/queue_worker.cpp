@@ -153,24 +153,44 @@ void QueueWorker::run() {
 
 namespace {
 
+class QueueLoop;
+
 class WorkerContext final : public QueueContext {
  public:
-  WorkerContext(Ring& ring, uint16_t queue_id, uint16_t depth, int file_index)
-      : ring_(ring), queue_id_(queue_id), depth_(depth), file_index_(file_index) {}
+  WorkerContext(QueueLoop& loop, Ring& ring, uint16_t queue_id, uint16_t depth, int file_index)
+      : loop_(loop), ring_(ring), queue_id_(queue_id), depth_(depth), file_index_(file_index) {}
   uint16_t queue_id() const override { return queue_id_; }
   uint16_t depth() const override { return depth_; }
   io_uring_sqe* get_sqe() override { return ring_.get_sqe(); }
   int backend_file_index() const override { return file_index_; }
+  void finish(uint16_t tag, int result) override;
+  bool waiting(uint16_t tag) const override;
+  void set_deadline(uint16_t tag, std::chrono::steady_clock::time_point deadline) override;
 
  private:
+  QueueLoop& loop_;
   Ring& ring_;
   uint16_t queue_id_;
   uint16_t depth_;
   int file_index_;
 };
 
+using Clock = std::chrono::steady_clock;
+// A tag's deadline when it has none.
+constexpr int64_t kNoDeadline = INT64_MAX;
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+
+// How often the worker looks for requests past their deadline while some
+// wait: a tenth of the request timeout, within these bounds.
+constexpr int64_t kMinTickNs = 10'000'000;
+constexpr int64_t kMaxTickNs = 250'000'000;
+
 // Per tag at most one ublk command and one backend SQE are queued at once,
-// plus the wake eventfd's read and a timer.
+// plus the wake eventfd's read, a timer and the backend's queue-level SQEs.
 // The kernel runs a completion's task work when this thread next waits
 // (DEFER_TASKRUN), instead of interrupting it (an IPI and a trip through
 // the signal path under COOP_TASKRUN alone, a forced one without either):
@@ -180,7 +200,7 @@ class WorkerContext final : public QueueContext {
 // which is what lets an idle thread watch for work without entering the
 // kernel (IdlePoll).
 Result<Ring> make_ring(uint16_t depth) {
-  auto ring = Ring::create_probed(2u * depth + 2u, 0,
+  auto ring = Ring::create_probed(2u * depth + 2u + QueueContext::kMaxBackendEvents, 0,
                                   IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
                                       IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
   if (!ring) return ring;
@@ -205,12 +225,20 @@ class QueueLoop {
         r_(ring_.get()),
         idle_((ring_.flags() & IORING_SETUP_TASKRUN_FLAG) ? c.idle_spin
                                                           : std::chrono::nanoseconds(0)),
-        ctx_(ring_, c.queue_id, c.depth, backend.attach_fd() >= 0 ? 1 : -1),
+        ctx_(*this, ring_, c.queue_id, c.depth, backend.attach_fd() >= 0 ? 1 : -1),
         wake_fd_(wake_fd),
         commands_(commands),
         fail_after_ns_(fail_after_ns),
         failed_unanswered_(failed_unanswered),
         tag_state_(c.depth, 0),
+        deadline_(c.depth, kNoDeadline),
+        timeout_ns_(
+            backend.request_timeout()
+                ? std::chrono::duration_cast<std::chrono::nanoseconds>(*backend.request_timeout())
+                      .count()
+                : 0),
+        tick_ns_(timeout_ns_ > 0 ? std::clamp(timeout_ns_ / 10, kMinTickNs, kMaxTickNs)
+                                 : kMaxTickNs),
         fetch_op_(c.ioctl_encoding ? uapi::io_op_ioctl(uapi::kIoFetchReq)
                                    : uint32_t{uapi::kIoFetchReq}),
         commit_op_(c.ioctl_encoding ? uapi::io_op_ioctl(uapi::kIoCommitAndFetchReq)
@@ -297,6 +325,29 @@ class QueueLoop {
 
   unsigned ring_flags() const { return ring_.flags(); }
 
+  // QueueContext::finish / waiting / set_deadline.
+  void finish(uint16_t tag, int result) {
+    uint8_t& state = tag_state_[tag];
+    if (state & kTagStale) {
+      state = 0;  // the failed request's I/O is over
+      return;
+    }
+    if (!(state & kTagInBackend)) return;
+    state = 0;
+    commit(tag, result);
+  }
+  bool waiting(uint16_t tag) const {
+    return (tag_state_[tag] & (kTagInBackend | kTagStale)) == kTagInBackend;
+  }
+  void set_deadline(uint16_t tag, Clock::time_point deadline) {
+    deadline_[tag] =
+        deadline == Clock::time_point::max()
+            ? kNoDeadline
+            : std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch())
+                  .count();
+    if (deadline_[tag] != kNoDeadline) ensure_timer();
+  }
+
  private:
   static uint64_t round_up(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
 
@@ -352,24 +403,72 @@ class QueueLoop {
     return true;
   }
 
+  // The one timer of the loop: while requests with a deadline wait on the
+  // backend it ticks (tick_ns_), and a stop's grace ends at a tick or at
+  // its own expiry, whichever is first.
   bool arm_timer(int64_t ns) {
+    if (timer_armed_) return true;
     io_uring_sqe* sqe = ring_.get_sqe();
     if (sqe == nullptr) return false;
+    ns = std::max<int64_t>(ns, 0);
     timer_ts_.tv_sec = ns / 1'000'000'000;
     timer_ts_.tv_nsec = ns % 1'000'000'000;
     io_uring_prep_timeout(sqe, &timer_ts_, 0, 0);
     sqe->user_data = user_data::kTimer;
+    timer_armed_ = true;
     return true;
+  }
+
+  // Arms the tick for a deadline that was just set. Without room in the
+  // ring it is armed by the next request or completion that finds room.
+  void ensure_timer() {
+    if (!timer_armed_) (void)arm_timer(next_tick_ns(now_ns()));
+  }
+
+  int64_t next_tick_ns(int64_t now) const {
+    int64_t next = tick_ns_;
+    if (stop_fail_at_ns_ != kNoDeadline) next = std::min(next, stop_fail_at_ns_ - now);
+    return next;
   }
 
   // What the control plane asked for since the last wake-up.
   void take_commands() {
     const unsigned cmds = commands_.exchange(0, std::memory_order_acquire);
     if (cmds & kCmdStop) stop_ = true;
-    // Without room for the timer they are failed now rather than never.
-    if ((cmds & kCmdFailUnanswered) && !arm_timer(fail_after_ns_.load(std::memory_order_relaxed)))
-      fail_unanswered();
+    if (cmds & kCmdFailUnanswered) {
+      const int64_t now = now_ns();
+      stop_fail_at_ns_ = now + fail_after_ns_.load(std::memory_order_relaxed);
+      // A timer armed already ticks sooner than the grace ends or is
+      // rearmed then; without room for one they are failed now rather than
+      // never.
+      if (!timer_armed_ && !arm_timer(next_tick_ns(now))) {
+        stop_fail_at_ns_ = kNoDeadline;
+        fail_unanswered();
+      }
+    }
     if (!stop_ && !arm_wake()) fail_loop(Error(EBUSY, "queue ring has no room"));
+  }
+
+  // The timer expired: fail what is past its deadline (or everything, once
+  // a stop's grace is over) and tick again while deadlines remain.
+  void on_timer() {
+    timer_armed_ = false;
+    const int64_t now = now_ns();
+    if (stop_fail_at_ns_ != kNoDeadline && now >= stop_fail_at_ns_) {
+      stop_fail_at_ns_ = kNoDeadline;
+      fail_unanswered();
+    }
+    bool pending = false;
+    for (uint16_t tag = 0; tag < c_.depth; ++tag) {
+      if (!waiting(tag) || deadline_[tag] == kNoDeadline) continue;
+      if (deadline_[tag] <= now) {
+        tag_state_[tag] = kTagStale;
+        commit(tag, -EIO);
+      } else {
+        pending = true;
+      }
+    }
+    if (pending || stop_fail_at_ns_ != kNoDeadline) (void)arm_timer(next_tick_ns(now));
   }
 
   // The requests the backend holds are answered with EIO now; its late
@@ -404,7 +503,8 @@ class QueueLoop {
 
   void on_completion(const io_uring_cqe& cqe) {
     if (cqe.user_data == user_data::kWake) return take_commands();
-    if (cqe.user_data == user_data::kTimer) return fail_unanswered();
+    if (cqe.user_data == user_data::kTimer) return on_timer();
+    if (user_data::is_backend_event(cqe.user_data)) return backend_.on_event(ctx_, cqe);
     const uint16_t tag = user_data::tag_of(cqe.user_data);
     if (user_data::is_backend(cqe.user_data)) return on_backend_completion(tag, cqe);
     if (cqe.res == uapi::kIoResOk) return commit(tag, serve(tag));
@@ -430,6 +530,7 @@ class QueueLoop {
   void commit(uint16_t tag, int result) {
     if (result == kIoQueued) {
       tag_state_[tag] = kTagInBackend;
+      if (deadline_[tag] != kNoDeadline) ensure_timer();
       return;
     }
     if (!queue_cmd(commit_op_, tag, result))
@@ -461,6 +562,8 @@ class QueueLoop {
       req.copy_fd = c_.char_fd;
       req.copy_pos = uapi::user_copy_pos(c_.queue_id, tag);
     }
+    // Before submit(), which may set a deadline of its own.
+    deadline_[tag] = timeout_ns_ > 0 ? now_ns() + timeout_ns_ : kNoDeadline;
     return backend_.submit(ctx_, req);
   }
 
@@ -479,6 +582,14 @@ class QueueLoop {
   std::atomic<uint32_t>& failed_unanswered_;
   // kTagInBackend / kTagStale per tag.
   std::vector<uint8_t> tag_state_;
+  // Per tag, when a request waiting on the backend is failed (steady clock,
+  // ns), or kNoDeadline.
+  std::vector<int64_t> deadline_;
+  const int64_t timeout_ns_;  // Backend::request_timeout(); 0: none
+  const int64_t tick_ns_;
+  bool timer_armed_ = false;
+  // When a stop's grace ends (fail_unanswered_after), or kNoDeadline.
+  int64_t stop_fail_at_ns_ = kNoDeadline;
   Mapping descs_map_;
   const uapi::IoDesc* descs_ = nullptr;
   Mapping bufs_map_;
@@ -489,6 +600,16 @@ class QueueLoop {
   bool stop_ = false;
   std::optional<Error> first_error_;
 };
+
+void WorkerContext::finish(uint16_t tag, int result) {
+  loop_.finish(tag, result);
+}
+bool WorkerContext::waiting(uint16_t tag) const {
+  return loop_.waiting(tag);
+}
+void WorkerContext::set_deadline(uint16_t tag, Clock::time_point deadline) {
+  loop_.set_deadline(tag, deadline);
+}
 
 }  // namespace
 

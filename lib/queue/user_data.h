@@ -7,7 +7,11 @@
 //   bits 16..31  a backend SQE's cookie (the backend's own)
 //   bit  32      the worker's own SQEs: the read of its wake eventfd
 //                (bit 32 alone) and its timer (bit 32 and bit 0)
-//   bit  33      an SQE a backend queued (else: a ublk io command)
+//   bit  33      an SQE a backend queued while serving the tag (else: a
+//                ublk io command)
+//   bit  34      an SQE a backend queued for the whole queue, tied to no
+//                tag (the poll on a network backend's socket, its timer):
+//                the cookie only, routed to Backend::on_event
 #pragma once
 
 #include <cstdint>
@@ -17,6 +21,7 @@ namespace ublkd::user_data {
 inline constexpr uint64_t kWake = 1ull << 32;
 inline constexpr uint64_t kTimer = kWake | 1;
 inline constexpr uint64_t kBackendBit = 1ull << 33;
+inline constexpr uint64_t kBackendEventBit = 1ull << 34;
 inline constexpr unsigned kCookieShift = 16;
 
 // A ublk io command (FETCH_REQ, COMMIT_AND_FETCH_REQ) for `tag`.
@@ -30,6 +35,13 @@ constexpr uint64_t backend(uint16_t tag, uint16_t cookie) {
 constexpr bool is_backend(uint64_t user_data) {
   return (user_data & kBackendBit) != 0;
 }
+// A queue-level SQE a backend queued, tied to no tag.
+constexpr uint64_t backend_event(uint16_t cookie) {
+  return kBackendEventBit | (uint64_t{cookie} << kCookieShift);
+}
+constexpr bool is_backend_event(uint64_t user_data) {
+  return (user_data & kBackendEventBit) != 0;
+}
 constexpr uint16_t tag_of(uint64_t user_data) {
   return static_cast<uint16_t>(user_data);
 }
@@ -41,9 +53,17 @@ constexpr uint16_t cookie_of(uint64_t user_data) {
 // themselves, and every field reads back as packed.
 static_assert((kWake & kBackendBit) == 0 && (kTimer & kBackendBit) == 0 && kWake != kTimer);
 static_assert((backend(0xffff, 0xffff) & kWake) == 0);
-static_assert((io_command(0xffff) & (kWake | kBackendBit)) == 0);
+static_assert((io_command(0xffff) & (kWake | kBackendBit | kBackendEventBit)) == 0);
+static_assert((backend(0xffff, 0xffff) & kBackendEventBit) == 0);
+static_assert(((kWake | kTimer) & kBackendEventBit) == 0);
+static_assert((backend_event(0xffff) & (kWake | kBackendBit | 0xffff)) == 0);
 static_assert(!is_backend(kWake) && !is_backend(kTimer) && !is_backend(io_command(0xffff)));
+static_assert(!is_backend_event(kWake) && !is_backend_event(kTimer) &&
+              !is_backend_event(io_command(0xffff)) && !is_backend_event(backend(0xffff, 0xffff)));
 static_assert(is_backend(backend(0, 0)));
+static_assert(is_backend_event(backend_event(0)) && !is_backend(backend_event(0xffff)));
+static_assert(backend_event(0) != kWake && backend_event(0) != kTimer);
+static_assert(cookie_of(backend_event(0xabcd)) == 0xabcd);
 static_assert(tag_of(backend(0x1234, 0xabcd)) == 0x1234);
 static_assert(cookie_of(backend(0x1234, 0xabcd)) == 0xabcd);
 static_assert(tag_of(io_command(0xfffe)) == 0xfffe);

@@ -544,12 +544,12 @@ TEST_CASE("admin ops: an invalid spec lists every problem, each as a path in the
         "_ . -, and not . or ..");
   // One line, so that ublkctl can print it as one.
   const std::string many =
-      h.error(R"({"op": "add", "spec": {"a": 1, "b": 2, "backend": {"type": "nbd"}}})");
+      h.error(R"({"op": "add", "spec": {"a": 1, "b": 2, "backend": {"type": "iscsi"}}})");
   CHECK(std::count(many.begin(), many.end(), '\n') == 0);
   CHECK_THAT(many, Catch::StartsWith("invalid-spec: spec.a: unknown key") &&
                        Catch::Contains("; spec.b: unknown key") &&
                        Catch::Contains("; spec.name: required field is missing") &&
-                       Catch::Contains("; spec.backend.type: unknown backend type \"nbd\""));
+                       Catch::Contains("; spec.backend.type: unknown backend type \"iscsi\""));
 }
 
 TEST_CASE("admin ops: features has the documented shape", "[admin]") {

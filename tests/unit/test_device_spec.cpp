@@ -207,9 +207,9 @@ TEST_CASE("device spec: every kind of mistake is rejected naming field and value
        {"18446744073709551615 is out of range"}},
 
       {"unknown backend type",
-       patched({{"backend", {{"type", "nbd"}}}}),
+       patched({{"backend", {{"type", "iscsi"}}}}),
        "backend.type",
-       {"unknown backend type \"nbd\"", "supported: mem"}},
+       {"unknown backend type \"iscsi\"", "supported: mem"}},
       {"enormous mem size",
        patched({{"backend", {{"size", "32TiB"}}}}),
        "backend.size",
@@ -520,5 +520,109 @@ TEST_CASE("device spec: file and null backends", "[spec]") {
     CHECK(r->backend.size == (uint64_t{1} << 50));
     CHECK(ublkd::to_json(r.value())["backend"] ==
           Json::parse(R"({"type": "null", "size": 1125899906842624})"));
+  }
+}
+
+TEST_CASE("device spec: nbd backend keys, durations and their mistakes", "[spec][nbd]") {
+  SECTION("a URI alone takes the default timeouts") {
+    auto r = ublkd::parse_device_spec(
+        R"({"name": "n0", "backend": {"type": "nbd",
+            "uri": "nbd+unix:///disk?socket=/run/nbd.sock"}})",
+        "t", kDefaults);
+    REQUIRE(r.ok());
+    CHECK(r->backend.type == "nbd");
+    CHECK(r->backend.size == 0);
+    CHECK(r->backend.params == Json::parse(R"({"uri": "nbd+unix:///disk?socket=/run/nbd.sock"})"));
+    const Json out = ublkd::to_json(r.value());
+    CHECK(out["backend"] ==
+          Json::parse(R"({"type": "nbd", "uri": "nbd+unix:///disk?socket=/run/nbd.sock"})"));
+    auto again = ublkd::parse_device_spec(out, "t", kDefaults);
+    REQUIRE(again.ok());
+    CHECK(again->backend == r->backend);
+  }
+  SECTION("durations: seconds as numbers, or strings with a unit, read back the same") {
+    auto r = ublkd::parse_device_spec(
+        R"({"name": "n1", "backend": {"type": "nbd", "uri": "nbds://host:10809/exp",
+            "connect_timeout": 2.5, "request_timeout": "750ms", "reconnect_timeout": "2min"}})",
+        "t", kDefaults);
+    REQUIRE(r.ok());
+    CHECK(r->backend.params["connect_timeout"] == 2500);
+    CHECK(r->backend.params["request_timeout"] == 750);
+    CHECK(r->backend.params["reconnect_timeout"] == 120000);
+    const Json out = ublkd::to_json(r.value());
+    CHECK(out["backend"]["connect_timeout"] == "2500ms");
+    CHECK(out["backend"]["reconnect_timeout"] == 120);
+    auto again = ublkd::parse_device_spec(out, "t", kDefaults);
+    REQUIRE(again.ok());
+    CHECK(again->backend == r->backend);
+  }
+  SECTION("0 turns the request timeout off and makes a lost connection fail at once") {
+    auto r = ublkd::parse_device_spec(
+        R"({"name": "n2", "backend": {"type": "nbd", "uri": "nbd://h/e",
+            "request_timeout": 0, "reconnect_timeout": "0s"}})",
+        "t", kDefaults);
+    REQUIRE(r.ok());
+    CHECK(r->backend.params["request_timeout"] == 0);
+    CHECK(r->backend.params["reconnect_timeout"] == 0);
+  }
+  struct Case {
+    const char* what;
+    Json backend;
+    const char* field;
+    std::vector<const char*> says;
+  };
+  const std::vector<Case> cases = {
+      {"no uri", {{"type", "nbd"}}, "backend.uri", {"required field is missing"}},
+      {"not an NBD URI",
+       {{"type", "nbd"}, {"uri", "http://x/y"}},
+       "backend.uri",
+       {"\"http://x/y\"", "not an NBD URI", "nbds+unix://"}},
+      {"a unix URI without its socket",
+       {{"type", "nbd"}, {"uri", "nbd+unix:///e"}},
+       "backend.uri",
+       {"\"nbd+unix:///e\"", "socket="}},
+      {"a password is not repeated",
+       {{"type", "nbd"}, {"uri", "ftp://me:secret@h/e"}},
+       "backend.uri",
+       {"me:***@h"}},
+      {"connect_timeout 0",
+       {{"type", "nbd"}, {"uri", "nbd://h/e"}, {"connect_timeout", 0}},
+       "backend.connect_timeout",
+       {"greater than 0", "0"}},
+      {"a negative duration",
+       {{"type", "nbd"}, {"uri", "nbd://h/e"}, {"request_timeout", -1}},
+       "backend.request_timeout",
+       {"-1", "not a duration"}},
+      {"an unknown unit",
+       {{"type", "nbd"}, {"uri", "nbd://h/e"}, {"reconnect_timeout", "5h"}},
+       "backend.reconnect_timeout",
+       {"\"5h\"", "ms, s or min"}},
+      {"less than a millisecond",
+       {{"type", "nbd"}, {"uri", "nbd://h/e"}, {"request_timeout", 0.0001}},
+       "backend.request_timeout",
+       {"0.0001", "shorter than a millisecond"}},
+      {"too long",
+       {{"type", "nbd"}, {"uri", "nbd://h/e"}, {"connect_timeout", 301}},
+       "backend.connect_timeout",
+       {"301", "largest connect_timeout, 300 s"}},
+      {"a boolean",
+       {{"type", "nbd"}, {"uri", "nbd://h/e"}, {"request_timeout", true}},
+       "backend.request_timeout",
+       {"expected seconds", "boolean"}},
+      {"a size is not the nbd backend's to set",
+       {{"type", "nbd"}, {"uri", "nbd://h/e"}, {"size", "1GiB"}},
+       "backend.size",
+       {"unknown key \"size\"", "uri"}},
+  };
+  for (const Case& c : cases) {
+    const std::string text = Json{{"name", "n"}, {"backend", c.backend}}.dump();
+    INFO(c.what << "\n" << text);
+    const auto problems = problems_of(text);
+    REQUIRE(problems.size() == 1);
+    INFO(problems[0].to_string());
+    CHECK(problems[0].field == c.field);
+    for (const char* fragment : c.says) CHECK_THAT(problems[0].message, Catch::Contains(fragment));
+    if (std::string(c.what) == "a password is not repeated")
+      CHECK(problems[0].message.find("secret") == std::string::npos);
   }
 }

@@ -220,6 +220,14 @@ class TestQueue final : public QueueContext {
   uint16_t queue_id() const override { return 0; }
   uint16_t depth() const override { return kDepth; }
   int backend_file_index() const override { return file_index_; }
+  // The file backend answers through complete() only.
+  void finish(uint16_t tag, int result) override {
+    FAIL("finish(" << tag << ", " << result << ") from the file backend");
+  }
+  bool waiting(uint16_t) const override { return true; }
+  void set_deadline(uint16_t tag, std::chrono::steady_clock::time_point) override {
+    FAIL("set_deadline(" << tag << ") from the file backend");
+  }
   io_uring_sqe* get_sqe() override {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     if (sqe == nullptr) return nullptr;

@@ -69,6 +69,11 @@ TEST_CASE("null backend completes every request without touching data", "[null]"
     uint16_t depth() const override { return 1; }
     io_uring_sqe* get_sqe() override { return nullptr; }
     int backend_file_index() const override { return -1; }
+    void finish(uint16_t, int) override { FAIL("finish() from the null backend"); }
+    bool waiting(uint16_t) const override { return false; }
+    void set_deadline(uint16_t, std::chrono::steady_clock::time_point) override {
+      FAIL("set_deadline() from the null backend");
+    }
   } q;
   REQUIRE(b->attach(q).ok());
   CHECK(b->submit(q, request(IoOp::kRead, 8192, 4096, buf.data())) == 4096);

@@ -140,7 +140,16 @@ copy_bin() {
 readonly TOOLS=(
     bash fio mke2fs e2fsck blkdiscard blockdev dmesg losetup mount umount
     timeout dd sha256sum md5sum stat truncate cmp comm sync stdbuf kmod setsid
-    setpriv jq dmsetup busybox
+    setpriv jq dmsetup nbdkit nbd-client busybox
+)
+# The nbdkit plugins and filters the nbd cases and the benchmark serve
+# exports with (nbdkit loads them from its compiled-in directory).
+readonly NBDKIT_DIR=/usr/lib/x86_64-linux-gnu/nbdkit
+readonly NBDKIT_MODULES=(
+    plugins/nbdkit-memory-plugin.so plugins/nbdkit-file-plugin.so
+    filters/nbdkit-delay-filter.so filters/nbdkit-error-filter.so
+    filters/nbdkit-pause-filter.so filters/nbdkit-multi-conn-filter.so
+    filters/nbdkit-exportname-filter.so
 )
 
 tool_paths=()
@@ -188,6 +197,12 @@ build_userland() {
         ln -s ../bin/kmod "$stage/usr/sbin/$t"
     done
     [[ -f /etc/mke2fs.conf ]] && copy_file "$stage" /etc/mke2fs.conf
+    local m
+    for m in "${NBDKIT_MODULES[@]}"; do
+        [[ -f $NBDKIT_DIR/$m ]] || die "missing $NBDKIT_DIR/$m (run scripts/install-deps.sh)"
+        copy_file "$stage" "$NBDKIT_DIR/$m"
+        copy_libs "$stage" "$NBDKIT_DIR/$m"
+    done
 
     # busybox for everything else. --install makes absolute links to its own
     # path and skips names that exist, so the real tools above stay. Those

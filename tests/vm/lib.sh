@@ -292,6 +292,39 @@ assert_no_ublk_devices() {
     done
 }
 
+# ---- NBD servers -------------------------------------------------------------
+
+_NBDKIT_PIDS=()
+
+# start_nbdkit NAME ARGS...: nbdkit in the foreground on the Unix socket
+# $CASE_DIR/NAME.sock, serving ARGS (plugin, filters, parameters); waits
+# until it listens. Sets NBDKIT_PID; its log is $CASE_DIR/nbdkit.NAME.log.
+# Killed at the end of the case if still running.
+start_nbdkit() {
+    local name=$1 sock=$CASE_DIR/$1.sock pidfile=$CASE_DIR/$1.nbdkit.pid i
+    shift
+    rm -f "$sock" "$pidfile"
+    nbdkit -f -U "$sock" -P "$pidfile" "$@" >>"$CASE_DIR/nbdkit.$name.log" 2>&1 &
+    NBDKIT_PID=$!
+    _NBDKIT_PIDS+=("$NBDKIT_PID")
+    for ((i = 0; i < 200; i++)); do
+        [[ -s $pidfile ]] && return 0
+        kill -0 "$NBDKIT_PID" 2>/dev/null ||
+            { cat "$CASE_DIR/nbdkit.$name.log" >&2; fail "nbdkit $* exited at start"; }
+        sleep 0.05
+    done
+    fail "nbdkit $* did not listen on $sock within 10 s"
+}
+
+# stop_nbdkit PID [SIGNAL]: end an nbdkit (SIGTERM by default) and reap it.
+stop_nbdkit() {
+    kill "-${2:-TERM}" "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# nbd_uri NAME [EXPORT]: the URI of start_nbdkit NAME's socket.
+nbd_uri() { echo "nbd+unix:///${2:-}?socket=$CASE_DIR/$1.sock"; }
+
 # ---- I/O ------------------------------------------------------------------
 
 # fio_verify DEV [FIO ARGS...]: random writes with crc32c verification over
@@ -335,6 +368,10 @@ _lib_on_exit() {
             kill -KILL "$pid" 2>/dev/null
         fi
         wait "$pid" 2>/dev/null
+    done
+    # After the daemons, whose devices they serve.
+    for pid in "${_NBDKIT_PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
     done
     # After the daemons: they may hold what the cleanups release (a mount
     # under a backing file, a module).
