@@ -51,6 +51,12 @@ dd if="$de" of=/dev/null bs=4k count=16 iflag=direct status=none || fail "read a
 # A server slower than request_timeout.
 ds=$(ctl_ok add s --backend nbd --uri "$(nbd_uri slow)" --request-timeout 2)
 [[ $(json_get "$(ctl_ok --json info s)" .backend.request_timeout_ms) == 2000 ]] || fail "request_timeout not taken"
+# The kernel's partition scan after the add (asynchronous on 7.2) reads
+# the slow server too and holds the device's open until it gives up: one
+# read first, whose open waits for it, so the timed one measures only the
+# request timeout.
+must_fail_eio "first read from a server slower than request_timeout" \
+    dd if="$ds" of=/dev/null bs=4k count=1 skip=1 iflag=direct
 t0=${EPOCHREALTIME/./}
 must_fail_eio "read from a server slower than request_timeout" dd if="$ds" of=/dev/null bs=4k count=1 iflag=direct
 ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
