@@ -25,6 +25,7 @@
 #include "manager.h"
 #include "skip.h"
 #include "ublkd_version.h"
+#include "temp_dir.h"
 
 using nlohmann::json;
 using ublkd::admin::AdminError;
@@ -33,6 +34,8 @@ using ublkd::admin::RequestError;
 namespace admin = ublkd::admin;
 namespace code = ublkd::admin::code;
 namespace fs = std::filesystem;
+
+using ublkd::test::TempDir;
 
 namespace {
 
@@ -395,28 +398,6 @@ TEST_CASE("admin protocol: envelope errors carry the documented codes", "[admin]
 
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "ublkd-admin-test-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-  void write(const fs::path& relative, const std::string& text) const {
-    fs::create_directories((path_ / relative).parent_path());
-    std::ofstream(path_ / relative) << text;
-  }
-
- private:
-  fs::path path_;
-};
 
 // An AdminHandler over a Manager that never touches the kernel: every op
 // used here answers from memory or fails before reaching a device, and the

@@ -12,6 +12,7 @@
 #include <catch2/catch.hpp>
 
 #include "config/config_dir.h"
+#include "temp_dir.h"
 
 namespace fs = std::filesystem;
 using ublkd::ConfigProblem;
@@ -19,39 +20,12 @@ using ublkd::DaemonConfig;
 using ublkd::LoadedConfig;
 using ublkd::LogLevel;
 
+using ublkd::test::TempDir;
+
 namespace {
 
-// A fresh directory under $TMPDIR, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "ublkd-test-XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const fs::path& path() const { return path_; }
-  fs::path devices() const { return path_ / "devices.d"; }
-
-  // Writes `text` to DIR/relative, creating parent directories.
-  fs::path write(const fs::path& relative, const std::string& text) const {
-    const fs::path file = path_ / relative;
-    fs::create_directories(file.parent_path());
-    std::ofstream out(file, std::ios::binary);
-    out << text;
-    REQUIRE(out.good());
-    return file;
-  }
-
- private:
-  fs::path path_;
-};
+// The directory's drop-in folder.
+fs::path devices(const TempDir& dir) { return dir.path() / "devices.d"; }
 
 std::string spec(const std::string& name, const std::string& extra = "") {
   return R"({"name": ")" + name + R"(", "backend": {"type": "mem", "size": "1MiB"})" + extra + "}";
@@ -91,8 +65,8 @@ TEST_CASE("config dir: drop-ins load in lexical order of file names", "[config]"
   // Byte order: digits, then upper case; "3-" after "20-".
   CHECK(names(config) == std::vector<std::string>{"a", "b", "c", "upper"});
   REQUIRE(config.devices.size() == 4);
-  CHECK(config.devices[0].source == (dir.devices() / "10-a.json").string());
-  CHECK(config.devices[3].source == (dir.devices() / "B-upper.json").string());
+  CHECK(config.devices[0].source == (devices(dir) / "10-a.json").string());
+  CHECK(config.devices[3].source == (devices(dir) / "B-upper.json").string());
 }
 
 TEST_CASE("config dir: drop-in order is by bytes, not by the locale", "[config]") {
@@ -176,29 +150,29 @@ TEST_CASE("config dir: hidden and non-.json files are ignored", "[config]") {
 TEST_CASE("config dir: a symlinked drop-in is loaded", "[config]") {
   TempDir dir;
   const fs::path target = dir.write("specs/linked.json", spec("linked"));
-  fs::create_directories(dir.devices());
-  fs::create_symlink(target, dir.devices() / "linked.json");
-  fs::create_symlink(dir.path() / "nowhere.json", dir.devices() / "dangling.json");
+  fs::create_directories(devices(dir));
+  fs::create_symlink(target, devices(dir) / "linked.json");
+  fs::create_symlink(dir.path() / "nowhere.json", devices(dir) / "dangling.json");
 
   LoadedConfig config = load(dir);
   CHECK(names(config) == std::vector<std::string>{"linked"});
   REQUIRE(config.problems.size() == 1);
-  CHECK(config.problems[0].origin == (dir.devices() / "dangling.json").string());
+  CHECK(config.problems[0].origin == (devices(dir) / "dangling.json").string());
   CHECK_THAT(config.problems[0].message, Catch::Contains("cannot read"));
 }
 
 TEST_CASE("config dir: odd entries in devices.d are problems", "[config]") {
   TempDir dir;
-  fs::create_directories(dir.devices() / "dir.json");
+  fs::create_directories(devices(dir) / "dir.json");
   dir.write("devices.d/empty.json", "");
   dir.write("devices.d/ok.json", spec("ok"));
 
   LoadedConfig config = load(dir);
   CHECK(names(config) == std::vector<std::string>{"ok"});
   REQUIRE(config.problems.size() == 2);
-  CHECK(config.problems[0].origin == (dir.devices() / "dir.json").string());
+  CHECK(config.problems[0].origin == (devices(dir) / "dir.json").string());
   CHECK_THAT(config.problems[0].message, Catch::Contains("directory"));
-  CHECK(config.problems[1].origin == (dir.devices() / "empty.json").string());
+  CHECK(config.problems[1].origin == (devices(dir) / "empty.json").string());
   CHECK_THAT(config.problems[1].message, Catch::Contains("empty"));
 }
 
@@ -223,7 +197,7 @@ TEST_CASE("config dir: devices.d that is not a directory is a problem", "[config
   dir.write("devices.d", "{}");
   LoadedConfig config = load(dir);
   REQUIRE(config.problems.size() == 1);
-  CHECK(config.problems[0].origin == dir.devices().string());
+  CHECK(config.problems[0].origin == devices(dir).string());
   CHECK_THAT(config.problems[0].message, Catch::Contains("not a directory"));
 }
 
@@ -415,6 +389,6 @@ TEST_CASE("daemon config: a broken ublkd.json comes before device problems", "[c
   CHECK_FALSE(config.daemon_config_ok);
   REQUIRE(config.problems.size() == 2);
   CHECK(config.problems[0].origin == (dir.path() / "ublkd.json").string());
-  CHECK(config.problems[1].origin == (dir.devices() / "a.json").string());
+  CHECK(config.problems[1].origin == (devices(dir) / "a.json").string());
   CHECK(config.problems[1].field == "queues");
 }

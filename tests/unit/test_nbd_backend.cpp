@@ -29,6 +29,7 @@
 
 #include "base/unique_fd.h"
 #include "uapi/ublk.h"
+#include "temp_dir.h"
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
@@ -40,6 +41,8 @@ using ublkd::NbdBackend;
 using ublkd::NbdBackendOptions;
 using ublkd::QueueContext;
 using ublkd::UniqueFd;
+
+using ublkd::test::TempDir;
 
 namespace {
 
@@ -58,23 +61,6 @@ std::optional<std::string> find_nbdkit() {
   return std::nullopt;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base != nullptr && *base ? base : "/tmp") + "/ublkd-nbd.XXXXXX";
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 // One nbdkit process serving on dir/SOCK, in the foreground so that it is
 // ours to kill; started again on the same socket by start().

@@ -21,11 +21,14 @@
 #include "ctl/client.h"
 #include "ctl/commands.h"
 #include "ublkd_version.h"
+#include "temp_dir.h"
 
 using nlohmann::json;
 using ublkd::UniqueFd;
 using namespace ublkd::ctl;
 using namespace std::chrono_literals;
+
+using ublkd::test::TempDir;
 
 namespace {
 
@@ -35,22 +38,6 @@ Environment test_env() {
   return env;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "ublkctl-test.XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 UniqueFd bound_socket(const std::string& path) {
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
