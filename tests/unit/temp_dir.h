@@ -31,7 +31,8 @@ class TempDir {
   // The path of NAME in the directory, as the string most APIs take.
   std::string file(const std::string& name) const { return (path_ / name).string(); }
   // Writes TEXT to DIR/RELATIVE, creating parent directories.
-  std::filesystem::path write(const std::filesystem::path& relative, const std::string& text) const {
+  std::filesystem::path write(const std::filesystem::path& relative,
+                              const std::string& text) const {
     const std::filesystem::path target = path_ / relative;
     std::filesystem::create_directories(target.parent_path());
     std::ofstream out(target, std::ios::binary);

@@ -24,8 +24,8 @@
 #include "event_loop.h"
 #include "manager.h"
 #include "skip.h"
-#include "ublkd_version.h"
 #include "temp_dir.h"
+#include "ublkd_version.h"
 
 using nlohmann::json;
 using ublkd::admin::AdminError;
@@ -397,7 +397,6 @@ TEST_CASE("admin protocol: envelope errors carry the documented codes", "[admin]
 // ---- the handler of the ops ----------------------------------------------
 
 namespace {
-
 
 // An AdminHandler over a Manager that never touches the kernel: every op
 // used here answers from memory or fails before reaching a device, and the

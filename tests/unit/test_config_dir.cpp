@@ -25,7 +25,9 @@ using ublkd::test::TempDir;
 namespace {
 
 // The directory's drop-in folder.
-fs::path devices(const TempDir& dir) { return dir.path() / "devices.d"; }
+fs::path devices(const TempDir& dir) {
+  return dir.path() / "devices.d";
+}
 
 std::string spec(const std::string& name, const std::string& extra = "") {
   return R"({"name": ")" + name + R"(", "backend": {"type": "mem", "size": "1MiB"})" + extra + "}";

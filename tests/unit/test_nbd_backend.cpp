@@ -28,8 +28,8 @@
 #include <vector>
 
 #include "base/unique_fd.h"
-#include "uapi/ublk.h"
 #include "temp_dir.h"
+#include "uapi/ublk.h"
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
@@ -60,7 +60,6 @@ std::optional<std::string> find_nbdkit() {
   }
   return std::nullopt;
 }
-
 
 // One nbdkit process serving on dir/SOCK, in the foreground so that it is
 // ours to kill; started again on the same socket by start().

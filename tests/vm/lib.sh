@@ -327,6 +327,30 @@ nbd_uri() { echo "nbd+unix:///${2:-}?socket=$CASE_DIR/$1.sock"; }
 
 # ---- I/O ------------------------------------------------------------------
 
+# must_fail_eio WHAT CMD...: CMD must fail with an I/O error within 30 s:
+# neither hang nor succeed against a backing store that is failing.
+must_fail_eio() {
+    local what=$1 rc=0
+    shift
+    timeout 30 "$@" >"$CASE_DIR/cmd.out" 2>&1 || rc=$?
+    ((rc != 124)) || fail "$what hung (30 s)"
+    ((rc != 0)) || fail "$what succeeded against a failing store (a false success)"
+    grep -qi 'Input/output error\|err=.*5\|error=Input' "$CASE_DIR/cmd.out" ||
+        { cat "$CASE_DIR/cmd.out" >&2; fail "$what failed, but not with EIO"; }
+    log "$what: EIO as expected"
+}
+
+# assert_queues_used DEV: where debugfs shows per-queue counts, both
+# hardware queues of DEV dispatched requests.
+assert_queues_used() {
+    local h n
+    for h in /sys/kernel/debug/block/"${1#/dev/}"/hctx{0,1}; do
+        [[ -r $h/dispatched ]] || continue
+        n=$(awk '{ s += $2 } END { print s + 0 }' "$h/dispatched")
+        ((n > 0)) || fail "$1: ${h##*/} dispatched no requests"
+    done
+}
+
 # fio_verify DEV [FIO ARGS...]: random writes with crc32c verification over
 # the whole device (4 KiB, queue depth 32, io_uring, O_DIRECT). Extra
 # arguments come last and so override the defaults (--size=64M, --bs=...).

@@ -36,12 +36,7 @@ for d in "$d_tmpfs" "$d_ext4"; do
         --size=32M --offset_increment=32M --iodepth=1 --bs=4k --number_ios=1024
     fio_verify "$d" --numjobs=2 --cpus_allowed=0-1 --cpus_allowed_policy=split \
         --size=32M --offset_increment=32M --iodepth=64 --bsrange=4k-128k
-    # Where debugfs shows per-queue counts, both queues must have been used.
-    for h in /sys/kernel/debug/block/"${d#/dev/}"/hctx{0,1}; do
-        [[ -r $h/dispatched ]] || continue
-        n=$(awk '{ s += $2 } END { print s + 0 }' "$h/dispatched")
-        ((n > 0)) || fail "$d: ${h##*/} dispatched no requests"
-    done
+    assert_queues_used "$d"
 done
 
 # The device and its file agree (FLUSH reached the file: conv=fsync below is

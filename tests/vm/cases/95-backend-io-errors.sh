@@ -33,18 +33,6 @@ cfg=$CASE_DIR/config
 mkdir -p "$cfg"
 start_ublkd_api "$cfg"
 
-# must_fail_eio WHAT CMD...: CMD must fail with an I/O error, within 30 s.
-must_fail_eio() {
-    local what=$1 rc=0
-    shift
-    timeout 30 "$@" >"$CASE_DIR/cmd.out" 2>&1 || rc=$?
-    ((rc != 124)) || fail "$what hung (30 s)"
-    ((rc != 0)) || fail "$what succeeded over a failing store (a false success)"
-    grep -qi 'Input/output error\|err=.*5\|error=Input' "$CASE_DIR/cmd.out" ||
-        { cat "$CASE_DIR/cmd.out" >&2; fail "$what failed, but not with EIO"; }
-    log "$what: EIO as expected"
-}
-
 # Direct I/O: every request reaches the store.
 dev=$(ctl_ok add de --backend file --path "$store" --queues 2)
 fio_verify "$dev" --size=16M --offset=0

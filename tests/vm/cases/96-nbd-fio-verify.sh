@@ -36,11 +36,7 @@ fio_verify "$d2" --numjobs=2 --cpus_allowed=0-1 --cpus_allowed_policy=split \
     --size=32M --offset_increment=32M --iodepth=1 --bs=4k --number_ios=512
 fio_verify "$d2" --numjobs=2 --cpus_allowed=0-1 --cpus_allowed_policy=split \
     --size=64M --offset_increment=64M --iodepth=64 --bsrange=4k-1M
-for h in /sys/kernel/debug/block/"${d2#/dev/}"/hctx{0,1}; do
-    [[ -r $h/dispatched ]] || continue
-    n=$(awk '{ s += $2 } END { print s + 0 }' "$h/dispatched")
-    ((n > 0)) || fail "$d2: ${h##*/} dispatched no requests"
-done
+assert_queues_used "$d2"
 
 d1=$(ctl_ok add n1 --backend nbd --uri "$(nbd_uri one)" --queues 2)
 info=$(ctl_ok --json info n1)
