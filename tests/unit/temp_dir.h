@@ -15,8 +15,10 @@ namespace ublkd::test {
 
 class TempDir {
  public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "ublkd-test-XXXXXX").string();
+  // Under BASE instead of $TMPDIR where a test needs a file system of its
+  // own kind (tmpfs, one that refuses O_DIRECT).
+  explicit TempDir(const std::filesystem::path& base = std::filesystem::temp_directory_path()) {
+    std::string tmpl = (base / "ublkd-test-XXXXXX").string();
     REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
     path_ = tmpl;
   }

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "base/unique_fd.h"
+#include "temp_dir.h"
 #include "uapi/ublk.h"
 
 using ublkd::FileBackend;
@@ -37,6 +38,8 @@ using ublkd::kIoQueued;
 using ublkd::QueueContext;
 using ublkd::UniqueFd;
 
+using ublkd::test::TempDir;
+
 namespace {
 
 constexpr uint64_t kKiB = 1024;
@@ -44,29 +47,6 @@ constexpr uint64_t kMiB = 1024 * kKiB;
 constexpr uint32_t kFua = ublkd::uapi::kIoFlagFua;
 
 // ---- files and buffers ------------------------------------------------------
-
-class TempDir {
- public:
-  explicit TempDir(const char* base = nullptr) {
-    if (base == nullptr) base = std::getenv("TMPDIR");
-    if (base == nullptr || *base == '\0') base = "/tmp";
-    std::string tmpl = std::string(base) + "/ublkd-file-test.XXXXXX";
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 // Page aligned, as the queue worker's tag buffers are, so O_DIRECT takes it.
 class Buffer {
@@ -179,7 +159,8 @@ bool direct_io_works(const TempDir& dir) {
   REQUIRE(r.error().code() == EINVAL);
   REQUIRE_THAT(r.error().message(), Catch::Contains("direct_io") && Catch::Contains(o.path));
   REQUIRE_FALSE(std::filesystem::exists(o.path));
-  ublkd::test::record_partial_skip(dir.path() + " refuses O_DIRECT; direct_io=true not exercised");
+  ublkd::test::record_partial_skip(dir.path().string() +
+                                   " refuses O_DIRECT; direct_io=true not exercised");
   return false;
 }
 
@@ -552,11 +533,11 @@ TEST_CASE("file backend refuses directories and special files", "[file]") {
   TempDir dir;
   for (bool create : {false, true}) {
     for (bool read_only : {false, true}) {
-      auto o = options(dir.path(), 0, false, create);
+      auto o = options(dir.path().string(), 0, false, create);
       o.read_only = read_only;
       const auto e = open_error(o);
       CHECK(e.code() == EISDIR);
-      CHECK_THAT(e.message(), Catch::Contains(dir.path()) && Catch::Contains("directory"));
+      CHECK_THAT(e.message(), Catch::Contains(dir.path().string()) && Catch::Contains("directory"));
     }
   }
 
