@@ -449,14 +449,7 @@ Result<UniqueFd> Device::open_char_device(steady_clock::time_point deadline) con
   }
 }
 
-Result<void> Device::bring_up() {
-  // Between the bounded steps below the abort is only looked at; the two
-  // waits that can last the whole start timeout are woken by it.
-  if (auto r = open_control(); !r) return r;
-
-  if (config_.before_add) {
-    if (auto r = config_.before_add(); !r) return r;
-  }
+uapi::CtrlDevInfo Device::device_to_add() const {
   uapi::CtrlDevInfo want{};
   const BackendFeatures f = backend_->features();
   // The backend's own limits (a server's) narrow what the spec asks for;
@@ -496,7 +489,18 @@ Result<void> Device::bring_up() {
     want.flags |= config_.kernel_features & uapi::kFeatUserCopy;
   if (config_.zero_copy && backend_->zero_copy())
     want.flags |= config_.kernel_features & uapi::kFeatAutoBufReg;
-  auto added = ctrl_->add_dev(want, config_.command_timeout);
+  return want;
+}
+
+Result<void> Device::bring_up() {
+  // Between the bounded steps below the abort is only looked at; the two
+  // waits that can last the whole start timeout are woken by it.
+  if (auto r = open_control(); !r) return r;
+
+  if (config_.before_add) {
+    if (auto r = config_.before_add(); !r) return r;
+  }
+  auto added = ctrl_->add_dev(device_to_add(), config_.command_timeout);
   if (!added) {
     if (added.error().code() == EACCES) return explain_add_refused(added.error());
     return added.error();

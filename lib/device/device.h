@@ -210,6 +210,9 @@ class Device {
   };
 
   Result<void> bring_up();
+  // What ADD_DEV asks for: the spec narrowed by the backend's limits, the
+  // features both the kernel and the backend can use.
+  uapi::CtrlDevInfo device_to_add() const;
   // Runs the backend factory if there is no backend yet.
   Result<void> make_backend();
   // Opens the control device (after checking the abort signal).
