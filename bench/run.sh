@@ -11,7 +11,9 @@ Usage: bench/run.sh [OPTIONS]
 Boots the test VM (qemu, TCG, 2 vCPUs) once per kernel and runs identical
 fio jobs against kernel brd, null_blk and loop (direct I/O, tmpfs file) and
 ublkd's null, mem and file (tmpfs file) devices at the default queue count,
-and a null device with 2 queues, interleaved and repeated.
+and a null device with 2 queues, interleaved and repeated; then the
+kernel's nbd client (nbd-client) and an ublkd nbd device on one nbdkit
+memory export (4k at iodepth 1 and 64, 512k at iodepth 16; BENCH_NBD_JOBS).
 Also measures add->live latency, ublkd's RSS and its CPU time per I/O.
 Prints a table per kernel with each ublkd row's ratio to its kernel
 counterpart, and writes OUT/results.json, OUT/results.txt and
