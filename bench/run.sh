@@ -128,7 +128,7 @@ mkdir -p "$work/cases"
     echo '#!/bin/bash'
     echo "# vm-timeout: $vm_timeout"
     # Zero copy on 7.2 (docs/configuration.md, "Zero copy"):
-    echo '# vm-known-splat: UBSAN: array-index-out-of-bounds in .*io_uring/rsrc\.c'
+    echo '# vm-known-splat: 7.2 UBSAN: array-index-out-of-bounds in .*io_uring/rsrc\.c'
     echo "BENCH_RUNTIME=$runtime BENCH_RAMP=$ramp BENCH_REPEATS=$repeats BENCH_SIZE_MIB=$size"
     [[ -n $jobs ]] && printf 'BENCH_JOBS=%q\n' "$jobs"
     [[ -n $numjobs ]] && printf 'BENCH_NUMJOBS=%q\n' "$numjobs"
