@@ -6,6 +6,7 @@
 #include <string>
 
 #include "backend/nbd_backend.h"
+#include "base/size.h"
 #include "backends/backend_type.h"
 
 namespace ublkd {
@@ -66,10 +67,6 @@ std::optional<double> parse_duration_text(const std::string& text) {
   return ms;
 }
 
-std::string duration_text(int64_t ms) {
-  return ms % 1000 == 0 ? std::to_string(ms / 1000) + " s" : std::to_string(ms) + " ms";
-}
-
 void read_duration(config::FieldReader& reader, const nlohmann::json& backend, const Duration& d,
                    BackendSpec& out) {
   const auto it = backend.find(std::string(d.key));
@@ -104,7 +101,7 @@ void read_duration(config::FieldReader& reader, const nlohmann::json& backend, c
   }
   if (*ms > d.max_ms) {
     reader.problem(field, config::dump_value(*it) + " exceeds the largest " + std::string(d.key) +
-                              ", " + duration_text(d.max_ms));
+                              ", " + format_duration(std::chrono::milliseconds(d.max_ms)));
     return;
   }
   out.params[std::string(d.key)] = *ms;

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <thread>
 
+#include "base/size.h"
+
 namespace ublkd::ctl {
 
 namespace {
@@ -88,11 +90,6 @@ Result<std::string> read_line(int fd, Clock::time_point deadline, milliseconds t
 }
 
 }  // namespace
-
-std::string format_duration(milliseconds d) {
-  if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
-  return std::to_string(d.count()) + " ms";
-}
 
 Result<UniqueFd> connect_to_daemon(const std::string& socket_path, milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;

@@ -29,9 +29,6 @@ struct ClientTimeouts {
   std::chrono::milliseconds response{10000};
 };
 
-// "10 s", "250 ms": a timeout as messages show it.
-std::string format_duration(std::chrono::milliseconds d);
-
 // Connects to the daemon's Unix socket. Failure: "cannot connect to ublkd at
 // PATH: <strerror>" with the errno in code().
 Result<UniqueFd> connect_to_daemon(const std::string& socket_path,

@@ -108,4 +108,9 @@ std::string format_size(uint64_t bytes) {
   return std::to_string(whole) + "." + std::to_string(tenth) + std::string(kFormatUnits[index]);
 }
 
+std::string format_duration(std::chrono::milliseconds d) {
+  if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
+  return std::to_string(d.count()) + " ms";
+}
+
 }  // namespace ublkd

@@ -1,8 +1,9 @@
-// Byte sizes as people write them in configuration files and read them in
-// tables. Binary units only: a block device's size is always a multiple of
+// Byte sizes (and timeouts) as people write them in configuration files and
+// read them in tables and messages. Binary units only: a block device's size is always a multiple of
 // its block size, and decimal units would silently produce sizes that are not.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -23,5 +24,8 @@ Result<uint64_t> parse_size(std::string_view text);
 // at least 1, exact when the size is a whole multiple of that unit and
 // otherwise rounded to one decimal.
 std::string format_size(uint64_t bytes);
+
+// "10 s", "250 ms": a timeout as messages show it.
+std::string format_duration(std::chrono::milliseconds d);
 
 }  // namespace ublkd

@@ -1,4 +1,5 @@
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -6,6 +7,7 @@
 
 #include "base/size.h"
 
+using ublkd::format_duration;
 using ublkd::format_size;
 using ublkd::parse_size;
 
@@ -120,4 +122,10 @@ TEST_CASE("format_size output parses back when it is exact", "[size]") {
     REQUIRE(r.ok());
     CHECK(r.value() == bytes);
   }
+}
+
+TEST_CASE("format_duration: whole seconds in s, the rest in ms", "[size]") {
+  using namespace std::chrono_literals;
+  CHECK(format_duration(10s) == "10 s");
+  CHECK(format_duration(250ms) == "250 ms");
 }
