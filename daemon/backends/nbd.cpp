@@ -32,15 +32,14 @@ struct Duration {
   std::string_view key;
   int64_t default_ms;
   int64_t max_ms;
-  bool zero_allowed;  // and what it means
-  std::string_view zero_means;
+  bool zero_allowed;
 };
 
-constexpr Duration kConnectTimeout{"connect_timeout", 10'000, 300'000, false, ""};
-constexpr Duration kRequestTimeout{"request_timeout", 30'000, 3'600'000, true,
-                                   "requests never time out"};
-constexpr Duration kReconnectTimeout{"reconnect_timeout", 60'000, 86'400'000, true,
-                                     "held requests fail as soon as the connection is lost"};
+// 0 for request_timeout: requests never time out; for reconnect_timeout:
+// held requests fail as soon as the connection is lost.
+constexpr Duration kConnectTimeout{"connect_timeout", 10'000, 300'000, false};
+constexpr Duration kRequestTimeout{"request_timeout", 30'000, 3'600'000, true};
+constexpr Duration kReconnectTimeout{"reconnect_timeout", 60'000, 86'400'000, true};
 constexpr const Duration* kDurations[] = {&kConnectTimeout, &kRequestTimeout, &kReconnectTimeout};
 
 // "2.5" (seconds), "500ms", "10s", "2min" -> milliseconds, unrounded.
@@ -90,21 +89,21 @@ void read_duration(config::FieldReader& reader, const nlohmann::json& backend, c
                               " is not a duration (seconds, or a number with ms, s or min)");
     return;
   }
-  const std::optional<int64_t> ms = static_cast<int64_t>(std::llround(*exact_ms));
-  if (*ms == 0 && *exact_ms != 0) {
+  const int64_t ms = std::llround(*exact_ms);
+  if (ms == 0 && *exact_ms != 0) {
     reader.problem(field, config::dump_value(*it) + " is shorter than a millisecond");
     return;
   }
-  if (*ms == 0 && !d.zero_allowed) {
+  if (ms == 0 && !d.zero_allowed) {
     reader.problem(field, "must be greater than 0, got " + config::dump_value(*it));
     return;
   }
-  if (*ms > d.max_ms) {
+  if (ms > d.max_ms) {
     reader.problem(field, config::dump_value(*it) + " exceeds the largest " + std::string(d.key) +
                               ", " + format_duration(std::chrono::milliseconds(d.max_ms)));
     return;
   }
-  out.params[std::string(d.key)] = *ms;
+  out.params[std::string(d.key)] = ms;
 }
 
 // Only the form is checked here; whether the server is there, and takes

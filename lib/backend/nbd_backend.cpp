@@ -48,6 +48,8 @@ constexpr milliseconds kStopFlushTimeout{2'000};
 // NBD's default when a server advertises no maximum block size: larger
 // requests may make a server drop the connection.
 constexpr uint32_t kDefaultMaxBlock = 32u << 20;
+constexpr std::string_view kOneQueueNote =
+    "one queue: the server does not allow several connections to the export (no multi-conn)";
 
 // Errors of the connection rather than of the command: the command is kept
 // and re-sent on the next connection. ESHUTDOWN: the server is going away
@@ -150,6 +152,11 @@ Result<NbdHandle> connect_blocking(const NbdBackendOptions& o) {
   return h;
 }
 
+// The largest request the server takes.
+uint32_t max_request(const NbdExport& e) {
+  return e.max_block != 0 ? e.max_block : kDefaultMaxBlock;
+}
+
 uint32_t block_size(nbd_handle* h, int which) {
   const int64_t v = nbd_get_block_size(h, which);
   return v > 0 && v <= UINT32_MAX ? static_cast<uint32_t>(v) : 0;
@@ -229,6 +236,7 @@ NbdBackend::NbdBackend(NbdBackendOptions options, NbdHandle first, NbdExport inf
     : options_(std::move(options)),
       shown_uri_(nbd_shown_uri(options_.uri)),
       export_(info),
+      read_only_(options_.read_only || info.read_only),
       size_(size),
       first_(std::move(first)) {}
 
@@ -246,7 +254,7 @@ Result<std::unique_ptr<NbdBackend>> NbdBackend::open(const NbdBackendOptions& o)
                              " of the export at " + shown + "; set \"logical_block_size\": " +
                              std::to_string(std::max(e.min_block, 512u)));
   }
-  const uint32_t max_block = e.max_block != 0 ? e.max_block : kDefaultMaxBlock;
+  const uint32_t max_block = max_request(e);
   if (max_block < lbs) {
     return Error(EINVAL, "logical_block_size " + std::to_string(lbs) +
                              " is larger than the maximum block size " + std::to_string(max_block) +
@@ -263,14 +271,14 @@ Result<std::unique_ptr<NbdBackend>> NbdBackend::open(const NbdBackendOptions& o)
 
 BackendFeatures NbdBackend::features() const {
   BackendFeatures f;
-  const bool ro = options_.read_only || export_.read_only;
+  const bool ro = read_only_;
   f.read_only = export_.read_only;
   f.volatile_cache = export_.flush && !ro;
   f.fua = export_.fua && !ro;
   f.discard = export_.trim && !ro;
   f.write_zeroes = export_.zero && !ro;
   f.discard_granularity = std::max(options_.logical_block_size, export_.min_block);
-  f.max_io_bytes = export_.max_block != 0 ? export_.max_block : kDefaultMaxBlock;
+  f.max_io_bytes = max_request(export_);
   // Without multi-conn a FLUSH on one connection need not cover writes
   // another connection completed: one connection, so one queue.
   f.max_queues = export_.multi_conn ? 0 : 1;
@@ -279,9 +287,8 @@ BackendFeatures NbdBackend::features() const {
 
 std::string NbdBackend::io_notes() const {
   std::string s = "NBD " + shown_uri_ + (export_.tls ? " over TLS" : "");
-  s += export_.multi_conn ? ", one connection per queue"
-                          : ", one queue: the server does not allow several connections to the "
-                            "export (no multi-conn)";
+  s += export_.multi_conn ? std::string(", one connection per queue")
+                          : ", " + std::string(kOneQueueNote);
   return s;
 }
 
@@ -307,9 +314,7 @@ std::vector<BackendFact> NbdBackend::facts() const {
       {"reconnects", reconnects()},
   };
   if (!export_.multi_conn) {
-    f.push_back(
-        {"queues_note", std::string("one queue: the server does not allow several connections to "
-                                    "the export (no multi-conn)")});
+    f.push_back({"queues_note", std::string(kOneQueueNote)});
   }
   std::lock_guard lock(error_mu_);
   if (!last_error_.empty()) f.push_back({"last_connect_error", last_error_});
@@ -365,7 +370,7 @@ void NbdBackend::detach(QueueContext& ctx) noexcept {
 }
 
 void NbdBackend::flush_before_close(Queue& q) noexcept {
-  if (!export_.flush || options_.read_only || export_.read_only) return;
+  if (!export_.flush || read_only_) return;
   nbd_handle* h = q.h.get();
   bool done = false;
   nbd_completion_callback cb{};
@@ -469,7 +474,7 @@ int NbdBackend::issue(Queue& q, Slot& s) noexcept {
 
 int NbdBackend::submit(QueueContext& ctx, const IoRequest& req) noexcept {
   Queue& q = *static_cast<Queue*>(ctx.backend_data);
-  const bool ro = options_.read_only || export_.read_only;
+  const bool ro = read_only_;
   switch (req.op) {
     case IoOp::kRead:
       break;

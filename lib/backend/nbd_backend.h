@@ -95,9 +95,6 @@ class NbdBackend final : public Backend {
   int submit(QueueContext& q, const IoRequest& req) noexcept override;
   void on_event(QueueContext& q, const io_uring_cqe& cqe) noexcept override;
 
-  const NbdExport& export_info() const { return export_; }
-  // The URI as list/info show it: a password in it is masked.
-  const std::string& shown_uri() const { return shown_uri_; }
   // Connections that were lost and made again, over all queues.
   uint64_t reconnects() const { return reconnects_.load(std::memory_order_relaxed); }
 
@@ -127,6 +124,8 @@ class NbdBackend final : public Backend {
   const NbdBackendOptions options_;
   const std::string shown_uri_;
   const NbdExport export_;
+  // Writes are refused: the spec says so, or the server does.
+  const bool read_only_;
   const uint64_t size_;
   // The connection open() made, until queue 0 takes it.
   std::mutex first_mu_;
