@@ -221,6 +221,9 @@ struct NbdBackend::Queue {
   bool pollout_armed = false;
   bool tick_armed = false;
   bool detaching = false;
+  // A reply kept a request for the next connection (a transport error):
+  // this connection is given up even if its socket still looks alive.
+  bool stranded = false;
   // The tag being submitted: not waiting in the worker's eyes yet, but not
   // abandoned either.
   int submitting = -1;
@@ -415,8 +418,11 @@ void NbdBackend::replied(Slot& s, int error) noexcept {
     return;
   }
   // Kept for the next connection; lose_connection() follows once libnbd
-  // has returned.
-  if (error != 0 && transport_error(error)) return;
+  // has returned (on_socket), whether or not the server closes this one.
+  if (error != 0 && transport_error(error)) {
+    q.stranded = true;
+    return;
+  }
   s.held = false;
   // Whatever the server said went wrong, the application sees EIO.
   q.ctx->finish(s.tag, error == 0 ? ok_result(s.req) : -EIO);
@@ -590,7 +596,7 @@ void NbdBackend::on_socket(Queue& q, bool readable) noexcept {
   }
   const bool broken = r == -1 || nbd_aio_is_dead(h) == 1 || nbd_aio_is_closed(h) == 1;
   if (q.link == Queue::Link::kUp) {
-    if (broken) return lose_connection(q);
+    if (broken || q.stranded) return lose_connection(q);
   } else if (q.link == Queue::Link::kConnecting) {
     if (broken) return attempt_failed(q, nbd_error_text());
     if (nbd_aio_is_ready(h) == 1) return connected(q);
@@ -612,6 +618,7 @@ void NbdBackend::drop_handle(Queue& q) noexcept {
   if (q.pollin_armed) cancel(kPollIn);
   if (q.pollout_armed) cancel(kPollOut);
   q.pollin_armed = q.pollout_armed = false;
+  q.stranded = false;
   q.gen = static_cast<uint16_t>((q.gen + 1) & kGenMask);
   // No callback runs from here on: commands still on it stay ours.
   q.h.reset();

@@ -560,6 +560,35 @@ TEST_CASE("nbd backend: a server error reaches the request as EIO", "[nbd][env][
   CHECK(mismatch(w, 0, 1, 4096) == -1);
 }
 
+TEST_CASE("nbd backend: a transport error on a connection that stays up is retried on a new one",
+          "[nbd][env][env-nbdkit]") {
+  NEED_NBDKIT();
+  TempDir dir;
+  const std::string trigger = dir.file("fail-now");
+  // ESHUTDOWN answers the command but leaves the connection open.
+  NbdKit kit(dir, {"--filter=error", "memory", "8M", "error=ESHUTDOWN", "error-rate=100%",
+                   "error-file=" + trigger});
+  kit.start();
+  auto o = options(kit.uri());
+  o.request_timeout = 60s;
+  auto b = open_ok(o);
+  TestQueue q(*b);
+  q.attach();
+  Buffer w(4096);
+  fill(w, 0, 3, 4096);
+  REQUIRE(q.serve(req(IoOp::kWrite, 0, 0, 4096, w.p)) == 4096);
+  std::ofstream(trigger) << "x";
+  Buffer r(4096);
+  REQUIRE_FALSE(q.submit(req(IoOp::kRead, 1, 0, 4096, r.p)));
+  q.run_for(300ms);
+  CHECK(q.state(1) == TestQueue::Tag::kWaiting);
+  std::filesystem::remove(trigger);
+  // Sent again on a new connection, well before request_timeout.
+  CHECK(q.wait(1, 5s) == 4096);
+  CHECK(mismatch(r, 0, 3, 4096) == -1);
+  CHECK(std::get<uint64_t>(fact(*b, "reconnects")->value) >= 1);
+}
+
 TEST_CASE("nbd backend: a request past request_timeout fails, its late answer frees the tag",
           "[nbd][env][env-nbdkit]") {
   NEED_NBDKIT();
