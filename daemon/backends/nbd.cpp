@@ -6,8 +6,8 @@
 #include <string>
 
 #include "backend/nbd_backend.h"
-#include "base/size.h"
 #include "backends/backend_type.h"
+#include "base/size.h"
 
 namespace ublkd {
 

@@ -618,8 +618,10 @@ void Device::stop_queues(bool graceful, std::vector<std::string>& problems) {
   uint32_t unanswered = 0;
   std::vector<std::unique_ptr<QueueWorker>> stuck;
   for (auto& w : workers_) {
+    const bool exited = w->join(deadline);
+    // After the join: a worker may still fail requests while it quits.
     unanswered += w->failed_unanswered();
-    if (!w->join(deadline)) {
+    if (!exited) {
       problems.push_back("queue " + std::to_string(w->queue_id()) + " did not exit");
       stuck.push_back(std::move(w));
     } else if (auto e = w->exit_error(); e && graceful) {
