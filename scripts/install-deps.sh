@@ -28,7 +28,9 @@ EOF
 # project, shellcheck by scripts/check-shell.sh. The fuzz targets
 # (scripts/run-fuzz.sh) build with clang, whose
 # libFuzzer runtime is in libclang-rt-14-dev. scripts/run-tests.sh compiles
-# through ccache.
+# through ccache. The rbd backend builds on librbd-dev; its tests run a
+# throwaway cluster (tests/ceph) made of ceph-mon, ceph-osd and the tools in
+# ceph-common, and the benchmark compares it with rbd-nbd.
 PACKAGES=(
     meson ninja-build g++ pkg-config
     liburing-dev libspdlog-dev nlohmann-json3-dev libsystemd-dev
@@ -37,6 +39,7 @@ PACKAGES=(
     util-linux dmsetup debootstrap clang-format scdoc gnuplot-nox shellcheck
     clang libclang-rt-14-dev ccache
     libnbd-dev libnbd-bin nbdkit nbd-client
+    librbd-dev ceph-mon ceph-osd ceph-common rbd-nbd
 )
 
 check_only=0
