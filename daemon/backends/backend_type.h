@@ -132,6 +132,11 @@ inline constexpr BackendFlag kSizeFlag = {
     "size", "size", BackendFlag::Sets::kValue, "--size SIZE",
     "bytes, or with a unit: 256MiB, 1GiB (B, KiB, MiB, GiB, TiB)"};
 
+// --create, for every type that can make its storage.
+inline constexpr BackendFlag kCreateFlag = {
+    "create", "create", BackendFlag::Sets::kTrue, "--create",
+    "file, rbd: create the backing file or image if it does\nnot exist (at --size)"};
+
 // The keys and ublkctl options of a type whose only key is its size.
 inline constexpr std::string_view kSizeOnlyKeys[] = {"type", "size"};
 inline constexpr BackendFlag kSizeOnlyFlags[] = {kSizeFlag};

@@ -12,8 +12,7 @@ constexpr BackendFlag kFlags[] = {
     kSizeFlag,
     {"path", "path", BackendFlag::Sets::kPath, "--path FILE",
      "the backing file of a file backend (relative to the\ncurrent directory)"},
-    {"create", "create", BackendFlag::Sets::kTrue, "--create",
-     "create the backing file if it does not exist"},
+    kCreateFlag,
     {"buffered", "direct_io", BackendFlag::Sets::kFalse, "--buffered",
      "go through the page cache instead of using O_DIRECT"},
 };

@@ -9,6 +9,7 @@ extern const BackendType kMemBackendType;
 extern const BackendType kFileBackendType;
 extern const BackendType kNullBackendType;
 extern const BackendType kNbdBackendType;
+extern const BackendType kRbdBackendType;
 
 namespace {
 
@@ -17,6 +18,7 @@ const BackendType* const kBackendTypes[] = {
     &kFileBackendType,
     &kNullBackendType,
     &kNbdBackendType,
+    &kRbdBackendType,
 };
 
 }  // namespace

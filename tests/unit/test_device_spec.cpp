@@ -1,4 +1,7 @@
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -271,8 +274,8 @@ TEST_CASE("device spec: every kind of mistake is rejected naming field and value
 }
 
 TEST_CASE("device spec: a document nested too deep is refused before it is parsed", "[spec]") {
-  const std::string deep = R"({"name": "d", "backend": )" + std::string(100000, '[') +
-                           std::string(100000, ']') + "}";
+  const std::string deep =
+      R"({"name": "d", "backend": )" + std::string(100000, '[') + std::string(100000, ']') + "}";
   std::vector<ConfigProblem> problems;
   CHECK_FALSE(ublkd::check_device_spec(deep, kOrigin, kDefaults, problems));
   REQUIRE(problems.size() == 1);
@@ -405,13 +408,12 @@ TEST_CASE("device spec: accepted values at the edges", "[spec]") {
     CHECK(r->name == name);
   }
 
-  auto limits = ublkd::parse_device_spec(
-      patched({{"queues", 64},
-               {"queue_depth", 4096},
-               {"read_only", true},
-               {"autostart", false},
-               {"recovery", false}}),
-      kOrigin, kDefaults);
+  auto limits = ublkd::parse_device_spec(patched({{"queues", 64},
+                                                  {"queue_depth", 4096},
+                                                  {"read_only", true},
+                                                  {"autostart", false},
+                                                  {"recovery", false}}),
+                                         kOrigin, kDefaults);
   REQUIRE(limits.ok());
   CHECK_FALSE(limits->recovery);
   CHECK(limits->queues == 64);
@@ -625,4 +627,111 @@ TEST_CASE("device spec: nbd backend keys, durations and their mistakes", "[spec]
     if (std::string(c.what) == "a password is not repeated")
       CHECK(problems[0].message.find("secret") == std::string::npos);
   }
+}
+
+TEST_CASE("device spec: rbd backend keys, image forms and their mistakes", "[spec][rbd]") {
+  SECTION("an image alone is in pool rbd, as the rbd tool has it, and reads back the same") {
+    auto r = ublkd::parse_device_spec(R"({"name": "r0", "backend": {"type": "rbd",
+            "image": "disk0"}})",
+                                      "t", kDefaults);
+    REQUIRE(r.ok());
+    CHECK(r->backend.params == Json::parse(R"({"pool": "rbd", "image": "disk0"})"));
+    const Json out = ublkd::to_json(r.value());
+    CHECK(out["backend"] == Json::parse(R"({"type": "rbd", "pool": "rbd", "image": "disk0"})"));
+    auto again = ublkd::parse_device_spec(out, "t", kDefaults);
+    REQUIRE(again.ok());
+    CHECK(again->backend == r->backend);
+  }
+  SECTION("POOL/NAMESPACE/IMAGE, the client's files and durations") {
+    auto r = ublkd::parse_device_spec(
+        R"({"name": "r1", "backend": {"type": "rbd", "image": "vols/tenant1/disk7",
+            "conf": "/etc/ceph/c2.conf", "cluster": "c2", "client_id": "ublkd",
+            "keyring": "/etc/ceph/c2.client.ublkd.keyring", "create": true, "size": "1GiB",
+            "connect_timeout": "5s", "op_timeout": 2.5}})",
+        "t", kDefaults);
+    REQUIRE(r.ok());
+    CHECK(r->backend.params["pool"] == "vols");
+    CHECK(r->backend.params["namespace"] == "tenant1");
+    CHECK(r->backend.params["image"] == "disk7");
+    CHECK(r->backend.params["client_id"] == "ublkd");
+    CHECK(r->backend.params["op_timeout"] == 2500);
+    CHECK(r->backend.create);
+    CHECK(r->backend.size == (uint64_t{1} << 30));
+    auto again = ublkd::parse_device_spec(ublkd::to_json(r.value()), "t", kDefaults);
+    REQUIRE(again.ok());
+    CHECK(again->backend == r->backend);
+  }
+  struct Case {
+    const char* what;
+    Json backend;
+    const char* field;
+    std::vector<const char*> says;
+  };
+  const std::vector<Case> cases = {
+      {"no image", {{"type", "rbd"}}, "backend.image", {"required field is missing"}},
+      {"a pool twice",
+       {{"type", "rbd"}, {"image", "p/i"}, {"pool", "q"}},
+       "backend.image",
+       {"\"p/i\"", "names its pool", "leave out \"pool\""}},
+      {"a snapshot",
+       {{"type", "rbd"}, {"image", "rbd/disk@snap1"}},
+       "backend.image",
+       {"\"disk@snap1\"", "snapshot"}},
+      {"an empty image name",
+       {{"type", "rbd"}, {"image", "rbd/"}},
+       "backend.image",
+       {"\"\"", "is empty"}},
+      {"a relative conf",
+       {{"type", "rbd"}, {"image", "d"}, {"conf", "ceph.conf"}},
+       "backend.conf",
+       {"\"ceph.conf\"", "not an absolute path"}},
+      {"client. in the id",
+       {{"type", "rbd"}, {"image", "d"}, {"client_id", "client.admin"}},
+       "backend.client_id",
+       {"without \"client.\"", "(admin)"}},
+      {"a size without create",
+       {{"type", "rbd"}, {"image", "d"}, {"size", "1GiB"}},
+       "backend.size",
+       {"only with \"create\": true"}},
+      {"create without a size",
+       {{"type", "rbd"}, {"image", "d"}, {"create", true}},
+       "backend.size",
+       {"required with \"create\": true", "new image"}},
+      {"op_timeout 0",
+       {{"type", "rbd"}, {"image", "d"}, {"op_timeout", 0}},
+       "backend.op_timeout",
+       {"greater than 0"}},
+      {"an nbd key",
+       {{"type", "rbd"}, {"image", "d"}, {"uri", "nbd://h/e"}},
+       "backend.uri",
+       {"unknown key \"uri\""}},
+  };
+  for (const Case& c : cases) {
+    const std::string text = Json{{"name", "n"}, {"backend", c.backend}}.dump();
+    INFO(c.what << "\n" << text);
+    const auto problems = problems_of(text);
+    REQUIRE(problems.size() == 1);
+    INFO(problems[0].to_string());
+    CHECK(problems[0].field == c.field);
+    for (const char* fragment : c.says) CHECK_THAT(problems[0].message, Catch::Contains(fragment));
+  }
+}
+
+TEST_CASE("device spec: every spec shipped in config/ parses", "[spec]") {
+  namespace fs = std::filesystem;
+  int seen = 0;
+  for (const char* dir : {"config/devices.d", "config/examples"}) {
+    for (const auto& entry : fs::directory_iterator(fs::path(UBLKD_SOURCE_ROOT) / dir)) {
+      if (entry.path().extension() != ".json") continue;
+      std::ifstream in(entry.path());
+      std::stringstream text;
+      text << in.rdbuf();
+      INFO(entry.path().string());
+      const auto r = ublkd::parse_device_spec(text.str(), entry.path().string(), kDefaults);
+      if (!r) FAIL(r.error().to_string());
+      CHECK(r->name + ".json" == entry.path().filename().string());
+      ++seen;
+    }
+  }
+  CHECK(seen >= 5);
 }

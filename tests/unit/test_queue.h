@@ -211,7 +211,7 @@ inline int64_t nonzero(const Buffer& b, size_t n) {
 }
 
 inline IoRequest req(IoOp op, uint16_t tag, uint64_t offset, uint32_t length, void* buf = nullptr,
-              uint32_t flags = 0) {
+                     uint32_t flags = 0) {
   IoRequest r{};
   r.op = op;
   r.flags = flags;

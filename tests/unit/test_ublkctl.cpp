@@ -255,8 +255,8 @@ TEST_CASE("ublkctl rejects bad command lines with one exact line", "[ublkctl]") 
       {{"-V", "list"},
        "--version shows the client's version only; 'ublkctl version' asks ublkd too"},
       {{"add", "--backend", "mem"}, "add: missing the device NAME (or --spec FILE)"},
-      {{"add", "mem0"}, "add: missing --backend mem|file|null|nbd"},
-      {{"add", "mem0", "--size", "1G"}, "add: missing --backend mem|file|null|nbd"},
+      {{"add", "mem0"}, "add: missing --backend mem|file|null|nbd|rbd"},
+      {{"add", "mem0", "--size", "1G"}, "add: missing --backend mem|file|null|nbd|rbd"},
       {{"add", "mem0", "--backend"}, "add: --backend needs a value"},
       {{"add", "mem0", "--backend", "--size", "1G"}, "add: --backend needs a value"},
       {{"add", "a", "b", "--backend", "mem"}, "add: unexpected argument \"b\""},
@@ -313,7 +313,7 @@ TEST_CASE("ublkctl help and --version need no daemon", "[ublkctl]") {
     auto inv = parse_command_line(args, test_env());
     REQUIRE(inv.ok());
     CHECK(inv->kind == Invocation::Kind::kHelp);
-    CHECK(inv->text.rfind("Usage: ublkctl add NAME --backend mem|file|null|nbd", 0) == 0);
+    CHECK(inv->text.rfind("Usage: ublkctl add NAME --backend mem|file|null|nbd|rbd", 0) == 0);
   }
   for (const char* command : {"list", "info", "del", "features", "reload", "version"}) {
     auto inv = parse_command_line({command, "--help"}, test_env());
