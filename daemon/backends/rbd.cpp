@@ -148,7 +148,7 @@ void write(const BackendSpec& spec, nlohmann::json& out) {
   for (const DurationKey* d : kDurations) write_duration_key(spec, *d, out);
 }
 
-RbdBackendOptions options_of(const DeviceSpec& spec) {
+RbdBackendOptions options_of(const DeviceSpec& spec, bool take_over = false) {
   const BackendSpec& b = spec.backend;
   RbdBackendOptions o;
   o.pool = param(b, "pool", "rbd");
@@ -163,6 +163,7 @@ RbdBackendOptions options_of(const DeviceSpec& spec) {
   o.op_timeout = std::chrono::milliseconds(duration_key_ms(b, kOpTimeout));
   o.logical_block_size = spec.logical_block_size;
   o.read_only = spec.read_only;
+  o.take_over = take_over;
   return o;
 }
 
@@ -179,8 +180,9 @@ void view(const BackendSpec& spec, nlohmann::json& out) {
     out[std::string(d->key) + "_ms"] = duration_key_ms(spec, *d);
 }
 
-Result<std::unique_ptr<Backend>> open(const DeviceSpec& spec, const BackendEnv&) {
-  return as_backend(RbdBackend::open(options_of(spec)));
+// A recovery takes the lock over from the device's own dead process.
+Result<std::unique_ptr<Backend>> open(const DeviceSpec& spec, const BackendEnv& env) {
+  return as_backend(RbdBackend::open(options_of(spec, env.reopen)));
 }
 
 }  // namespace

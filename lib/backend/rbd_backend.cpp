@@ -206,31 +206,57 @@ Result<void> create_image(rados_ioctx_t io, const RbdBackendOptions& o) {
   return {};
 }
 
-// Who holds the image's lock, for the refusal's message.
-std::string lock_owners(rbd_image_t image) {
+// The lock's holders (their addresses) that still watch the image: clients
+// alive, as far as Ceph knows. A holder that died keeps its watch until the
+// watch times out (osd_client_watch_timeout, 30 s by default).
+std::vector<std::string> live_lock_owners(rbd_image_t image) {
   rbd_lock_mode_t mode;
   char* owners[8] = {};
   size_t n = 8;
-  if (rbd_lock_get_owners(image, &mode, owners, &n) < 0 || n == 0) return "another client";
-  std::string s;
-  for (size_t i = 0; i < n; ++i) s += (i ? ", " : "") + std::string(owners[i]);
+  std::vector<std::string> live;
+  if (rbd_lock_get_owners(image, &mode, owners, &n) < 0 || n == 0) return live;
+  rbd_image_watcher_t watchers[64];
+  size_t w = 64;
+  const bool listed = rbd_watchers_list(image, watchers, &w) >= 0;
+  for (size_t i = 0; i < n; ++i) {
+    bool watching = !listed;  // unknown: count it as alive
+    for (size_t j = 0; listed && j < w && !watching; ++j)
+      watching = std::strcmp(watchers[j].addr, owners[i]) == 0;
+    if (watching) live.emplace_back(owners[i]);
+  }
+  if (listed) rbd_watchers_list_cleanup(watchers, w);
   rbd_lock_get_owners_cleanup(owners, n);
-  return s;
+  return live;
 }
 
+Error in_use(const std::vector<std::string>& owners) {
+  if (owners.empty()) return Error(EBUSY, "the image is in use: another client holds its lock");
+  std::string who;
+  for (const auto& o : owners) who += (who.empty() ? "" : ", ") + o;
+  return Error(EBUSY, "the image is in use: its exclusive lock is held by " + who +
+                          ", a client that still watches it (another ublkd, rbd-nbd or krbd "
+                          "mapping). A client that died lets go within about 30 s (its watch "
+                          "timeout), or at once when blocklisted (`ceph osd blocklist add " +
+                          owners.front() + "`)");
+}
+
+// librbd's acquire takes the lock from a live holder that gives it up when
+// asked (krbd, rbd-nbd, librbd's automatic locking), waits out a dead
+// holder's watch, and fails with EBUSY or EROFS against a holder that keeps
+// it (another ublkd). Only the first is not what an operator wants.
 Result<void> take_lock(rbd_image_t image, const RbdBackendOptions& o) {
+  if (!o.take_over) {
+    if (auto live = live_lock_owners(image); !live.empty()) return in_use(live);
+  }
   const int r = rbd_lock_acquire(image, RBD_LOCK_MODE_EXCLUSIVE);
   if (r == 0) return {};
   if (r == -EINVAL) {
-    return Error(EINVAL,
-                 "the image has no exclusive-lock feature, which ublkd needs to keep "
-                 "other clients out (`rbd feature enable " +
-                     rbd_image_spec(o) + " exclusive-lock`)");
+    return Error(EINVAL, "the image has no exclusive-lock feature, which ublkd needs to keep "
+                         "other clients out (`rbd feature enable " +
+                             rbd_image_spec(o) + " exclusive-lock`)");
   }
   if (r == -EBUSY || r == -EROFS || r == -EAGAIN) {
-    return Error(EBUSY, "the image is in use: its exclusive lock is held by " + lock_owners(image) +
-                            " (another ublkd, rbd-nbd or krbd mapping; a client that died "
-                            "gives it up when its watch expires, about 30 s)");
+    return in_use(live_lock_owners(image));
   }
   return Error(-r, "take the exclusive lock");
 }

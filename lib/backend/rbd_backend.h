@@ -14,7 +14,9 @@
 //
 // Exclusive: a writable device holds the image's exclusive lock for its
 // whole life, so a second ublkd, rbd-nbd or krbd mapping of the same image
-// is refused rather than interleaving writes with this one.
+// is refused rather than interleaving writes with this one; and a device is
+// not added on an image another live client writes (librbd would take the
+// lock from such a client, which gives it up when asked).
 #pragma once
 
 #include <atomic>
@@ -51,6 +53,9 @@ struct RbdBackendOptions {
   uint32_t logical_block_size = 512;
   // Opened read-only: no lock is taken, writes are refused.
   bool read_only = false;
+  // The lock was this device's own, held by a process that died (a
+  // recovery): wait for Ceph to let go of it instead of refusing.
+  bool take_over = false;
 };
 
 // "POOL/IMAGE" or "POOL/NAMESPACE/IMAGE", as the rbd tool spells an image.

@@ -6,6 +6,7 @@
 #include "skip.h"
 
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -76,6 +77,22 @@ ublkd::Error open_error(const RbdBackendOptions& o) {
 
 bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
+}
+
+// A client of its own process holding the image's lock: `rbd bench`
+// writing, which takes the lock the way any writer (krbd, rbd-nbd, another
+// ublkd) does. Its pid once the lock is held.
+pid_t lock_holder(const std::string& image) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const std::string conf = env("UBLKD_TEST_CEPH_CONF");
+    const std::string spec = "rbd/" + image;
+    ::execlp("rbd", "rbd", "-c", conf.c_str(), "bench", "--io-type", "write", "--io-size", "4K",
+             "--io-threads", "1", "--io-total", "64G", spec.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
 }
 
 int osd_pid() {
@@ -279,4 +296,51 @@ TEST_CASE("rbd backend: an OSD that stops answering fails requests after op_time
   REQUIRE(q.serve(req(IoOp::kRead, 2, 0, 4096, rb.p), 30s) == 4096);
   CHECK(mismatch(rb, 0, 3, 4096) == -1);
   q.detach();
+}
+
+TEST_CASE("rbd backend: a live writer elsewhere is never robbed of its lock; a dead one's passes on",
+          "[rbd][env][env-ceph]") {
+  NEED_CLUSTER();
+  const auto o = options(fresh_image());
+  open_ok(o).reset();  // created
+  auto reopen = o;
+  reopen.create_size = 0;
+  const pid_t holder = lock_holder(o.image);
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reap{holder};
+  // rbd bench, like krbd and rbd-nbd, would hand its lock over if asked:
+  // the open must not ask. Refused once the holder writes (at once).
+  std::string refusal;
+  for (int i = 0; i < 100 && refusal.empty(); ++i) {
+    std::this_thread::sleep_for(100ms);
+    auto r = RbdBackend::open(reopen);
+    if (r) continue;  // not holding it yet
+    refusal = r.error().to_string();
+    CHECK(r.error().code() == EBUSY);
+  }
+  INFO(refusal);
+  REQUIRE_FALSE(refusal.empty());
+  CHECK(contains(refusal, "still watches it"));
+  CHECK(contains(refusal, "ceph osd blocklist add 127.0.0.1:"));
+  std::this_thread::sleep_for(1s);
+  REQUIRE(::waitpid(holder, nullptr, WNOHANG) == 0);  // it still writes: nothing taken
+
+  REQUIRE(::kill(holder, SIGKILL) == 0);
+  ::waitpid(holder, nullptr, 0);
+  // Dead, but its watch lasts until Ceph times it out: a new device is
+  // still refused...
+  const auto e = open_error(reopen);
+  CHECK(e.code() == EBUSY);
+  // ...while a recovery waits for Ceph to let go (30 s by default).
+  reopen.take_over = true;
+  const auto t0 = Clock::now();
+  auto b = open_ok(reopen);
+  const auto took = std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - t0);
+  CHECK(took < 45s);
+  WARN("the lock passed on " << took.count() << " s after its holder was killed");
 }
