@@ -48,6 +48,7 @@ Manager::~Manager() {
     e->op.join();
   }
   if (queue_exit_fd_) loop_.remove(queue_exit_fd_.get());
+  if (storage_resize_fd_) loop_.remove(storage_resize_fd_.get());
   entries_.clear();
 }
 
@@ -55,6 +56,12 @@ Result<void> Manager::probe() {
   queue_exit_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!queue_exit_fd_) return errno_error("eventfd");
   if (auto r = loop_.add(queue_exit_fd_.get(), EPOLLIN, [this](uint32_t) { on_queue_exit(); }); !r)
+    return r;
+  storage_resize_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!storage_resize_fd_) return errno_error("eventfd");
+  if (auto r =
+          loop_.add(storage_resize_fd_.get(), EPOLLIN, [this](uint32_t) { on_storage_resize(); });
+      !r)
     return r;
   auto ctrl = ControlDevice::open(options_.control_path);
   if (!ctrl) return ctrl.error();
@@ -129,6 +136,11 @@ Manager::Entry& Manager::make_entry(const DeviceSpec& spec, bool persistent, uin
   Device::BackendFactory open = [spec, env] { return make_backend(spec, env); };
   e.dev = std::make_unique<Device>(device_config(e, record, reopen), std::move(open), listener,
                                    on_queue_exit);
+  const int rfd = storage_resize_fd_.get();
+  e.dev->on_storage_resize([rfd] {
+    const uint64_t one = 1;
+    (void)!::write(rfd, &one, sizeof(one));
+  });
   entries_[spec.name] = std::move(owned);
   return e;
 }
@@ -544,6 +556,11 @@ void Manager::finish_recovery(const std::string& name, bool stale) {
   entry.starting = false;
   if (entry.dev->state() == DeviceState::kLive) {
     devlog::info(name, "device {} recovered: live again at {}", entry.dev->block_device());
+    // Storage that grew while no ublkd served it (recovered at the old size).
+    if (entry.dev->storage_size() != entry.dev->size()) {
+      const uint64_t one = 1;
+      (void)!::write(storage_resize_fd_.get(), &one, sizeof(one));
+    }
   } else if (stale) {
     devlog::error(name, "device {}: {}", entry.dev->failure_reason());
     retire(entry.spec);
@@ -618,6 +635,42 @@ void Manager::on_queue_exit() {
     start_op(
         name, [dev, reason] { dev->fail(reason); }, [] {});
   }
+}
+
+void Manager::on_storage_resize() {
+  uint64_t count;
+  (void)!::read(storage_resize_fd_.get(), &count, sizeof(count));
+  for (auto& [name, e] : entries_) {
+    if (e->op.joinable() || e->dev->state() != DeviceState::kLive) continue;
+    const uint64_t from = e->dev->size();
+    const uint64_t to = e->dev->storage_size();
+    if (to == from || to == e->resize_refused_at) continue;
+    resize_to_storage(name, from, to);
+  }
+}
+
+void Manager::resize_to_storage(const std::string& name, uint64_t from, uint64_t to) {
+  Entry& e = *entries_.at(name);
+  if (!e.dev->resizable()) {
+    e.resize_refused_at = to;
+    devlog::warn(name,
+                 "device {}: its storage is now {} bytes, the device stays at {}: the kernel "
+                 "cannot change a live device's size (UBLK_F_UPDATE_SIZE, Linux 6.16 and later)",
+                 to, from);
+    return;
+  }
+  Device* dev = e.dev.get();
+  start_op<Result<void>>(
+      name, [dev, to] { return dev->resize(to); },
+      [this, name, from, to](Result<void> r) {
+        if (r) {
+          devlog::info(name, "device {}: resized from {} to {} bytes, as its storage", from, to);
+          return;
+        }
+        if (auto it = entries_.find(name); it != entries_.end()) it->second->resize_refused_at = to;
+        devlog::warn(name, "device {}: its storage is now {} bytes, the device stays at {}: {}", to,
+                     from, r.error().to_string());
+      });
 }
 
 void Manager::maybe_finish_shutdown() {

@@ -172,6 +172,9 @@ class Manager {
     // Why the state record could not be written while the device started.
     // Written by the operation's thread, read once it is joined.
     std::optional<Error> record_error;
+    // The storage size last found unusable for the device (the kernel
+    // cannot resize it): not tried, nor logged, again until it changes.
+    uint64_t resize_refused_at = 0;
   };
   using Entries = std::map<std::string, std::unique_ptr<Entry>>;
 
@@ -229,6 +232,10 @@ class Manager {
   void forget(Entries::iterator it);
   void finish_op(const std::string& name, std::function<void()> then);
   void on_queue_exit();
+  // Some backend's storage changed size: each live device whose storage
+  // differs from its own size is resized to it where the kernel allows.
+  void on_storage_resize();
+  void resize_to_storage(const std::string& name, uint64_t from, uint64_t to);
   void maybe_finish_shutdown();
   void changed();
   DeviceSnapshot snapshot(const Entry& e) const;
@@ -251,6 +258,7 @@ class Manager {
   uint64_t features_ = 0;
   bool ioctl_encoding_ = true;
   UniqueFd queue_exit_fd_;
+  UniqueFd storage_resize_fd_;
   Entries entries_;
   size_t ops_running_ = 0;
   bool shutting_down_ = false;

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -213,6 +214,12 @@ class Backend {
   virtual std::optional<std::chrono::milliseconds> request_timeout() const { return std::nullopt; }
   // What the backend learned when it opened, for `list` and `info`.
   virtual std::vector<BackendFact> facts() const { return {}; }
+
+  // ---- storage whose size changes under it (optional) ----
+  // For such a backend (an image its cluster resizes) size() is safe from
+  // any thread, and `changed` is called, from any thread, each time it
+  // changes, until the backend is destroyed. It must not block.
+  virtual void watch_size(std::function<void()> /*changed*/) {}
 };
 
 }  // namespace ublkd

@@ -251,9 +251,10 @@ Result<void> take_lock(rbd_image_t image, const RbdBackendOptions& o) {
   const int r = rbd_lock_acquire(image, RBD_LOCK_MODE_EXCLUSIVE);
   if (r == 0) return {};
   if (r == -EINVAL) {
-    return Error(EINVAL, "the image has no exclusive-lock feature, which ublkd needs to keep "
-                         "other clients out (`rbd feature enable " +
-                             rbd_image_spec(o) + " exclusive-lock`)");
+    return Error(EINVAL,
+                 "the image has no exclusive-lock feature, which ublkd needs to keep "
+                 "other clients out (`rbd feature enable " +
+                     rbd_image_spec(o) + " exclusive-lock`)");
   }
   if (r == -EBUSY || r == -EROFS || r == -EAGAIN) {
     return in_use(live_lock_owners(image));
@@ -297,6 +298,8 @@ RbdBackend::RbdBackend(RbdBackendOptions options, std::shared_ptr<RbdCluster> cl
       cache_(cache) {}
 
 RbdBackend::~RbdBackend() {
+  // No update callback runs once unwatch returns.
+  if (watch_handle_) rbd_update_unwatch(image_->image, *watch_handle_);
   // The image before the connection it was opened on.
   image_.reset();
   cluster_.reset();
@@ -347,7 +350,7 @@ std::optional<milliseconds> RbdBackend::request_timeout() const {
 
 std::vector<BackendFact> RbdBackend::facts() const {
   std::vector<BackendFact> f = {
-      {"image_size", size_},
+      {"image_size", size()},
       {"exclusive_lock", !options_.read_only},
       {"librbd_cache", cache_},
       {"errors", errors_.load(std::memory_order_relaxed)},
@@ -365,6 +368,29 @@ void RbdBackend::note_error(std::string why) {
 
 int RbdBackend::handle(const IoRequest&) noexcept {
   return -EOPNOTSUPP;
+}
+
+void RbdBackend::watch_size(std::function<void()> changed) {
+  if (watch_handle_) return;
+  size_changed_ = std::move(changed);
+  uint64_t handle = 0;
+  // Without the watch the device keeps the size it opened with: a resize
+  // of the image then needs the device re-added, which is what an image
+  // served by a kernel without UPDATE_SIZE needs anyway.
+  if (rbd_update_watch(image_->image, &handle, &RbdBackend::image_updated, this) == 0)
+    watch_handle_ = handle;
+}
+
+// On a librbd thread, after any change of the image's header (a resize,
+// a snapshot, a feature): only a new size matters here.
+void RbdBackend::image_updated(void* self) noexcept {
+  auto& b = *static_cast<RbdBackend*>(self);
+  uint64_t bytes = 0;
+  if (rbd_get_size(b.image_->image, &bytes) < 0) return;
+  const uint32_t lbs = b.options_.logical_block_size;
+  const uint64_t size = bytes / lbs * lbs;
+  if (size == 0 || b.size_.exchange(size, std::memory_order_acq_rel) == size) return;
+  if (b.size_changed_) b.size_changed_();
 }
 
 Result<void> RbdBackend::sync() {
@@ -549,8 +575,8 @@ int RbdBackend::submit(QueueContext& ctx, const IoRequest& req) noexcept {
   Queue& q = *static_cast<Queue*>(ctx.backend_data);
   if (options_.read_only && req.op != IoOp::kRead && req.op != IoOp::kFlush) return -EROFS;
   if (req.op == IoOp::kFlush && !cache_) return 0;
-  if (req.op != IoOp::kFlush && (req.offset > size_ || req.length > size_ - req.offset))
-    return -EIO;
+  const uint64_t size = this->size();
+  if (req.op != IoOp::kFlush && (req.offset > size || req.length > size - req.offset)) return -EIO;
   q.reqs[req.tag] = req;
   if (int e = start(q, req); e < 0) {
     note_error(std::string(op_name(req.op)) + ": not started: " + errno_text(-e));

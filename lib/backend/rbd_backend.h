@@ -22,8 +22,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -76,7 +78,8 @@ class RbdBackend final : public Backend {
   RbdBackend& operator=(const RbdBackend&) = delete;
 
   std::string_view type() const override { return "rbd"; }
-  uint64_t size() const override { return size_; }
+  // Follows the image when the cluster resizes it (watch_size).
+  uint64_t size() const override { return size_.load(std::memory_order_acquire); }
   BackendFeatures features() const override;
   std::string io_notes() const override;
   std::vector<BackendFact> facts() const override;
@@ -89,6 +92,7 @@ class RbdBackend final : public Backend {
   int submit(QueueContext& q, const IoRequest& req) noexcept override;
   void on_event(QueueContext& q, const io_uring_cqe& cqe) noexcept override;
   Result<void> sync() override;
+  void watch_size(std::function<void()> changed) override;
 
   // Devices of this process that share the connection of `options`'s
   // cluster and client (for tests and `info`).
@@ -105,12 +109,15 @@ class RbdBackend final : public Backend {
   void drain(Queue& q) noexcept;
   int start(Queue& q, const IoRequest& req) noexcept;
   void note_error(std::string why);
+  static void image_updated(void* self) noexcept;
 
   const RbdBackendOptions options_;
   const std::string spec_;
   std::shared_ptr<RbdCluster> cluster_;
   std::unique_ptr<RbdImageHandle> image_;
-  const uint64_t size_;
+  std::atomic<uint64_t> size_;
+  std::function<void()> size_changed_;
+  std::optional<uint64_t> watch_handle_;
   // librbd's cache is on: writes may sit in this process until a flush.
   const bool cache_;
   std::atomic<uint64_t> errors_{0};

@@ -28,28 +28,41 @@ constexpr const char* kCharClassDir = "/sys/class/ublk-char";
 
 std::string ctrl_op_name(uint8_t op) {
   switch (op) {
-    case uapi::kCmdGetQueueAffinity: return "GET_QUEUE_AFFINITY";
-    case uapi::kCmdGetDevInfo: return "GET_DEV_INFO";
-    case uapi::kCmdAddDev: return "ADD_DEV";
-    case uapi::kCmdDelDev: return "DEL_DEV";
-    case uapi::kCmdStartDev: return "START_DEV";
-    case uapi::kCmdStopDev: return "STOP_DEV";
-    case uapi::kCmdSetParams: return "SET_PARAMS";
-    case uapi::kCmdGetParams: return "GET_PARAMS";
-    case uapi::kCmdStartUserRecovery: return "START_USER_RECOVERY";
-    case uapi::kCmdEndUserRecovery: return "END_USER_RECOVERY";
-    case uapi::kCmdGetDevInfo2: return "GET_DEV_INFO2";
-    case uapi::kCmdGetFeatures: return "GET_FEATURES";
-    case uapi::kCmdDelDevAsync: return "DEL_DEV_ASYNC";
-    default: return "CMD_" + std::to_string(op);
+    case uapi::kCmdGetQueueAffinity:
+      return "GET_QUEUE_AFFINITY";
+    case uapi::kCmdGetDevInfo:
+      return "GET_DEV_INFO";
+    case uapi::kCmdAddDev:
+      return "ADD_DEV";
+    case uapi::kCmdDelDev:
+      return "DEL_DEV";
+    case uapi::kCmdStartDev:
+      return "START_DEV";
+    case uapi::kCmdStopDev:
+      return "STOP_DEV";
+    case uapi::kCmdSetParams:
+      return "SET_PARAMS";
+    case uapi::kCmdGetParams:
+      return "GET_PARAMS";
+    case uapi::kCmdStartUserRecovery:
+      return "START_USER_RECOVERY";
+    case uapi::kCmdEndUserRecovery:
+      return "END_USER_RECOVERY";
+    case uapi::kCmdGetDevInfo2:
+      return "GET_DEV_INFO2";
+    case uapi::kCmdGetFeatures:
+      return "GET_FEATURES";
+    case uapi::kCmdDelDevAsync:
+      return "DEL_DEV_ASYNC";
+    default:
+      return "CMD_" + std::to_string(op);
   }
 }
 
 Result<ControlDevice> ControlDevice::open(const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
   if (!fd) {
-    if (errno == ENOENT)
-      return Error(ENOENT, "open " + path + " (is the ublk_drv module loaded?)");
+    if (errno == ENOENT) return Error(ENOENT, "open " + path + " (is the ublk_drv module loaded?)");
     return errno_error("open " + path);
   }
   // Control commands carry an 80-byte payload, hence SQE128. Few entries: a
@@ -65,8 +78,8 @@ uint32_t ControlDevice::encode(uint8_t op) const {
   return op;
 }
 
-Result<int> ControlDevice::run(uint8_t op, uint32_t dev_id, void* buf, uint16_t len,
-                               uint64_t data0, milliseconds timeout, const AbortSignal* abort) {
+Result<int> ControlDevice::run(uint8_t op, uint32_t dev_id, void* buf, uint16_t len, uint64_t data0,
+                               milliseconds timeout, const AbortSignal* abort) {
   const std::string what = ctrl_op_name(op);
   uint64_t wake_id = 0;
   if (abort != nullptr) {
@@ -187,7 +200,7 @@ Result<void> ControlDevice::set_params(uint32_t dev_id, const uapi::Params& para
 }
 
 Result<void> ControlDevice::start_dev(uint32_t dev_id, pid_t server_pid, milliseconds timeout,
-                                     const AbortSignal* abort) {
+                                      const AbortSignal* abort) {
   auto r = run(uapi::kCmdStartDev, dev_id, nullptr, 0, static_cast<uint64_t>(server_pid), timeout,
                abort);
   if (!r) return r.error();
@@ -215,6 +228,12 @@ Result<void> ControlDevice::del_dev_async(uint32_t dev_id, milliseconds timeout)
       return Error(EOPNOTSUPP, "DEL_DEV_ASYNC (the kernel lacks it)");
     return r.error();
   }
+  return {};
+}
+
+Result<void> ControlDevice::update_size(uint32_t dev_id, uint64_t sectors, milliseconds timeout) {
+  auto r = run(uapi::kCmdUpdateSize, dev_id, nullptr, 0, sectors, timeout);
+  if (!r) return r.error();
   return {};
 }
 
@@ -247,8 +266,8 @@ Result<void> ControlDevice::start_user_recovery(uint32_t dev_id, milliseconds ti
 
 Result<void> ControlDevice::end_user_recovery(uint32_t dev_id, pid_t server_pid,
                                               milliseconds timeout, const AbortSignal* abort) {
-  auto r = run(uapi::kCmdEndUserRecovery, dev_id, nullptr, 0,
-               static_cast<uint64_t>(server_pid), timeout, abort);
+  auto r = run(uapi::kCmdEndUserRecovery, dev_id, nullptr, 0, static_cast<uint64_t>(server_pid),
+               timeout, abort);
   if (!r) return r.error();
   return {};
 }

@@ -52,6 +52,9 @@ class ControlDevice {
   // go; the kernel keeps the device id until then. EOPNOTSUPP on kernels
   // that lack the command.
   Result<void> del_dev_async(uint32_t dev_id, std::chrono::milliseconds timeout);
+  // UPDATE_SIZE (6.16+, a device added with UBLK_F_UPDATE_SIZE): the live
+  // disk's capacity becomes `sectors`, and its users are told.
+  Result<void> update_size(uint32_t dev_id, uint64_t sectors, std::chrono::milliseconds timeout);
   Result<uapi::CtrlDevInfo> get_dev_info(uint32_t dev_id, std::chrono::milliseconds timeout);
   Result<uapi::Params> get_params(uint32_t dev_id, std::chrono::milliseconds timeout);
   // Recovery of a device whose server died (UBLK_F_USER_RECOVERY): START

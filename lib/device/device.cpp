@@ -109,6 +109,30 @@ Result<void> Device::make_backend() {
   if (!b) return b.error();
   backend_ = std::move(b).value();
   size_.store(backend_->size(), std::memory_order_release);
+  if (storage_resize_hook_) backend_->watch_size(storage_resize_hook_);
+  return {};
+}
+
+uint64_t Device::storage_size() const {
+  if (!backend_) return size();
+  return backend_->size() / config_.logical_block_size * config_.logical_block_size;
+}
+
+Result<void> Device::resize(uint64_t bytes) {
+  if (state() != DeviceState::kLive || !dev_id_ || !ctrl_)
+    return Error(EAGAIN, "the device is not live");
+  if (!resizable()) {
+    return Error(EOPNOTSUPP,
+                 "the kernel cannot change a live device's size (UBLK_F_UPDATE_SIZE, Linux 6.16 "
+                 "and later)");
+  }
+  if (bytes == 0 || bytes % config_.logical_block_size != 0) {
+    return Error(EINVAL, std::to_string(bytes) + " bytes is not a whole number of " +
+                             std::to_string(config_.logical_block_size) + "-byte blocks");
+  }
+  if (auto r = ctrl_->update_size(*dev_id_, bytes >> 9, config_.command_timeout); !r)
+    return r.error().wrap("UPDATE_SIZE");
+  size_.store(bytes, std::memory_order_release);
   return {};
 }
 
@@ -308,11 +332,15 @@ Result<void> Device::check_geometry() {
   // expect them.
   auto params = ctrl_->get_params(*dev_id_, config_.command_timeout);
   if (!params) return params.error();
+  // Storage that grew meanwhile (an image its cluster resized) is served
+  // at the kernel's size, the blocks where they were; the owner may grow
+  // the device after. Storage that shrank has lost blocks.
   const uint64_t want_sectors = backend_->size() >> 9;
-  if (params->basic.dev_sectors != want_sectors) {
+  if (params->basic.dev_sectors > want_sectors) {
     return Error(EINVAL, "the kernel device has " + std::to_string(params->basic.dev_sectors) +
-                             " sectors, the backend " + std::to_string(want_sectors));
+                             " sectors, the backend only " + std::to_string(want_sectors));
   }
+  size_.store(params->basic.dev_sectors << 9, std::memory_order_release);
   if ((1u << params->basic.logical_bs_shift) != config_.logical_block_size) {
     return Error(EINVAL, "the kernel device has logical block size " +
                              std::to_string(1u << params->basic.logical_bs_shift) + ", the spec " +
@@ -468,8 +496,10 @@ uapi::CtrlDevInfo Device::device_to_add() const {
   want.dev_id = ControlDevice::kAutoDevId;
   want.ublksrv_pid = ::getpid();
   want.ublksrv_flags = config_.identity;
-  want.flags =
-      config_.kernel_features & (uapi::kFeatCmdIoctlEncode | uapi::kFeatUringCmdCompInTask);
+  // UPDATE_SIZE costs nothing unused: asked for wherever offered, so that
+  // storage that grows can grow the device too.
+  want.flags = config_.kernel_features &
+               (uapi::kFeatCmdIoctlEncode | uapi::kFeatUringCmdCompInTask | uapi::kFeatUpdateSize);
   if (config_.recovery) {
     // Without REISSUE the requests the dead server had taken fail with EIO
     // at recovery; re-sent, they succeed, which is only right where serving

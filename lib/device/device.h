@@ -104,6 +104,20 @@ class Device {
   // in failed with the backend's error (it never reached the kernel).
   Result<void> open_backend();
 
+  // Called, from any thread, when the backend's storage changes size (see
+  // Backend::watch_size); set before the backend is opened.
+  void on_storage_resize(std::function<void()> hook) { storage_resize_hook_ = std::move(hook); }
+  // The storage's size now, rounded down to the logical block size; the
+  // device's size() until the backend is open. Safe from any thread.
+  uint64_t storage_size() const;
+  // Whether the kernel lets this device's size change while it is live
+  // (UBLK_F_UPDATE_SIZE, 6.16+); meaningful once ADD_DEV is done.
+  bool resizable() const { return (info_.flags & uapi::kFeatUpdateSize) != 0; }
+  // live: the disk's capacity becomes `bytes` (UPDATE_SIZE), a multiple of
+  // the logical block size. EOPNOTSUPP without resizable(). One bounded
+  // control command; not concurrently with the other operations.
+  Result<void> resize(uint64_t bytes);
+
   // new -> added -> params-set -> queues-primed -> start-pending -> live.
   // On any error the device is stopped and deleted again, ends in failed,
   // and the error says which step failed.
@@ -261,6 +275,7 @@ class Device {
   // the backend until the backing store answers.
   std::shared_ptr<Backend> backend_;
   std::atomic<uint64_t> size_{0};
+  std::function<void()> storage_resize_hook_;
   StateMachine sm_;
   QueueExitHook on_queue_exit_;
   std::optional<ControlDevice> ctrl_;

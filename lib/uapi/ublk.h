@@ -56,7 +56,7 @@ enum CtrlOp : uint8_t {
   kCmdGetQueueAffinity = 0x01, kCmdGetDevInfo = 0x02, kCmdAddDev = 0x04, kCmdDelDev = 0x05,
   kCmdStartDev = 0x06, kCmdStopDev = 0x07, kCmdSetParams = 0x08, kCmdGetParams = 0x09,
   kCmdStartUserRecovery = 0x10, kCmdEndUserRecovery = 0x11, kCmdGetDevInfo2 = 0x12,
-  kCmdGetFeatures = 0x13, kCmdDelDevAsync = 0x14,
+  kCmdGetFeatures = 0x13, kCmdDelDevAsync = 0x14, kCmdUpdateSize = 0x15,
 };
 // clang-format on
 

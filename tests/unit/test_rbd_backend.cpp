@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdlib>
@@ -298,8 +299,9 @@ TEST_CASE("rbd backend: an OSD that stops answering fails requests after op_time
   q.detach();
 }
 
-TEST_CASE("rbd backend: a live writer elsewhere is never robbed of its lock; a dead one's passes on",
-          "[rbd][env][env-ceph]") {
+TEST_CASE(
+    "rbd backend: a live writer elsewhere is never robbed of its lock; a dead one's passes on",
+    "[rbd][env][env-ceph]") {
   NEED_CLUSTER();
   const auto o = options(fresh_image());
   open_ok(o).reset();  // created
@@ -343,4 +345,31 @@ TEST_CASE("rbd backend: a live writer elsewhere is never robbed of its lock; a d
   const auto took = std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - t0);
   CHECK(took < 45s);
   WARN("the lock passed on " << took.count() << " s after its holder was killed");
+}
+
+TEST_CASE("rbd backend: an image the cluster grows grows the backend, and the watch says so",
+          "[rbd][env][env-ceph]") {
+  NEED_CLUSTER();
+  const auto o = options(fresh_image());
+  auto b = open_ok(o);
+  std::atomic<int> calls{0};
+  b->watch_size([&calls] { ++calls; });
+  TestQueue q(*b);
+  q.attach();
+  Buffer buf(4096);
+  CHECK(q.serve(req(IoOp::kRead, 0, 100 * kMiB, 4096, buf.p)) == -EIO);  // past the end
+
+  const std::string cmd =
+      "rbd -c '" + o.conf + "' resize --size 128M rbd/" + o.image + " >/dev/null 2>&1";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  const auto until = Clock::now() + 10s;
+  while (calls == 0 && Clock::now() < until) std::this_thread::sleep_for(20ms);
+  REQUIRE(calls > 0);
+  CHECK(b->size() == 128 * kMiB);
+  fill(buf, 100 * kMiB, 9, 4096);
+  CHECK(q.serve(req(IoOp::kWrite, 1, 100 * kMiB, 4096, buf.p)) == 4096);
+  Buffer rb(4096);
+  CHECK(q.serve(req(IoOp::kRead, 2, 100 * kMiB, 4096, rb.p)) == 4096);
+  CHECK(mismatch(rb, 100 * kMiB, 9, 4096) == -1);
+  q.detach();
 }
