@@ -46,6 +46,26 @@ std::vector<ConfigProblem> problems_of(const std::string& text) {
   return problems;
 }
 
+// A "backend" object with one mistake: the spec around it is refused with
+// exactly one problem, on `field`, whose message says each of `says`.
+struct BackendMistake {
+  const char* what;
+  Json backend;
+  const char* field;
+  std::vector<const char*> says;
+};
+
+ConfigProblem one_backend_problem(const BackendMistake& c) {
+  const std::string text = Json{{"name", "n"}, {"backend", c.backend}}.dump();
+  INFO(c.what << "\n" << text);
+  const auto problems = problems_of(text);
+  REQUIRE(problems.size() == 1);
+  INFO(problems[0].to_string());
+  CHECK(problems[0].field == c.field);
+  for (const char* fragment : c.says) CHECK_THAT(problems[0].message, Catch::Contains(fragment));
+  return problems[0];
+}
+
 }  // namespace
 
 TEST_CASE("device spec: every kind of mistake is rejected naming field and value", "[spec]") {
@@ -567,13 +587,7 @@ TEST_CASE("device spec: nbd backend keys, durations and their mistakes", "[spec]
     CHECK(r->backend.params["request_timeout"] == 0);
     CHECK(r->backend.params["reconnect_timeout"] == 0);
   }
-  struct Case {
-    const char* what;
-    Json backend;
-    const char* field;
-    std::vector<const char*> says;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<BackendMistake> cases = {
       {"no uri", {{"type", "nbd"}}, "backend.uri", {"required field is missing"}},
       {"not an NBD URI",
        {{"type", "nbd"}, {"uri", "http://x/y"}},
@@ -616,16 +630,10 @@ TEST_CASE("device spec: nbd backend keys, durations and their mistakes", "[spec]
        "backend.size",
        {"unknown key \"size\"", "uri"}},
   };
-  for (const Case& c : cases) {
-    const std::string text = Json{{"name", "n"}, {"backend", c.backend}}.dump();
-    INFO(c.what << "\n" << text);
-    const auto problems = problems_of(text);
-    REQUIRE(problems.size() == 1);
-    INFO(problems[0].to_string());
-    CHECK(problems[0].field == c.field);
-    for (const char* fragment : c.says) CHECK_THAT(problems[0].message, Catch::Contains(fragment));
+  for (const BackendMistake& c : cases) {
+    const ConfigProblem p = one_backend_problem(c);
     if (std::string(c.what) == "a password is not repeated")
-      CHECK(problems[0].message.find("secret") == std::string::npos);
+      CHECK(p.message.find("secret") == std::string::npos);
   }
 }
 
@@ -661,13 +669,7 @@ TEST_CASE("device spec: rbd backend keys, image forms and their mistakes", "[spe
     REQUIRE(again.ok());
     CHECK(again->backend == r->backend);
   }
-  struct Case {
-    const char* what;
-    Json backend;
-    const char* field;
-    std::vector<const char*> says;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<BackendMistake> cases = {
       {"no image", {{"type", "rbd"}}, "backend.image", {"required field is missing"}},
       {"a pool twice",
        {{"type", "rbd"}, {"image", "p/i"}, {"pool", "q"}},
@@ -706,15 +708,7 @@ TEST_CASE("device spec: rbd backend keys, image forms and their mistakes", "[spe
        "backend.uri",
        {"unknown key \"uri\""}},
   };
-  for (const Case& c : cases) {
-    const std::string text = Json{{"name", "n"}, {"backend", c.backend}}.dump();
-    INFO(c.what << "\n" << text);
-    const auto problems = problems_of(text);
-    REQUIRE(problems.size() == 1);
-    INFO(problems[0].to_string());
-    CHECK(problems[0].field == c.field);
-    for (const char* fragment : c.says) CHECK_THAT(problems[0].message, Catch::Contains(fragment));
-  }
+  for (const BackendMistake& c : cases) one_backend_problem(c);
 }
 
 TEST_CASE("device spec: every spec shipped in config/ parses", "[spec]") {

@@ -44,12 +44,12 @@ using ublkd::QueueContext;
 using ublkd::UniqueFd;
 
 using ublkd::test::Buffer;
-using ublkd::test::TempDir;
-using ublkd::test::TestQueue;
 using ublkd::test::fill;
 using ublkd::test::mismatch;
 using ublkd::test::nonzero;
 using ublkd::test::req;
+using ublkd::test::TempDir;
+using ublkd::test::TestQueue;
 
 namespace {
 
@@ -136,15 +136,11 @@ NbdBackendOptions options(const std::string& uri) {
 }
 
 std::unique_ptr<NbdBackend> open_ok(const NbdBackendOptions& o) {
-  auto r = NbdBackend::open(o);
-  if (!r) FAIL("open " << o.uri << ": " << r.error().to_string());
-  return std::move(r).value();
+  return ublkd::test::opened(NbdBackend::open(o), o.uri);
 }
 
 ublkd::Error open_error(const NbdBackendOptions& o) {
-  auto r = NbdBackend::open(o);
-  REQUIRE_FALSE(r.ok());
-  return r.error();
+  return ublkd::test::open_failed(NbdBackend::open(o));
 }
 
 #define NEED_NBDKIT()                                                \

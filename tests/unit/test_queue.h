@@ -11,10 +11,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
+#include "base/error.h"
 #include "queue/user_data.h"
 
 namespace ublkd::test {
@@ -220,6 +223,19 @@ inline IoRequest req(IoOp op, uint16_t tag, uint64_t offset, uint32_t length, vo
   r.buffer = buf;
   r.tag = tag;
   return r;
+}
+
+// What a backend's open() made, or the test fails with its error.
+template <typename T>
+std::unique_ptr<T> opened(Result<std::unique_ptr<T>> r, const std::string& what) {
+  if (!r) FAIL("open " << what << ": " << r.error().to_string());
+  return std::move(r).value();
+}
+// The error a backend's open() failed with; the test fails if it opened.
+template <typename T>
+Error open_failed(Result<std::unique_ptr<T>> r) {
+  REQUIRE_FALSE(r.ok());
+  return r.error();
 }
 
 }  // namespace ublkd::test

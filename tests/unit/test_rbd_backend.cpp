@@ -65,15 +65,11 @@ RbdBackendOptions options(const std::string& image, uint64_t create_size = 64 * 
 }
 
 std::unique_ptr<RbdBackend> open_ok(const RbdBackendOptions& o) {
-  auto r = RbdBackend::open(o);
-  if (!r) FAIL("open " << o.image << ": " << r.error().to_string());
-  return std::move(r).value();
+  return ublkd::test::opened(RbdBackend::open(o), o.image);
 }
 
 ublkd::Error open_error(const RbdBackendOptions& o) {
-  auto r = RbdBackend::open(o);
-  REQUIRE_FALSE(r.ok());
-  return r.error();
+  return ublkd::test::open_failed(RbdBackend::open(o));
 }
 
 bool contains(const std::string& s, const std::string& part) {

@@ -89,6 +89,12 @@ kernel_at_least() {
 # dev_size DEV: size of a block device in bytes.
 dev_size() { blockdev --getsize64 "$1"; }
 
+# kernel_offers FEATURE: whether ublk_drv offers UBLK_F_FEATURE (by the name
+# `ublkctl features` gives it, e.g. UPDATE_SIZE); needs a running ublkd.
+kernel_offers() {
+    [[ $(json_get "$(ctl_ok --json features)" "[.known[].name] | index(\"$1\") != null") == true ]]
+}
+
 # ---- daemon ---------------------------------------------------------------
 
 # log_ms LINE: milliseconds since midnight of a daemon log line's timestamp

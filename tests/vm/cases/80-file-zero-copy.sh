@@ -22,8 +22,7 @@ mkdir -p "$cfg/devices.d"
 start_ublkd_api "$cfg"
 
 offered=false
-[[ $(json_get "$(ctl_ok --json features)" '[.known[].name] | index("AUTO_BUF_REG") != null') == true ]] &&
-    offered=true
+kernel_offers AUTO_BUF_REG && offered=true
 log "kernel offers AUTO_BUF_REG: $offered"
 
 img=$mnt/zc.img
