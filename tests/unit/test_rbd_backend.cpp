@@ -5,6 +5,7 @@
 #include "backend/rbd_backend.h"
 #include "skip.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -83,6 +84,9 @@ pid_t lock_holder(const std::string& image) {
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
+    const int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::dup2(null, 2);
     const std::string conf = env("UBLKD_TEST_CEPH_CONF");
     const std::string spec = "rbd/" + image;
     ::execlp("rbd", "rbd", "-c", conf.c_str(), "bench", "--io-type", "write", "--io-size", "4K",
