@@ -537,23 +537,26 @@ wait_dev_writes() {
     done
 }
 
-# kill9_verify_cycles CONFIG_DIR STATE_DIR NAME DEV CYCLES: no acknowledged
-# write is lost across kill -9. Each cycle: fio writes random 4 KiB blocks
-# with crc32c headers (O_DIRECT, iodepth 16, its own seed); ublkd is killed
-# at a random moment and restarted after a random pause; in odd cycles fio
-# is then interrupted (SIGINT) at a random moment, in even ones it runs to
-# its end. fio saves which writes completed (verify_state_save) and a second
-# fio verifies exactly those (verify_state_load). Any I/O error of the
-# writer or any verify failure fails the case.
+# kill9_verify_cycles CONFIG_DIR STATE_DIR NAME DEV CYCLES [RECOVER_SECS
+# [SIZE]]: no acknowledged write is lost across kill -9. Each cycle: fio
+# writes random 4 KiB blocks with crc32c headers (O_DIRECT, iodepth 16, its
+# own seed); ublkd is killed at a random moment and restarted after a
+# random pause; in odd cycles fio is then interrupted (SIGINT) at a random
+# moment, in even ones it runs to its end. fio saves which writes completed
+# (verify_state_save) and a second fio verifies exactly those
+# (verify_state_load). Any I/O error of the writer or any verify failure
+# fails the case. RECOVER_SECS (default 30) bounds each recovery; SIZE
+# (default 48M) is how much of DEV fio writes.
 kill9_verify_cycles() {
-    local cfg=$1 state=$2 name=$3 dev=$4 cycles=$5 c seed out rc t_kill t_pause
+    local cfg=$1 state=$2 name=$3 dev=$4 cycles=$5 recover_secs=${6:-30} size=${7:-48M}
+    local c seed out rc t_kill t_pause
     local common
     for ((c = 1; c <= cycles; c++)); do
         seed=$((RANDOM * 32768 + RANDOM))
         out=$CASE_DIR/w.$name.$c
         rm -f "$CASE_DIR"/*-verify.state
         common=(--name=w --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite
-            --bs=4k --iodepth=16 --size=48M --verify=crc32c --randseed="$seed")
+            --bs=4k --iodepth=16 --size="$size" --verify=crc32c --randseed="$seed")
         t_kill=$(rand_ms 0 300)
         t_pause=$(rand_ms 0 800)
         log "cycle $c/$cycles on $name: kill ${t_kill} ms after the first writes, restart after ${t_pause} ms"
@@ -572,7 +575,7 @@ kill9_verify_cycles() {
             { cat "$out.write" >&2; fail "cycle $c: fio was done before the kill; the cycle would test nothing"; }
         kill9_ublkd
         sleep_ms "$t_pause"
-        restart_recover "$cfg" "$state" 30 "$name"
+        restart_recover "$cfg" "$state" "$recover_secs" "$name"
         local interrupted=0
         if ((c % 2 == 1)) && ublkd_alive "$fio_pid"; then
             sleep_ms "$(rand_ms 0 1500)"
