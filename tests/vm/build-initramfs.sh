@@ -32,7 +32,8 @@ Usage: tests/vm/build-initramfs.sh --kernel-dir DIR --output FILE
   --timeout SECS    default per-case timeout inside the VM (default 300);
                     a case may set its own with a `# vm-timeout: SECS` line
   CASE...           cases to run at boot, by name (00-kernel-smoke) or file;
-                    default: every *.sh of the cases directory, in name order
+                    default: every *.sh of the cases directory, in the
+                    order of their numbers (100 after 99)
   --help            show this help
 
 The archive is uncompressed on purpose: under TCG the guest decompresses
@@ -79,9 +80,9 @@ flock 8
 
 # Case names: accept "00-x", "00-x.sh" or a path; they must exist.
 if ((${#cases[@]} == 0)); then
-    for f in "$cases_dir"/*.sh; do
-        [[ -e $f ]] && cases+=("$f")
-    done
+    while IFS= read -r f; do
+        [[ -e $cases_dir/$f ]] && cases+=("$cases_dir/$f")
+    done < <(cd "$cases_dir" && printf '%s\n' *.sh | sort -s -t- -k1,1n)
 fi
 names=()
 for c in "${cases[@]}"; do
