@@ -508,6 +508,14 @@ const char* op_name(IoOp op) {
   return "request";
 }
 
+// What failed, for last_error. A flush covers the whole image: the block
+// layer gives it sector -1 and no length, which mean nothing to a reader.
+std::string describe(const IoRequest& r) {
+  if (r.op == IoOp::kFlush) return op_name(r.op);
+  return std::string(op_name(r.op)) + " of " + std::to_string(r.length) + " bytes at " +
+         std::to_string(r.offset);
+}
+
 }  // namespace
 
 void RbdBackend::drain(Queue& q) noexcept {
@@ -519,10 +527,7 @@ void RbdBackend::drain(Queue& q) noexcept {
   }
   for (const Inbox::Done& d : q.batch) {
     const IoRequest& r = q.reqs[d.tag];
-    if (d.result < 0) {
-      note_error(std::string(op_name(r.op)) + " of " + std::to_string(r.length) + " bytes at " +
-                 std::to_string(r.offset) + ": " + errno_text(-d.result));
-    }
+    if (d.result < 0) note_error(describe(r) + ": " + errno_text(-d.result));
     // Whatever Ceph said went wrong, the application sees EIO.
     q.ctx->finish(d.tag, d.result < 0 ? -EIO : ok_result(r));
   }

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # A throwaway single-node Ceph cluster for the rbd backend's tests: one mon,
-# one BlueStore OSD on a sparse file, pool "rbd" of size 1, cephx on, bound to
-# 127.0.0.1 only. Every file it makes lives under the directory it is given;
-# /etc/ceph and /var/lib/ceph are never read or written.
+# one OSD (BlueStore on a sparse file, or MemStore), pool "rbd" of size 1,
+# cephx on, bound to 127.0.0.1 only. Every file it makes lives under the
+# directory it is given; /etc/ceph and /var/lib/ceph are never read or
+# written.
 set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: tests/ceph/cluster.sh start [--verbose] DIR
+Usage: tests/ceph/cluster.sh start [--verbose] [--memstore] DIR
+       tests/ceph/cluster.sh resume [--verbose] DIR
        tests/ceph/cluster.sh stop DIR
        tests/ceph/cluster.sh --help
 
@@ -17,17 +19,27 @@ start   builds a new cluster in DIR (created if missing; a DIR left by an
           DIR/ceph.conf                  for `rbd -c` and rados_conf_read_file
           DIR/client.admin.keyring       found through ceph.conf's keyring=
           DIR/client.ublkd-ro.keyring    read-only rbd user (--id ublkd-ro)
-          DIR/mon.a/ DIR/osd.0/          daemon data (osd.0/block: 2 GiB sparse)
+          DIR/mon.a/ DIR/osd.0/          daemon data (osd.0/block: 2 GiB sparse;
+                                         none with --memstore)
           DIR/log/                       daemon logs, cluster log, setup output
           DIR/run/                       admin sockets
           DIR/mon.a.pid DIR/osd.0.pid    the daemons this script started
         On failure it names the step, shows the log tail, stops what it
         started and exits 1.
+resume  starts the mon and the OSD of a cluster that start built and stop
+        stopped, in DIR or in a copy of it made elsewhere (ceph.conf is
+        written again for where DIR is now), and returns once pool "rbd"
+        takes I/O. Needs ceph-mon, ceph-osd and rados only (no python).
+        The mon keeps its port: copies of one cluster cannot run side by
+        side.
 stop    TERM to the daemons in DIR/*.pid (KILL after 15 s), then removes the
         pid files; DIR itself is kept. Succeeds on a stopped or half-built
-        cluster.
+        cluster. A MemStore OSD writes its objects to DIR/osd.0 as it stops,
+        so that resume finds them again.
 
-  --verbose  progress lines on stderr (start is otherwise silent)
+  --verbose   progress lines on stderr (start and resume are otherwise silent)
+  --memstore  the OSD keeps its objects in memory (Ceph's MemStore): no
+              block file, no O_DIRECT, a directory that is small to copy
 
 Environment:
   UBLKD_CEPH_MON_PORT       mon port (default: a free one in 10000-29999,
@@ -46,6 +58,8 @@ STOP_GRACE=15
 MARKER=.ublkd-ceph-fixture
 
 verbose=0
+store=bluestore
+COMMAND=
 t0=$SECONDS
 
 die() {
@@ -201,9 +215,11 @@ prepare_dir() {
     mkdir -p "$DIR/log" "$DIR/run" "$DIR/crash"
 }
 
-# write_conf PORT FSID: the one file daemons, tools and librbd all read.
+# write_conf PORT FSID OBJECTSTORE: the one file daemons, tools and librbd
+# all read. Every path in it is under DIR, so resume writes it again when
+# DIR has moved.
 write_conf() {
-    local port=$1 fsid=$2
+    local port=$1 fsid=$2 store=$3
     cat >"$CONF" <<EOF
 # Throwaway test cluster made by tests/ceph/cluster.sh; all of it is in
 # $DIR.
@@ -236,6 +252,9 @@ mon_warn_on_pool_no_redundancy = false
 # A nearly full disk on a test machine must not stop the mon.
 mon_data_avail_warn = 2
 mon_data_avail_crit = 1
+# Replicated pools only: the mon and the OSD need not load erasure-code
+# plugins at start (a plugin that fails to load stops them).
+osd_erasure_code_plugins =
 
 [mon]
 mon_data = $DIR/\$name
@@ -252,10 +271,7 @@ mon_osd_auto_mark_in = true
 osd_data = $DIR/\$name
 keyring = \$osd_data/keyring
 log_file = $DIR/log/\$name.log
-osd_objectstore = bluestore
-bluestore_block_create = true
-bluestore_block_size = $BLOCK_SIZE
-bluestore_fsck_on_mkfs = false
+osd_objectstore = $store
 # Already under its host in the initial crush map, and no device class
 # is used: two mon round trips fewer at each start.
 osd_crush_update_on_start = false
@@ -264,6 +280,24 @@ osd_class_update_on_start = false
 # shard with two threads is plenty for tests on a small machine.
 osd_op_num_shards = 1
 osd_op_num_threads_per_shard = 2
+# The object classes RBD calls; the OSD would load all 19 at start.
+osd_class_load_list = rbd lock
+osd_class_default_list = rbd lock
+EOF
+    if [[ $store == memstore ]]; then
+        cat >>"$CONF" <<EOF
+# The capacity MemStore reports (its objects are in memory): as large as
+# the BlueStore file, so that the full ratios are as far away.
+memstore_device_bytes = $BLOCK_SIZE
+# MemStore writes its objects to osd_data when it is unmounted and reads
+# them back at start; the fast shutdown (the default) exits before that.
+osd_fast_shutdown = false
+EOF
+    else
+        cat >>"$CONF" <<EOF
+bluestore_block_create = true
+bluestore_block_size = $BLOCK_SIZE
+bluestore_fsck_on_mkfs = false
 # Small caches: by default they grow towards a 4 GiB memory target. The
 # target cannot go below 896 MiB (a smaller value is silently replaced by
 # the default), so the cache is sized directly instead of autotuned.
@@ -272,6 +306,9 @@ bluestore_cache_autotune = false
 bluestore_cache_size = 67108864
 # RocksDB keeps up to 4 memtables of 256 MiB; small writes fill them.
 bluestore_rocksdb_options_annex = write_buffer_size=16777216,max_write_buffer_number=2
+EOF
+    fi
+    cat >>"$CONF" <<EOF
 
 [client]
 keyring = $DIR/\$name.keyring
@@ -345,7 +382,17 @@ spawn() {
     local name=$1
     shift
     MALLOC_ARENA_MAX=2 setsid "$@" </dev/null >>"$DIR/log/$name.stderr" 2>&1 &
-    echo $! >"$DIR/$name.pid"
+    local pid=$! stat
+    echo "$pid" >"$DIR/$name.pid"
+    # Until the child has exec'd, its command line is this script's, and
+    # daemon_died would take it for a daemon that exited (a slow machine
+    # shows it when the first check follows at once, as in resume).
+    while ! our_daemon "$pid"; do
+        read -r stat 2>/dev/null <"/proc/$pid/stat" || break
+        stat=${stat##*) }
+        [[ ${stat%% *} != Z ]] || break
+        sleep 0.02
+    done
 }
 
 start_mon() {
@@ -393,7 +440,7 @@ daemon_died() {
 }
 
 fail_start() {
-    echo "cluster.sh: start failed: $*" >&2
+    echo "cluster.sh: $COMMAND failed: $*" >&2
     # A daemon's errors and crash dumps are in its .stderr; its .log is
     # mostly RocksDB statistics.
     show_log "$DIR/log/setup.log"
@@ -439,19 +486,29 @@ wait_pool() {
     done
 }
 
-start_cluster() {
+# set_deadline: DEADLINE for the pool to become usable.
+set_deadline() {
     TIMEOUT=${UBLKD_CEPH_START_TIMEOUT:-120}
     [[ $TIMEOUT =~ ^[0-9]+$ ]] || die "UBLKD_CEPH_START_TIMEOUT=$TIMEOUT is not a number of seconds"
     DEADLINE=$((SECONDS + TIMEOUT))
-    local tool port fsid
-    for tool in ceph-mon ceph-osd ceph-authtool monmaptool osdmaptool ceph rbd rados setsid timeout; do
+}
+
+need_tools() {
+    local tool
+    for tool in "$@"; do
         command -v "$tool" >/dev/null || die "$tool not found (scripts/install-deps.sh installs it)"
     done
+}
+
+start_cluster() {
+    set_deadline
+    local port fsid
+    need_tools ceph-mon ceph-osd ceph-authtool monmaptool osdmaptool ceph rbd rados setsid timeout
     prepare_dir
     port=$(pick_port)
     fsid=$(cat /proc/sys/kernel/random/uuid)
-    progress "building in $DIR, mon on 127.0.0.1:$port"
-    write_conf "$port" "$fsid"
+    progress "building in $DIR ($store), mon on 127.0.0.1:$port"
+    write_conf "$port" "$fsid" "$store"
     make_keys
     make_maps "$port" "$fsid" || fail_start "making the maps"
     mkfs_osd &
@@ -468,18 +525,76 @@ start_cluster() {
     progress "pool rbd ready"
 }
 
+# --- resume -----------------------------------------------------------------
+
+# conf_value KEY: KEY's value in ceph.conf, as write_conf wrote it.
+conf_value() {
+    sed -n "s/^$1 = //p" "$CONF" | head -n 1
+}
+
+# running_daemon: the name of a daemon of this cluster that runs, if any.
+running_daemon() {
+    local f pid
+    for f in "$DIR"/*.pid; do
+        [[ -e $f ]] || continue
+        pid=$(cat "$f" 2>/dev/null) || continue
+        [[ $pid =~ ^[0-9]+$ ]] && our_daemon "$pid" && { basename "$f" .pid; return 0; }
+    done
+    return 1
+}
+
+# A cluster that start built and stop stopped, here or wherever it was
+# built: ceph.conf is written again for DIR (the mon's port and the fsid
+# are in its stores, so they stay), then both daemons start at once (the
+# OSD waits for the mon by itself). Ready means what it means for start:
+# rbd_info can be read, which needs the pool's PGs active.
+resume_cluster() {
+    set_deadline
+    need_tools ceph-mon ceph-osd rados setsid timeout
+    [[ -e $DIR/$MARKER && -f $CONF && -d $DIR/mon.$MON_ID && -d $DIR/osd.$OSD_ID ]] ||
+        die "$DIR holds no cluster built by 'cluster.sh start'"
+    local name fsid host port
+    if name=$(running_daemon); then
+        die "$DIR: $name is running already (cluster.sh stop $DIR first)"
+    fi
+    fsid=$(conf_value fsid)
+    host=$(conf_value mon_host)
+    store=$(conf_value osd_objectstore)
+    port=${host##*:}
+    port=${port%]}
+    [[ -n $fsid && $port =~ ^[0-9]+$ && -n $store ]] ||
+        die "$CONF: no fsid, mon_host port or osd_objectstore in it"
+    rm -f "$DIR"/*.pid "$DIR"/run/*.asok
+    mkdir -p "$DIR/log" "$DIR/run" "$DIR/crash"
+    write_conf "$port" "$fsid" "$store"
+    progress "resuming in $DIR ($store), mon on 127.0.0.1:$port"
+    spawn "mon.$MON_ID" ceph-mon -c "$CONF" -i "$MON_ID" -f
+    start_osd
+    until probe "$DEADLINE" rados -c "$CONF" -p rbd stat rbd_info; do
+        ((SECONDS < DEADLINE)) || fail_start "pool rbd not usable after ${TIMEOUT}s"
+        sleep 0.5
+    done
+    progress "pool rbd ready"
+}
+
 main() {
-    case ${1:-} in
+    COMMAND=${1:-}
+    case $COMMAND in
         -h | --help) usage; exit 0 ;;
-        start)
+        start | resume)
             shift
-            if [[ ${1:-} == -v || ${1:-} == --verbose ]]; then
-                verbose=1
+            while (($#)); do
+                case $1 in
+                    -v | --verbose) verbose=1 ;;
+                    --memstore) [[ $COMMAND == start ]] || bad_usage "--memstore is for start"; store=memstore ;;
+                    -*) bad_usage "unknown option '$1'" ;;
+                    *) break ;;
+                esac
                 shift
-            fi
-            (($# == 1)) || bad_usage "start takes one DIR"
+            done
+            (($# == 1)) || bad_usage "$COMMAND takes one DIR"
             set_dir "$1"
-            start_cluster
+            if [[ $COMMAND == start ]]; then start_cluster; else resume_cluster; fi
             ;;
         stop)
             shift

@@ -373,3 +373,51 @@ TEST_CASE("rbd backend: an image the cluster grows grows the backend, and the wa
   CHECK(mismatch(rb, 100 * kMiB, 9, 4096) == -1);
   q.detach();
 }
+
+TEST_CASE("rbd backend: a flush the OSD leaves unanswered fails, and is named as a flush",
+          "[rbd][env][env-ceph]") {
+  NEED_CLUSTER();
+  auto o = options(fresh_image());
+  o.op_timeout = 3s;
+  auto b = open_ok(o);
+  TestQueue q(*b);
+  q.attach();
+  Buffer buf(4096);
+  fill(buf, 0, 5, 4096);
+  // The block layer's flush has sector -1 and no length.
+  const uint64_t flush_offset = ~uint64_t{0} << 9;
+  REQUIRE(q.serve(req(IoOp::kWrite, 0, 0, 4096, buf.p)) == 4096);
+  // librbd's cache writes through until the first flush, and back after it:
+  // the next write (to the object written above, so no object map update
+  // is needed) waits in the cache for the flush below.
+  REQUIRE(q.serve(req(IoOp::kFlush, 1, flush_offset, 0)) == 0);
+  fill(buf, 4096, 6, 4096);
+  REQUIRE(q.serve(req(IoOp::kWrite, 2, 4096, 4096, buf.p)) == 4096);
+
+  const int osd = osd_pid();
+  REQUIRE(::kill(osd, SIGSTOP) == 0);
+  struct Resume {
+    int pid;
+    ~Resume() { ::kill(pid, SIGCONT); }
+  } resume{osd};
+  const auto t0 = Clock::now();
+  REQUIRE_FALSE(q.submit(req(IoOp::kFlush, 3, flush_offset, 0)));
+  const int r = q.wait(3, 20s);
+  const auto took = Clock::now() - t0;
+  CHECK(r == -EIO);
+  CHECK(took >= 2s);
+  CHECK(took < 3s + 5s);
+  std::string last_error;
+  for (const auto& fact : b->facts()) {
+    if (fact.key == "last_error") last_error = std::get<std::string>(fact.value);
+  }
+  INFO(last_error);
+  CHECK(last_error.starts_with("flush: "));
+  CHECK_FALSE(contains(last_error, "bytes at"));
+  ::kill(osd, SIGCONT);
+
+  Buffer rb(4096);
+  REQUIRE(q.serve(req(IoOp::kRead, 4, 4096, 4096, rb.p), 30s) == 4096);
+  CHECK(mismatch(rb, 4096, 6, 4096) == -1);
+  q.detach();
+}

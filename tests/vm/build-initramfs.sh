@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Build the initramfs the VM tests boot. It is the concatenation of three
-# cpio archives (the kernel unpacks them one after the other):
+# Build the initramfs the VM tests boot. It is the concatenation of three or
+# four cpio archives (the kernel unpacks them one after the other):
 #   1. userland: busybox plus the real tools the cases need (bash, fio,
 #      e2fsprogs, util-linux, coreutils, kmod) with their shared libraries.
 #      ~100 MiB, the same for every kernel and run: cached, rebuilt only when
 #      this script or the installed packages change.
-#   2. modules: the kernel modules prepared by fetch-kernel.sh; cached in the
+#   2. ceph, only when a case to run calls start_ceph: ceph-mon, ceph-osd,
+#      rados and rbd with the libraries (1) lacks and the object classes RBD
+#      needs, tests/ceph/cluster.sh, and a cluster it built here and stopped
+#      (one mon, one MemStore OSD, pool rbd), which start_ceph copies and
+#      resumes. ~43 MiB; cached like the userland, and rebuilt with it or
+#      when cluster.sh changes.
+#   3. modules: the kernel modules prepared by fetch-kernel.sh; cached in the
 #      prepared kernel directory.
-#   3. project: ublkd (and ublkctl), the libraries they need beyond (1), the
+#   4. project: ublkd (and ublkctl), the libraries they need beyond (1-2), the
 #      test libraries and cases, /init and the list of cases to run. Small;
 #      built every time.
 set -euo pipefail
@@ -26,7 +32,8 @@ Usage: tests/vm/build-initramfs.sh --kernel-dir DIR --output FILE
   --timeout SECS    default per-case timeout inside the VM (default 300);
                     a case may set its own with a `# vm-timeout: SECS` line
   CASE...           cases to run at boot, by name (00-kernel-smoke) or file;
-                    default: every *.sh of the cases directory, in name order
+                    default: every *.sh of the cases directory, in the
+                    order of their numbers (100 after 99)
   --help            show this help
 
 The archive is uncompressed on purpose: under TCG the guest decompresses
@@ -73,9 +80,9 @@ flock 8
 
 # Case names: accept "00-x", "00-x.sh" or a path; they must exist.
 if ((${#cases[@]} == 0)); then
-    for f in "$cases_dir"/*.sh; do
-        [[ -e $f ]] && cases+=("$f")
-    done
+    while IFS= read -r f; do
+        [[ -e $cases_dir/$f ]] && cases+=("$cases_dir/$f")
+    done < <(cd "$cases_dir" && printf '%s\n' *.sh | sort -s -t- -k1,1n)
 fi
 names=()
 for c in "${cases[@]}"; do
@@ -244,7 +251,85 @@ else
     while IFS= read -r f; do copied[$f]=1; done <"$userland_files"
 fi
 
-# ---- 2. modules (cached per kernel) ---------------------------------------------
+# ---- 2. ceph (cached; only for the cases that start a cluster) -------------------
+
+readonly CEPH_TOOLS=(ceph-mon ceph-osd rados rbd)
+# What the fixture's OSD loads (osd_class_load_list in cluster.sh).
+readonly CEPH_CLASSES=(
+    /usr/lib/x86_64-linux-gnu/rados-classes/libcls_rbd.so.1
+    /usr/lib/x86_64-linux-gnu/rados-classes/libcls_lock.so.1
+)
+readonly CEPH_FIXTURE=$repo/tests/ceph/cluster.sh
+# Where the guest finds them (lib.sh's start_ceph).
+readonly CEPH_GUEST_DIR=/ublkd-tests/ceph
+
+need_ceph=0
+for n in "${names[@]}"; do
+    grep -q '^[^#]*\bstart_ceph\b' "$cases_dir/$n.sh" && need_ceph=1
+done
+
+# build_ceph OUT FILES: the ceph archive, and the list of the files in it.
+# In a subshell: copy_file's record of what is in the archives must not
+# count these files when a later run leaves this part out.
+build_ceph() (
+    local out=$1 files=$2 stage=$tmp/ceph t p cluster
+    mkdir -p "$stage/usr/lib" "$stage/usr/lib64" "$stage$CEPH_GUEST_DIR"
+    ln -s usr/lib "$stage/lib"
+    ln -s usr/lib64 "$stage/lib64"
+    for t in "${CEPH_TOOLS[@]}"; do
+        p=$(command -v "$t") || die "$t not found (run scripts/install-deps.sh)"
+        copy_bin "$stage" "$p"
+    done
+    for p in "${CEPH_CLASSES[@]}"; do
+        [[ -f $p ]] || die "missing $p (run scripts/install-deps.sh)"
+        copy_file "$stage" "$p"
+        copy_libs "$stage" "$p"
+    done
+    # The OSD finds a class by its .so name.
+    for p in "${CEPH_CLASSES[@]}"; do
+        ln -s "${p##*/}" "$stage${p%.1}"
+    done
+    cp "$CEPH_FIXTURE" "$stage$CEPH_GUEST_DIR/cluster.sh"
+    # Built outside the stage: its path must stay short (admin sockets).
+    cluster=$(mktemp -d "${TMPDIR:-/var/tmp}/ublkd-vm-ceph.XXXXXX")
+    if ! "$CEPH_FIXTURE" start --memstore "$cluster"; then
+        "$CEPH_FIXTURE" stop "$cluster" || true
+        die "the Ceph cluster for the initramfs did not start; its files are in $cluster"
+    fi
+    "$CEPH_FIXTURE" stop "$cluster" || die "stopping the Ceph cluster in $cluster failed"
+    # The build's logs and the inputs of its mkfs are no use in the guest.
+    rm -rf "$cluster/log" "$cluster/run" "$cluster/crash" "$cluster/monmap" "$cluster/osdmap"
+    cp -a "$cluster" "$stage$CEPH_GUEST_DIR/cluster"
+    rm -rf "$cluster"
+    rm "$stage/lib" "$stage/lib64"
+    (cd "$stage" && find . -mindepth 1 ! -type d | sed 's/^\.//') >"$files.tmp"
+    pack "$stage" "$out.tmp"
+    mv "$files.tmp" "$files"
+    mv "$out.tmp" "$out"
+)
+
+ceph_part=
+if ((need_ceph)); then
+    for t in "${CEPH_TOOLS[@]}"; do
+        command -v "$t" >/dev/null || die "$t not found: a case needs Ceph (run scripts/install-deps.sh)"
+    done
+    # With the userland's key: the libraries left out here are those the
+    # userland has.
+    ceph_key=$( {
+        echo "$key"
+        cat "$CEPH_FIXTURE"
+        stat -L -c '%n %s %Y' "$(command -v ceph-osd)" "${CEPH_CLASSES[@]}"
+    } | sha256sum | cut -c1-16)
+    ceph_part=$cache/userland/ceph-$ceph_key.cpio
+    if [[ ! -f $ceph_part || ! -f $ceph_part.files ]]; then
+        echo "build-initramfs: building the ceph archive (cached for later runs)" >&2
+        rm -f "$cache"/userland/ceph-*
+        build_ceph "$ceph_part" "$ceph_part.files"
+    fi
+    while IFS= read -r f; do copied[$f]=1; done <"$ceph_part.files"
+fi
+
+# ---- 3. modules (cached per kernel) ---------------------------------------------
 
 modules=$kernel_dir/modules.cpio
 if [[ ! -f $modules || $modules -ot $kernel_dir/kernel.env ]]; then
@@ -254,7 +339,7 @@ if [[ ! -f $modules || $modules -ot $kernel_dir/kernel.env ]]; then
     mv "$modules.tmp.$$" "$modules"
 fi
 
-# ---- 3. project (every time) ----------------------------------------------------
+# ---- 4. project (every time) ----------------------------------------------------
 
 stage=$tmp/project
 mkdir -p "$stage/usr/local/bin" "$stage/etc/ublkd-vm" "$stage/ublkd-tests/cases"
@@ -295,5 +380,5 @@ chmod 755 "$stage/init"
 pack "$stage" "$tmp/project.cpio"
 
 mkdir -p "$(dirname "$output")"
-cat "$userland" "$modules" "$tmp/project.cpio" >"$output.tmp"
+cat "$userland" ${ceph_part:+"$ceph_part"} "$modules" "$tmp/project.cpio" >"$output.tmp"
 mv "$output.tmp" "$output"

@@ -147,12 +147,15 @@ select_kernels_and_cases() {
 
     cases=()
     if ((${#case_args[@]} == 0)); then
-        for f in "$cases_dir"/*.sh; do
+        # By number, so that 100 comes after 99 (a glob puts it after 10);
+        # the glob's order among equal numbers.
+        while IFS= read -r n; do
+            f=$cases_dir/$n
             [[ -e $f ]] || continue
             [[ $tier == full || $(case_tier "$f") == quick ]] || continue
             n=${f##*/}
             cases+=("${n%.sh}")
-        done
+        done < <(cd "$cases_dir" && printf '%s\n' *.sh | sort -s -t- -k1,1n)
     else
         for c in "${case_args[@]}"; do
             n=${c##*/}

@@ -331,6 +331,78 @@ stop_nbdkit() {
 # nbd_uri NAME [EXPORT]: the URI of start_nbdkit NAME's socket.
 nbd_uri() { echo "nbd+unix:///${2:-}?socket=$CASE_DIR/$1.sock"; }
 
+# ---- Ceph ----------------------------------------------------------------------
+
+# Packed into the initramfs by build-initramfs.sh when a case calls
+# start_ceph: tests/ceph/cluster.sh and a cluster it built and stopped.
+CEPH_PACKED=/ublkd-tests/ceph
+_CEPH_PIDS=()
+
+# start_ceph: a copy of the packed cluster (one mon, one MemStore OSD, pool
+# rbd of size 1, cephx, 127.0.0.1) in $CASE_DIR/ceph, resumed; returns once
+# pool rbd takes I/O. Exports CEPH_CONF (its ceph.conf: client.admin's
+# keyring is found through it); sets CEPH_DIR, CEPH_MON_PID, CEPH_OSD_PID.
+# Each case gets the cluster as it was built: no image from another case.
+# The daemons run in their own session: stop_ceph, or the end of the case
+# (after its daemons, which may still need the cluster), kills them.
+start_ceph() {
+    local t0=${EPOCHREALTIME/./} rc=0
+    [[ -x $CEPH_PACKED/cluster.sh && -d $CEPH_PACKED/cluster ]] ||
+        fail "no Ceph cluster in the initramfs ($CEPH_PACKED): build-initramfs.sh packs one for cases that call start_ceph"
+    CEPH_DIR=$CASE_DIR/ceph
+    rm -rf "$CEPH_DIR"
+    cp -a "$CEPH_PACKED/cluster" "$CEPH_DIR"
+    # The resume takes 3-6 s in a TCG guest, 11 s seen on a busy host: the
+    # bound is for a guest that makes no progress at all.
+    UBLKD_CEPH_START_TIMEOUT=${UBLKD_CEPH_START_TIMEOUT:-90} \
+        "$CEPH_PACKED/cluster.sh" resume "$CEPH_DIR" || rc=$?
+    local f
+    for f in "$CEPH_DIR"/*.pid; do
+        [[ -s $f ]] && _CEPH_PIDS+=("$(<"$f")")
+    done
+    if ((rc != 0)); then
+        # cluster.sh showed the daemons' stderr; the reason may be in
+        # their own logs, which go when the VM does.
+        for f in "$CEPH_DIR"/log/{mon.a,osd.0}.log; do
+            [[ -s $f ]] || continue
+            echo "---- last 30 lines of $f:" >&2
+            tail -n 30 "$f" >&2
+        done
+        fail "the Ceph cluster did not start (cluster.sh resume exited $rc)"
+    fi
+    CEPH_MON_PID=$(<"$CEPH_DIR/mon.a.pid")
+    CEPH_OSD_PID=$(<"$CEPH_DIR/osd.0.pid")
+    export CEPH_CONF=$CEPH_DIR/ceph.conf
+    log "ceph cluster up in $(((${EPOCHREALTIME/./} - t0) / 1000)) ms (mon pid $CEPH_MON_PID, osd pid $CEPH_OSD_PID)"
+}
+
+# _ceph_gone PID: the daemon has exited (a zombie counts: its parent, a
+# shell of cluster.sh, is gone and init reaps it).
+_ceph_gone() {
+    local stat
+    read -r stat 2>/dev/null <"/proc/$1/stat" || return 0
+    stat=${stat##*) }
+    [[ ${stat:0:1} == Z ]]
+}
+
+# stop_ceph: SIGKILL the cluster's daemons (also a frozen one) and wait
+# until they are gone. Nothing of the copy is kept, so there is nothing a
+# clean stop would save.
+stop_ceph() {
+    local pid i
+    for pid in "${_CEPH_PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    for pid in "${_CEPH_PIDS[@]}"; do
+        for ((i = 0; i < 100; i++)); do
+            _ceph_gone "$pid" && break
+            sleep 0.05
+        done
+        _ceph_gone "$pid" || log "ceph daemon pid $pid still there 5 s after SIGKILL"
+    done
+    _CEPH_PIDS=()
+}
+
 # ---- I/O ------------------------------------------------------------------
 
 # must_fail_eio WHAT CMD...: CMD must fail with an I/O error within 30 s:
@@ -403,6 +475,7 @@ _lib_on_exit() {
     for pid in "${_NBDKIT_PIDS[@]}"; do
         kill -KILL "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
     done
+    ((${#_CEPH_PIDS[@]} == 0)) || stop_ceph
     # After the daemons: they may hold what the cleanups release (a mount
     # under a backing file, a module).
     for ((i = ${#_CLEANUPS[@]} - 1; i >= 0; i--)); do
@@ -470,23 +543,26 @@ wait_dev_writes() {
     done
 }
 
-# kill9_verify_cycles CONFIG_DIR STATE_DIR NAME DEV CYCLES: no acknowledged
-# write is lost across kill -9. Each cycle: fio writes random 4 KiB blocks
-# with crc32c headers (O_DIRECT, iodepth 16, its own seed); ublkd is killed
-# at a random moment and restarted after a random pause; in odd cycles fio
-# is then interrupted (SIGINT) at a random moment, in even ones it runs to
-# its end. fio saves which writes completed (verify_state_save) and a second
-# fio verifies exactly those (verify_state_load). Any I/O error of the
-# writer or any verify failure fails the case.
+# kill9_verify_cycles CONFIG_DIR STATE_DIR NAME DEV CYCLES [RECOVER_SECS
+# [SIZE]]: no acknowledged write is lost across kill -9. Each cycle: fio
+# writes random 4 KiB blocks with crc32c headers (O_DIRECT, iodepth 16, its
+# own seed); ublkd is killed at a random moment and restarted after a
+# random pause; in odd cycles fio is then interrupted (SIGINT) at a random
+# moment, in even ones it runs to its end. fio saves which writes completed
+# (verify_state_save) and a second fio verifies exactly those
+# (verify_state_load). Any I/O error of the writer or any verify failure
+# fails the case. RECOVER_SECS (default 30) bounds each recovery; SIZE
+# (default 48M) is how much of DEV fio writes.
 kill9_verify_cycles() {
-    local cfg=$1 state=$2 name=$3 dev=$4 cycles=$5 c seed out rc t_kill t_pause
+    local cfg=$1 state=$2 name=$3 dev=$4 cycles=$5 recover_secs=${6:-30} size=${7:-48M}
+    local c seed out rc t_kill t_pause
     local common
     for ((c = 1; c <= cycles; c++)); do
         seed=$((RANDOM * 32768 + RANDOM))
         out=$CASE_DIR/w.$name.$c
         rm -f "$CASE_DIR"/*-verify.state
         common=(--name=w --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite
-            --bs=4k --iodepth=16 --size=48M --verify=crc32c --randseed="$seed")
+            --bs=4k --iodepth=16 --size="$size" --verify=crc32c --randseed="$seed")
         t_kill=$(rand_ms 0 300)
         t_pause=$(rand_ms 0 800)
         log "cycle $c/$cycles on $name: kill ${t_kill} ms after the first writes, restart after ${t_pause} ms"
@@ -505,7 +581,7 @@ kill9_verify_cycles() {
             { cat "$out.write" >&2; fail "cycle $c: fio was done before the kill; the cycle would test nothing"; }
         kill9_ublkd
         sleep_ms "$t_pause"
-        restart_recover "$cfg" "$state" 30 "$name"
+        restart_recover "$cfg" "$state" "$recover_secs" "$name"
         local interrupted=0
         if ((c % 2 == 1)) && ublkd_alive "$fio_pid"; then
             sleep_ms "$(rand_ms 0 1500)"
