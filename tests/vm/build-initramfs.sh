@@ -6,7 +6,7 @@
 #      ~100 MiB, the same for every kernel and run: cached, rebuilt only when
 #      this script or the installed packages change.
 #   2. ceph, only when a case to run calls start_ceph: ceph-mon, ceph-osd,
-#      rados and rbd with the libraries (1) lacks and the object classes RBD
+#      rados, rbd and rbd-nbd (the benchmark's counterpart) with the libraries (1) lacks and the object classes RBD
 #      needs, tests/ceph/cluster.sh, and a cluster it built here and stopped
 #      (one mon, one MemStore OSD, pool rbd), which start_ceph copies and
 #      resumes. ~43 MiB; cached like the userland, and rebuilt with it or
@@ -147,7 +147,7 @@ copy_bin() {
 readonly TOOLS=(
     bash fio mke2fs e2fsck blkdiscard blockdev dmesg losetup mount umount
     timeout dd sha256sum md5sum stat truncate cmp comm sync stdbuf kmod setsid
-    setpriv jq dmsetup nbdkit nbd-client busybox
+    setpriv jq dmsetup nbdkit nbd-client resize2fs busybox
 )
 # The nbdkit plugins and filters the nbd cases and the benchmark serve
 # exports with (nbdkit loads them from its compiled-in directory).
@@ -253,7 +253,7 @@ fi
 
 # ---- 2. ceph (cached; only for the cases that start a cluster) -------------------
 
-readonly CEPH_TOOLS=(ceph-mon ceph-osd rados rbd)
+readonly CEPH_TOOLS=(ceph-mon ceph-osd rados rbd rbd-nbd)
 # What the fixture's OSD loads (osd_class_load_list in cluster.sh).
 readonly CEPH_CLASSES=(
     /usr/lib/x86_64-linux-gnu/rados-classes/libcls_rbd.so.1

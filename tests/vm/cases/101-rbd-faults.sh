@@ -8,6 +8,7 @@
 # waits on the OSD to unlock the object map, to give up the lock and to
 # tell the other clients, one after the other).
 # vm-timeout: 180
+# vm-tier: full (about a minute per kernel; the unit tests freeze an OSD too, in every CI run)
 . "${BASH_SOURCE%/*}/../lib.sh"
 require_cmd fio jq
 
