@@ -13,7 +13,9 @@ fio jobs against kernel brd, null_blk and loop (direct I/O, tmpfs file) and
 ublkd's null, mem and file (tmpfs file) devices at the default queue count,
 and a null device with 2 queues, interleaved and repeated; then the
 kernel's nbd client (nbd-client) and an ublkd nbd device on one nbdkit
-memory export (4k at iodepth 1 and 64, 512k at iodepth 16; BENCH_NBD_JOBS).
+memory export (4k at iodepth 1 and 64, 512k at iodepth 16; BENCH_NBD_JOBS);
+then rbd-nbd and an ublkd rbd device on two images of one Ceph cluster in
+the VM (4k at iodepth 64, 128k at iodepth 16; BENCH_RBD_JOBS).
 Also measures add->live latency, ublkd's RSS and its CPU time per I/O.
 Prints a table per kernel with each ublkd row's ratio to its kernel
 counterpart, and writes OUT/results.json, OUT/results.txt and
@@ -31,6 +33,10 @@ Options:
   --quick          --runtime 2 --repeats 1: a fast look, not a result
   --jobs "J..."    only these jobs (default: all six, e.g. randread-4k-64)
   --numjobs "N.."  fio numjobs values (default "1 2")
+  --nbd-jobs "J.." the nbd pair's jobs (default: 4k at iodepth 1 and 64,
+                   512k at iodepth 16); none: skip the pair
+  --rbd-jobs "J.." the rbd pair's jobs (default: 4k at iodepth 64, 128k at
+                   iodepth 16); none: skip the pair
   --build-dir DIR  meson build directory (default: build), always brought up
                    to date; refused when built with sanitizers or without
                    optimisation
@@ -53,6 +59,8 @@ size=256
 cpu=max,-erms,-fsrm
 jobs=
 numjobs=
+nbd_jobs=
+rbd_jobs=
 build_dir=$repo/build
 out=
 while (($#)); do
@@ -66,6 +74,8 @@ while (($#)); do
         --quick) runtime=2 repeats=1 ;;
         --jobs) jobs=${2:?--jobs needs a value}; shift ;;
         --numjobs) numjobs=${2:?--numjobs needs a value}; shift ;;
+        --nbd-jobs) nbd_jobs=${2:?--nbd-jobs needs a value}; shift ;;
+        --rbd-jobs) rbd_jobs=${2:?--rbd-jobs needs a value}; shift ;;
         --build-dir) build_dir=${2:?--build-dir needs a value}; shift ;;
         --out) out=${2:?--out needs a value}; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -86,6 +96,10 @@ esac
 valid_jobs=" randread-4k-1 randwrite-4k-1 randread-4k-64 randwrite-4k-64 read-128k-16 write-128k-16 "
 for j in $jobs; do
     [[ $valid_jobs == *" $j "* ]] || die "unknown job '$j' (one of:$valid_jobs)"
+done
+net_jobs=" randread-4k-1 randwrite-4k-1 randread-4k-64 randwrite-4k-64 read-128k-16 write-128k-16 read-512k-16 write-512k-16 "
+for j in $nbd_jobs $rbd_jobs; do
+    [[ $j == none || $net_jobs == *" $j "* ]] || die "unknown nbd/rbd job '$j' (one of:$net_jobs none)"
 done
 for n in $numjobs; do [[ $n =~ ^[1-8]$ ]] || die "--numjobs values are 1..8, not '$n'"; done
 for tool in jq gnuplot; do
@@ -121,7 +135,9 @@ trap 'rm -rf "$work"' EXIT
 # the rest, with room for a slow host.
 njobs=$(wc -w <<<"${jobs:-x x x x x x}")
 nnum=$(wc -w <<<"${numjobs:-1 2}")
-matrix=$((repeats * njobs * nnum * (7 * (runtime + ramp) + 15) + repeats * 8 * (runtime + ramp + 3)))
+# The network pairs: two devices a job, the rbd pair after a cluster start.
+matrix=$((repeats * njobs * nnum * (7 * (runtime + ramp) + 15) + repeats * 8 * (runtime + ramp + 3) +
+    repeats * 8 * (runtime + ramp + 3) + 180))
 vm_timeout=$((2 * (matrix + 7 * runtime + 300) + 300))
 mkdir -p "$work/cases"
 {
@@ -132,6 +148,8 @@ mkdir -p "$work/cases"
     echo "BENCH_RUNTIME=$runtime BENCH_RAMP=$ramp BENCH_REPEATS=$repeats BENCH_SIZE_MIB=$size"
     [[ -n $jobs ]] && printf 'BENCH_JOBS=%q\n' "$jobs"
     [[ -n $numjobs ]] && printf 'BENCH_NUMJOBS=%q\n' "$numjobs"
+    [[ -n $nbd_jobs ]] && printf 'BENCH_NBD_JOBS=%q\n' "$nbd_jobs"
+    [[ -n $rbd_jobs ]] && printf 'BENCH_RBD_JOBS=%q\n' "$rbd_jobs"
     grep -v '^#!' "$here/vm/bench.sh"
 } >"$work/cases/bench.sh"
 

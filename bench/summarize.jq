@@ -8,7 +8,8 @@ def r3: . * 1000 | round / 1000;
 def r1: . * 10 | round / 10;
 # The kernel device each ublkd device is compared with.
 def counterpart: {"ublkd-null": "null_blk", "ublkd-mem": "brd", "ublkd-file": "brd",
-                  "ublkd-null-q2": "null_blk", "ublkd-nbd": "kernel-nbd"}[.];
+                  "ublkd-null-q2": "null_blk", "ublkd-nbd": "kernel-nbd",
+                  "ublkd-rbd": "rbd-nbd"}[.];
 # ublkd-null-q2 (2 queues) is shown against the default, not held to a target.
 def target_ratio: {"ublkd-null": 0.90, "ublkd-mem": 0.95, "ublkd-file": 1.0}[.];
 # The ratio a row is held to: its device's at 4k iodepth 64 with one job,
@@ -16,8 +17,12 @@ def target_ratio: {"ublkd-null": 0.90, "ublkd-mem": 0.95, "ublkd-file": 1.0}[.];
 # compared instead).
 # ublkd-nbd against the kernel's nbd client on the same export: at least
 # as fast at 4k iodepth 64, 1.3 times at 512k.
+# ublkd-rbd against rbd-nbd on the same cluster: 1.2 times at 4k iodepth 64
+# and 128k.
 def row_target: if .device == "ublkd-nbd" then
       (if (.job | test("-4k-64$")) then 1.0 elif (.job | test("-512k-")) then 1.3 else null end)
+    elif .device == "ublkd-rbd" then
+      (if (.job | test("-4k-64$|-128k-")) then 1.2 else null end)
     elif (.device | target_ratio) == null then null
     elif (.job | test("-4k-64$")) then (if .numjobs == 1 then (.device | target_ratio) else 0.75 end)
     elif (.job | test("-128k-")) then 0.90
@@ -66,6 +71,12 @@ group_by(.kernel) | map(
         | (($u.p50_us - $n.p50_us) | r1) as $added | (($l.p50_us - $b.p50_us) | r1) as $loop
         | {name: "\(.job) added p50 (us), ublkd-null over null_blk <= loop over brd",
            value: $added, target: $loop, met: ($added <= $loop)}]
+     + [$cpu[] | select(.device == "ublkd-rbd") | . as $u
+        | ($cpu[] | select(.device == "rbd-nbd" and .job == $u.job)) as $n
+        | select($u.cpu_us_per_io != null and $n.cpu_us_per_io != null and $n.cpu_us_per_io > 0)
+        | ($u.cpu_us_per_io / $n.cpu_us_per_io | r3) as $r
+        | {name: "\(.job) client CPU per I/O, ublkd-rbd / rbd-nbd", value: $r, target: 0.6,
+           met: ($r <= 0.6)}]
      + [{name: "add->live median (ms)", value: ($add.median_ms // null | if . then r1 else . end),
          target: 150, met: ($add != null and $add.median_ms <= 150)},
         {name: "RSS, 1 GiB mem device, 16 MiB written (MiB)",

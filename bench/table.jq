@@ -10,7 +10,7 @@ def fmt: if . == null then "-" elif . >= 100 then (. | round | tostring) else to
 | "== kernel \($k): fio, medians of \($v.run.repeats // "?") repeat(s) of \($v.run.runtime_s // "?") s, \($v.run.cpus // "?") vCPUs (TCG), guest rep movsb fast (fsrm): \(if $v.run.cpu_fsrm == null then "?" else $v.run.cpu_fsrm end) ==",
   (("job" | pad(18)) + ("nj" | pad(3)) + ("device" | pad(11)) + ("IOPS" | lpad(9)) + ("MB/s" | lpad(8))
    + ("p50 us" | lpad(9)) + ("p99 us" | lpad(9)) + "  ratio (counterpart)"),
-  ($v.fio | sort_by(.job, .numjobs, (.device | {"brd":0,"null_blk":1,"loop":2,"ublkd-null":3,"ublkd-mem":4,"ublkd-file":5,"kernel-nbd":6,"ublkd-nbd":7}[.]))[]
+  ($v.fio | sort_by(.job, .numjobs, (.device | {"brd":0,"null_blk":1,"loop":2,"ublkd-null":3,"ublkd-mem":4,"ublkd-file":5,"kernel-nbd":6,"ublkd-nbd":7,"rbd-nbd":8,"ublkd-rbd":9}[.]))[]
    | ((.job | pad(18)) + (.numjobs | pad(3)) + (.device | pad(11)) + (.iops | fmt | lpad(9))
       + (.mbps | fmt | lpad(8)) + (.p50_us | fmt | lpad(9)) + (.p99_us | fmt | lpad(9))
       + (if .counterpart then "  \(.ratio | num) (\(.counterpart))" else "" end)
@@ -28,5 +28,5 @@ def fmt: if . == null then "-" elif . >= 100 then (. | round | tostring) else to
    else "zero copy: not offered by this kernel (no AUTO_BUF_REG)" end),
   "",
   "targets:",
-  ($v.targets[] | "  " + (if .met then "met    " else "MISSED " end) + .name + ": " + (.value | num) + " (target " + (if (.name | test("ms|MiB|\\(us\\)")) then "<= " else ">= " end) + (.target | tostring) + ")"),
+  ($v.targets[] | "  " + (if .met then "met    " else "MISSED " end) + .name + ": " + (.value | num) + " (target " + (if (.name | test("ms|MiB|\\(us\\)|CPU per I/O")) then "<= " else ">= " end) + (.target | tostring) + ")"),
   "")

@@ -9,7 +9,10 @@
 # Then the network pair: one nbdkit memory export on a Unix socket, served
 # to the kernel's nbd client (nbd-client, one connection) and to an ublkd
 # nbd device (its default queues: a connection each), with a matrix of its
-# own (BENCH_NBD_JOBS).
+# own (BENCH_NBD_JOBS). Then the Ceph pair: two images of one in-VM
+# cluster (one mon, one MemStore OSD), one served by rbd-nbd through the
+# kernel's nbd client, the other by an ublkd rbd device (BENCH_RBD_JOBS);
+# the kernel's own rbd client is not in Debian's cloud kernels.
 # In the VM this file is a case, next to the harness's lib.sh.
 # shellcheck source=../../tests/vm/lib.sh
 . "${BASH_SOURCE%/*}/../lib.sh"
@@ -18,6 +21,7 @@
 : "${BENCH_JOBS:=randread-4k-1 randwrite-4k-1 randread-4k-64 randwrite-4k-64 read-128k-16 write-128k-16}"
 : "${BENCH_NUMJOBS:=1 2}"
 : "${BENCH_NBD_JOBS:=randread-4k-1 randwrite-4k-1 randread-4k-64 randwrite-4k-64 read-512k-16 write-512k-16}"
+: "${BENCH_RBD_JOBS:=randread-4k-64 randwrite-4k-64 read-128k-16 write-128k-16}"
 : "${BENCH_QUEUES:=}" "${BENCH_DEPTH:=128}" # BENCH_QUEUES empty: ublkd's default
 # --queues N when BENCH_QUEUES is set, nothing (the daemon's default) when not.
 queues_opt=()
@@ -131,6 +135,20 @@ run_fio() {
         sed 's/^/@@BENCH /' || fail "fio $job x$nj: unexpected output"
 }
 
+# run_pair A B JOBS: each of JOBS on devices A and B, one fio job each,
+# BENCH_REPEATS times; A and B take turns at going first.
+run_pair() {
+    local a=$1 b=$2 jobs=$3 rep job pair
+    for ((rep = 1; rep <= BENCH_REPEATS; rep++)); do
+        pair=("$a" "$b")
+        ((rep % 2 == 0)) && pair=("$b" "$a")
+        for job in $jobs; do
+            run_fio "$job" 1 "$rep" "${pair[@]}"
+            total=$((total + 1))
+        done
+    done
+}
+
 # Repeats are interleaved across devices and jobs, and each repeat starts
 # with another device, so drift over the run hits every device alike.
 total=0
@@ -224,10 +242,10 @@ fi
 # ---- NBD: the kernel's client and ublkd's nbd backend, one nbdkit export ----------
 # The same export for both, so both talk to the same server process; each
 # pair of runs alternates which goes first.
-require_cmd nbdkit nbd-client
 modprobe nbd nbds_max=2 || fail "the nbd module does not load (the kernel's client is the nbd counterpart)"
-{
-    add_cleanup "rmmod nbd 2>/dev/null || true"
+add_cleanup "rmmod nbd 2>/dev/null || true"
+[[ $BENCH_NBD_JOBS == none ]] || {
+    require_cmd nbdkit nbd-client
     start_nbdkit bench memory "${BENCH_SIZE_MIB}M"
     nbdkit_pid=$NBDKIT_PID
     nbd-client -unix "$CASE_DIR/bench.sock" /dev/nbd0 -b 4096 >"$dir/nbd-client.log" 2>&1 ||
@@ -240,14 +258,7 @@ modprobe nbd nbds_max=2 || fail "the nbd module does not load (the kernel's clie
     log "nbd: kernel /dev/nbd0 (max_sectors_kb $(<"/sys/block/nbd0/queue/max_sectors_kb")), ublkd ${dev[ublkd-nbd]} ($nbd_queues queues)"
     fio --name=fill --filename="${dev[ublkd-nbd]}" --ioengine=io_uring --direct=1 --rw=write \
         --bs=1M --iodepth=16 --size="$size" --output=/dev/null || fail "filling the nbd export failed"
-    for ((rep = 1; rep <= BENCH_REPEATS; rep++)); do
-        pair=(kernel-nbd ublkd-nbd)
-        ((rep % 2 == 0)) && pair=(ublkd-nbd kernel-nbd)
-        for job in $BENCH_NBD_JOBS; do
-            run_fio "$job" 1 "$rep" "${pair[@]}"
-            total=$((total + 1))
-        done
-    done
+    run_pair kernel-nbd ublkd-nbd "$BENCH_NBD_JOBS"
     for rw in randread randwrite; do
         read -r a0 q0 w0 <<<"$(cpu_ticks)"
         ios=$(fio --output-format=json --name=ublkd-nbd --filename="${dev[ublkd-nbd]}" \
@@ -261,6 +272,59 @@ modprobe nbd nbds_max=2 || fail "the nbd module does not load (the kernel's clie
     nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true
     stop_nbdkit "$nbdkit_pid"
     log "nbd measured"
+}
+
+# ---- RBD: rbd-nbd and ublkd's rbd backend, two images of one cluster --------------
+# Each its own image (the exclusive lock allows one writer per image), in
+# the same pool on the same OSD. CPU per I/O is each client's process: the
+# rbd-nbd daemon, and ublkd (its queue threads and librbd's).
+[[ $BENCH_RBD_JOBS == none ]] || {
+    require_cmd rbd rbd-nbd
+    start_ceph
+    rbd_mib=$((BENCH_SIZE_MIB < 128 ? BENCH_SIZE_MIB : 128)) # the OSD keeps it in memory
+    rbd_size=$((rbd_mib * 1048576))
+    rbd create --size "${rbd_mib}M" rbd/b-nbd || fail "rbd create b-nbd failed"
+    dev[rbd-nbd]=$(rbd-nbd map rbd/b-nbd 2>"$dir/rbd-nbd.err") ||
+        { cat "$dir/rbd-nbd.err" >&2; fail "rbd-nbd map failed"; }
+    add_cleanup "rbd-nbd unmap ${dev[rbd-nbd]} >/dev/null 2>&1 || true"
+    # The process serving the nbd device, as the nbd driver records it.
+    rbd_nbd_pid=$(<"/sys/block/${dev[rbd-nbd]#/dev/}/pid") || fail "no pid for ${dev[rbd-nbd]}"
+    dev[ublkd-rbd]=$(ctl_ok add b-rbd --backend rbd --image rbd/b-rbd --create --size "${rbd_mib}MiB" \
+        --ceph-conf "$CEPH_CONF" "${queues_opt[@]}" --depth "$BENCH_DEPTH")
+    log "rbd: rbd-nbd ${dev[rbd-nbd]} (max_sectors_kb $(<"/sys/block/${dev[rbd-nbd]#/dev/}/queue/max_sectors_kb")), ublkd ${dev[ublkd-rbd]} ($(json_get "$(ctl_ok --json info b-rbd)" .queues) queues)"
+    for d in rbd-nbd ublkd-rbd; do
+        fio --name=fill --filename="${dev[$d]}" --ioengine=io_uring --direct=1 --rw=write \
+            --bs=1M --iodepth=16 --size="$rbd_size" --output=/dev/null || fail "filling $d failed"
+    done
+    saved_size=$size
+    size=$rbd_size
+    run_pair rbd-nbd ublkd-rbd "$BENCH_RBD_JOBS"
+    proc_ticks() { # utime + stime of PID
+        local stat f
+        read -r stat <"/proc/$1/stat"
+        read -r -a f <<<"${stat##*) }"
+        echo $((f[11] + f[12]))
+    }
+    for rw in randread randwrite; do
+        for d in rbd-nbd ublkd-rbd; do
+            if [[ $d == rbd-nbd ]]; then a0=$(proc_ticks "$rbd_nbd_pid"); else read -r a0 q0 w0 <<<"$(cpu_ticks)"; fi
+            ios=$(fio --output-format=json --name=$d --filename="${dev[$d]}" --ioengine=io_uring \
+                --direct=1 --time_based --runtime="$BENCH_RUNTIME" --norandommap --randrepeat=0 \
+                --rw=$rw --bs=4k --iodepth=64 --size="$size" |
+                jq '.jobs[0] | .read.total_ios + .write.total_ios') || fail "$d: fio for CPU cost failed"
+            if [[ $d == rbd-nbd ]]; then
+                a1=$(proc_ticks "$rbd_nbd_pid") q0=0 q1=0 w0=0 w1=0
+            else
+                read -r a1 q1 w1 <<<"$(cpu_ticks)"
+            fi
+            emit "{\"kind\":\"cpu\",\"kernel\":\"$kernel\",\"device\":\"$d\",\"job\":\"$rw-4k-64\",\"ios\":$ios,\"ticks_all\":$((a1 - a0)),\"ticks_queues\":$((q1 - q0)),\"queue_wakeups\":$((w1 - w0)),\"hz\":100}"
+        done
+    done
+    size=$saved_size
+    ctl_ok del b-rbd >/dev/null
+    rbd-nbd unmap "${dev[rbd-nbd]}" >/dev/null 2>&1 || true
+    stop_ceph
+    log "rbd measured"
 }
 
 # Whether the guest CPU has fast short rep movsb (see docs/performance.md).
