@@ -104,6 +104,28 @@ int osd_pid() {
   return pid;
 }
 
+// The cluster's only OSD, stopped (SIGSTOP): nothing answers until it is
+// thawed, by thaw() or at the end of the scope.
+class FrozenOsd {
+ public:
+  FrozenOsd() : pid_(osd_pid()) { REQUIRE(::kill(pid_, SIGSTOP) == 0); }
+  ~FrozenOsd() { thaw(); }
+  FrozenOsd(const FrozenOsd&) = delete;
+  FrozenOsd& operator=(const FrozenOsd&) = delete;
+  void thaw() { ::kill(pid_, SIGCONT); }
+
+ private:
+  int pid_;
+};
+
+// The backend's last_error fact, or "".
+std::string last_error(const RbdBackend& b) {
+  for (const auto& fact : b.facts()) {
+    if (fact.key == "last_error") return std::get<std::string>(fact.value);
+  }
+  return {};
+}
+
 }  // namespace
 
 TEST_CASE("rbd backend: reads, writes, flush, discard and write-zeroes round trip on two queues",
@@ -270,12 +292,7 @@ TEST_CASE("rbd backend: an OSD that stops answering fails requests after op_time
   fill(buf, 0, 3, 4096);
   REQUIRE(q.serve(req(IoOp::kWrite, 0, 0, 4096, buf.p)) == 4096);
 
-  const int osd = osd_pid();
-  REQUIRE(::kill(osd, SIGSTOP) == 0);
-  struct Resume {
-    int pid;
-    ~Resume() { ::kill(pid, SIGCONT); }
-  } resume{osd};
+  FrozenOsd osd;
   const auto t0 = Clock::now();
   REQUIRE_FALSE(q.submit(req(IoOp::kWrite, 1, 4096, 4096, buf.p)));
   const int r = q.wait(1, 20s);
@@ -283,13 +300,8 @@ TEST_CASE("rbd backend: an OSD that stops answering fails requests after op_time
   CHECK(r == -EIO);
   CHECK(took >= 2s);
   CHECK(took < 3s + 5s);
-  bool named = false;
-  for (const auto& fact : b->facts()) {
-    if (fact.key == "last_error")
-      named = contains(std::get<std::string>(fact.value), "write of 4096 bytes at 4096");
-  }
-  CHECK(named);
-  ::kill(osd, SIGCONT);
+  CHECK(contains(last_error(*b), "write of 4096 bytes at 4096"));
+  osd.thaw();
 
   // The OSD back: the device serves again, and what was written before is
   // still there.
@@ -394,12 +406,7 @@ TEST_CASE("rbd backend: a flush the OSD leaves unanswered fails, and is named as
   fill(buf, 4096, 6, 4096);
   REQUIRE(q.serve(req(IoOp::kWrite, 2, 4096, 4096, buf.p)) == 4096);
 
-  const int osd = osd_pid();
-  REQUIRE(::kill(osd, SIGSTOP) == 0);
-  struct Resume {
-    int pid;
-    ~Resume() { ::kill(pid, SIGCONT); }
-  } resume{osd};
+  FrozenOsd osd;
   const auto t0 = Clock::now();
   REQUIRE_FALSE(q.submit(req(IoOp::kFlush, 3, flush_offset, 0)));
   const int r = q.wait(3, 20s);
@@ -407,14 +414,11 @@ TEST_CASE("rbd backend: a flush the OSD leaves unanswered fails, and is named as
   CHECK(r == -EIO);
   CHECK(took >= 2s);
   CHECK(took < 3s + 5s);
-  std::string last_error;
-  for (const auto& fact : b->facts()) {
-    if (fact.key == "last_error") last_error = std::get<std::string>(fact.value);
-  }
-  INFO(last_error);
-  CHECK(last_error.starts_with("flush: "));
-  CHECK_FALSE(contains(last_error, "bytes at"));
-  ::kill(osd, SIGCONT);
+  const std::string error = last_error(*b);
+  INFO(error);
+  CHECK(error.starts_with("flush: "));
+  CHECK_FALSE(contains(error, "bytes at"));
+  osd.thaw();
 
   Buffer rb(4096);
   REQUIRE(q.serve(req(IoOp::kRead, 4, 4096, 4096, rb.p), 30s) == 4096);
