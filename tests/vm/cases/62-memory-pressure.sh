@@ -86,8 +86,10 @@ ext4_on_ram_disk "$CASE_DIR/store" 512
 echo 64M >"$cg/writer/memory.max"
 # Room for the daemon itself and its tag buffers (one queue of 128 x
 # 512 KiB, docs/configuration.md), not for the backing file's page cache:
-# that must be reclaimed while the device serves.
-make_cgroup daemon 96M
+# that must be reclaimed while the device serves. The daemon's share
+# includes what its network backends' client libraries allocate when they
+# load (librados and librbd: about 4 MiB).
+make_cgroup daemon 104M
 echo $$ >"$cg/daemon/cgroup.procs"
 start_ublkd_api "$cfg"
 echo $$ >"$cg/cgroup.procs"
