@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +23,44 @@ namespace {
 // What the control plane asks of the loop (QueueWorker::commands_).
 constexpr unsigned kCmdStop = 1;
 constexpr unsigned kCmdFailUnanswered = 2;
+
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kThreadSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool kThreadSanitizer = true;
+#else
+constexpr bool kThreadSanitizer = false;
+#endif
+#else
+constexpr bool kThreadSanitizer = false;
+#endif
+
+// pthread_join with a deadline on steady_clock (CLOCK_MONOTONIC).
+int join_until(pthread_t thread, std::chrono::steady_clock::time_point deadline) {
+  using namespace std::chrono;
+  const auto now = steady_clock::now();
+  if constexpr (kThreadSanitizer) {
+    // TSan (GCC 12's) does not intercept pthread_clockjoin_np: it would
+    // take the thread for one never joined, and abort the process ("dup
+    // thread with used id") when a new thread gets the joined one's id,
+    // as the next one usually does. It intercepts pthread_timedjoin_np,
+    // whose deadline is on CLOCK_REALTIME: a clock step during the join
+    // moves it, which a test build can live with.
+    timespec rt{};
+    ::clock_gettime(CLOCK_REALTIME, &rt);
+    const int64_t ns = rt.tv_nsec + duration_cast<nanoseconds>(
+                                        std::max(deadline - now, steady_clock::duration::zero()))
+                                        .count();
+    rt.tv_sec += static_cast<time_t>(ns / 1'000'000'000);
+    rt.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    return ::pthread_timedjoin_np(thread, nullptr, &rt);
+  }
+  const auto ns = duration_cast<nanoseconds>(std::max(deadline, now).time_since_epoch()).count();
+  const timespec until{static_cast<time_t>(ns / 1'000'000'000),
+                       static_cast<long>(ns % 1'000'000'000)};
+  return ::pthread_clockjoin_np(thread, nullptr, CLOCK_MONOTONIC, &until);
+}
 
 // Per tag, what the loop knows beyond the kernel's descriptor.
 constexpr uint8_t kTagInBackend = 1;  // handed to the backend, not answered yet
@@ -105,13 +144,7 @@ void QueueWorker::fail_unanswered_after(std::chrono::milliseconds grace) {
 bool QueueWorker::join(std::chrono::steady_clock::time_point deadline) {
   if (!thread_started_ || thread_released_) return true;
   if (done_future_.wait_until(deadline) != std::future_status::ready) return false;
-  // steady_clock is CLOCK_MONOTONIC.
-  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                      std::max(deadline, std::chrono::steady_clock::now()).time_since_epoch())
-                      .count();
-  const timespec until{static_cast<time_t>(ns / 1'000'000'000),
-                       static_cast<long>(ns % 1'000'000'000)};
-  if (::pthread_clockjoin_np(thread_, nullptr, CLOCK_MONOTONIC, &until) != 0) {
+  if (join_until(thread_, deadline) != 0) {
     // Its loop is over; the kernel holds it in its exit until the ring's
     // I/O that cannot be cancelled ends.
     ::pthread_detach(thread_);
