@@ -36,13 +36,16 @@ flushed=(--name=f --filename="$dev" --direct=1 --ioengine=io_uring --rw=write --
     --offset=32M --size=8M --iodepth=8 --verify=crc32c)
 fio "${flushed[@]}" --do_verify=0 --end_fsync=1 >"$CASE_DIR/flushed.write" 2>&1 ||
     { cat "$CASE_DIR/flushed.write" >&2; fail "writing the flushed region failed"; }
+t0=${EPOCHREALTIME/./}
 kill9_ublkd
 restart_recover "$cfg" "$state" "$RECOVER_SECS" rk
+log "kill -9 to the device live again: $(((${EPOCHREALTIME/./} - t0) / 1000)) ms"
 fio "${flushed[@]}" --verify_only --verify_fatal=1 >"$CASE_DIR/flushed.verify" 2>&1 ||
     { cat "$CASE_DIR/flushed.verify" >&2; fail "data covered by a flush was lost across kill -9"; }
 log "flushed data survived kill -9"
 
-# How long each recovery waited for the lock (from the daemon's logs).
+# How long each recovery waited for the lock, from the new daemon's start
+# (its logs).
 for f in "${_UBLKD_LOGS[@]:1}"; do
     from=$(grep -m1 'device rk: recovering' "$f") || fail "no recovery in $f"
     to=$(grep -m1 'device rk recovered: live again' "$f") || fail "no recovery in $f"
