@@ -83,12 +83,14 @@ timeout 60 "$UBLKCTL" del f0 >"$CASE_DIR/del.out" 2>&1 ||
     { cat "$CASE_DIR/del.out" >&2; fail "del f0 with the OSD frozen failed or hung (60 s)"; }
 ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
 log "del with the OSD frozen: $ms ms"
-((ms <= 3 * 5000 + 5000)) || fail "del took $ms ms with the OSD frozen, want at most 3 x op_timeout (5 s) + 5 s"
+# The slack is for the rest of a del, which a sanitizer build under TCG
+# stretches: 15.7-15.9 s plain, 16.7-16.9 s with ASan or TSan.
+((ms <= 3 * 5000 + 8000)) || fail "del took $ms ms with the OSD frozen, want at most 3 x op_timeout (5 s) + 8 s"
 t0=${EPOCHREALTIME/./}
 stop_ublkd 60
 ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
 log "shutdown with the OSD frozen: $ms ms"
-((ms <= 3 * 2000 + 5000)) || fail "shutdown took $ms ms with the OSD frozen, want at most 3 x op_timeout (2 s) + 5 s"
+((ms <= 3 * 2000 + 8000)) || fail "shutdown took $ms ms with the OSD frozen, want at most 3 x op_timeout (2 s) + 8 s"
 assert_no_ublk_devices
 kill -CONT "$CEPH_OSD_PID"
 stop_ceph
