@@ -352,8 +352,8 @@ start_ceph() {
     CEPH_DIR=$CASE_DIR/ceph
     rm -rf "$CEPH_DIR"
     cp -a "$CEPH_PACKED/cluster" "$CEPH_DIR"
-    # The resume takes 3-6 s in a TCG guest, 11 s seen on a busy host: the
-    # bound is for a guest that makes no progress at all.
+    # The resume takes 3-7 s in a TCG guest, 17 s seen with the host busy:
+    # the bound is for a guest that makes no progress at all.
     UBLKD_CEPH_START_TIMEOUT=${UBLKD_CEPH_START_TIMEOUT:-90} \
         "$CEPH_PACKED/cluster.sh" resume "$CEPH_DIR" || rc=$?
     local f
