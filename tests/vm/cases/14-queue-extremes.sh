@@ -27,7 +27,7 @@ d4k=$(ctl_ok add d4k --backend mem --size 256MiB --queues 1 --depth 4096)
 f4k=$(ctl_ok add f4k --backend file --path "$CASE_DIR/f4k.img" --size 256MiB --create --queues 2 --depth 4096)
 for dev in "$d4k" "$f4k"; do
     [[ $(<"/sys/block/${dev#/dev/}/queue/nr_requests") == 4096 ]] || fail "$dev: nr_requests is not 4096"
-    fio_verify "$dev" --size=64M --iodepth=1024 --numjobs=2 --offset_increment=128M \
+    fio_verify "$dev" --size=32M --iodepth=1024 --numjobs=2 --offset_increment=128M \
         --bs=4k --iodepth_batch_submit=256 --group_reporting
 done
 ctl_ok del d4k >/dev/null
@@ -56,7 +56,7 @@ for dev in "$big" "$bigf"; do
     ((max_kb >= 512)) || fail "$dev: max_sectors_kb is $max_kb, want at least 512"
     for bs in 1M 4M; do
         read -r -a s0 <"/sys/block/${dev#/dev/}/stat"
-        fio_verify "$dev" --size=128M --bs="$bs" --iodepth=8 --rw=write
+        fio_verify "$dev" --size=64M --bs="$bs" --iodepth=8 --rw=write
         read -r -a s1 <"/sys/block/${dev#/dev/}/stat"
         writes=$((s1[4] - s0[4]))
         sectors=$((s1[6] - s0[6]))
