@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "backends/backend_type.h"
+#include "base/size.h"
 #include "config/config_dir.h"
 #include "ublkd_version.h"
 
@@ -25,6 +26,7 @@ struct AdminHandler::Op {
 const AdminHandler::Op AdminHandler::kOps[] = {
     {"add", &AdminHandler::add},
     {"del", &AdminHandler::del},
+    {"resize", &AdminHandler::resize},
     {"list", &AdminHandler::list},
     {"info", &AdminHandler::info},
     {"up", &AdminHandler::up},
@@ -46,6 +48,9 @@ AdminError to_admin_error(const OpError& e) {
     case Failure::kTimeout: return {code::kTimeout, e.message};
     case Failure::kIo: return {code::kIoError, e.message};
     case Failure::kShuttingDown: return {code::kShuttingDown, e.message};
+    case Failure::kInvalidRequest: return {code::kInvalidRequest, e.message};
+    case Failure::kUnsupported: return {code::kUnsupported, e.message};
+    case Failure::kWouldLoseData: return {code::kWouldLoseData, e.message};
   }
   return {code::kInternal, e.message};
 }
@@ -207,6 +212,33 @@ void AdminHandler::del(const Request& req, const Reply& reply) {
     if (d.state == DeviceState::kRemovedPending) r["id"] = *d.id;
     reply(admin::ok_response(id, std::move(r)));
   });
+}
+
+void AdminHandler::resize(const Request& req, const Reply& reply) {
+  if (auto e = admin::check_fields(req, {"name", "size", "force"}, {"name", "size"}))
+    return reply_error(reply, req, *e);
+  auto name = admin::string_field(req, "name");
+  if (!name) return reply_error(reply, req, name.error());
+  // As a spec's "size": bytes, or a string with a unit.
+  const json& size = req.doc["size"];
+  std::optional<uint64_t> bytes;
+  if (size.is_number_unsigned()) {
+    bytes = size.get<uint64_t>();
+  } else if (size.is_string()) {
+    if (auto parsed = parse_size(size.get<std::string>())) bytes = *parsed;
+  }
+  if (!bytes) {
+    return reply_error(reply, req,
+                       {code::kInvalidRequest, "\"size\" must be a number of bytes or a size such "
+                                               "as \"2GiB\", not " + size.dump()});
+  }
+  bool force = false;
+  if (auto it = req.doc.find("force"); it != req.doc.end()) {
+    if (!it->is_boolean())
+      return reply_error(reply, req, {code::kInvalidRequest, "\"force\" must be a boolean"});
+    force = it->get<bool>();
+  }
+  manager_.resize(*name, *bytes, force, answer_device(reply, req.id));
 }
 
 void AdminHandler::add(const Request& req, const Reply& reply) {

@@ -54,6 +54,7 @@ class AdminHandler {
   void info(const admin::Request& req, const Reply& reply);
   void features(const admin::Request& req, const Reply& reply);
   void del(const admin::Request& req, const Reply& reply);
+  void resize(const admin::Request& req, const Reply& reply);
   void add(const admin::Request& req, const Reply& reply);
   void up(const admin::Request& req, const Reply& reply);
   void watch(const admin::Request& req, const Reply& reply);

@@ -673,6 +673,115 @@ void Manager::resize_to_storage(const std::string& name, uint64_t from, uint64_t
       });
 }
 
+namespace {
+
+// The spec of a device resized to `bytes`: its size follows, unless it has
+// none (a file backend serving its file's own size).
+DeviceSpec with_size(DeviceSpec spec, uint64_t bytes) {
+  if (spec.backend.size != 0) spec.backend.size = bytes;
+  return spec;
+}
+
+Failure resize_failure(int code) {
+  switch (code) {
+    case EINVAL: return Failure::kInvalidRequest;
+    case EOPNOTSUPP:
+    case EROFS: return Failure::kUnsupported;
+    case ENOTEMPTY: return Failure::kWouldLoseData;
+    default: return failure_of(code);
+  }
+}
+
+}  // namespace
+
+std::optional<OpError> Manager::refuse_size(const Entry& e, uint64_t bytes) const {
+  DeviceSpec probe = e.spec;
+  probe.backend.size = bytes;
+  std::vector<ConfigProblem> problems;
+  if (check_device_spec(to_json(probe), "", SpecDefaults{}, problems)) return std::nullopt;
+  std::string msg;
+  for (const ConfigProblem& p : problems) {
+    if (!msg.empty()) msg += "; ";
+    msg += p.message;
+  }
+  return OpError{Failure::kInvalidRequest, "device " + e.spec.name + ": size " + msg};
+}
+
+Result<void> Manager::record_size(const DeviceRecord& record, uint64_t bytes) const {
+  if (record.spec.backend.size == 0) return {};
+  DeviceRecord r = record;
+  r.spec = with_size(record.spec, bytes);
+  if (state_) {
+    if (auto w = state_->save(r); !w) return w.error().wrap("state record");
+  }
+  if (r.persistent) {
+    if (auto w = write_dropin(r.spec); !w) return w.error().wrap("drop-in");
+  }
+  return {};
+}
+
+void Manager::resize(const std::string& name, uint64_t bytes, bool force, AddDone done) {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return done(OpError{Failure::kNotFound, "no device named " + name});
+  Entry& e = *it->second;
+  if (shutting_down_ || handed_over_)
+    return done(OpError{Failure::kShuttingDown, "ublkd is shutting down"});
+  const DeviceState state = e.dev->state();
+  if (e.op.joinable() || state != DeviceState::kLive) {
+    return done(OpError{Failure::kBusy, "device " + name + " is busy (" +
+                                            std::string(to_string(state)) +
+                                            (e.op.joinable() ? ", an operation is under way)"
+                                                             : ", not live)")});
+  }
+  auto refuse = [&](const Error& why) {
+    done(OpError{resize_failure(why.code()),
+                 "device " + name + ": " + why.message() + "; nothing changed"});
+  };
+  if (!e.dev->resizable()) {
+    return refuse(Error(EOPNOTSUPP,
+                        "the kernel cannot change a live device's size (UBLK_F_UPDATE_SIZE, "
+                        "Linux 6.16 and later)"));
+  }
+  // Whether the backend can at all; the data it would drop is looked at on
+  // the operation's thread (it reads the storage).
+  if (auto r = e.dev->backend().check_resize(bytes, /*force=*/true); !r) return refuse(r.error());
+  if (auto refused = refuse_size(e, bytes)) return done(std::move(*refused));
+  const uint64_t from = e.dev->size();
+  if (bytes == from) return done(snapshot(e));
+
+  Device* dev = e.dev.get();
+  const DeviceRecord record{e.spec, dev->dev_id(), e.identity, e.persistent};
+  // The size the record and drop-in say now, once the operation wrote them.
+  auto recorded = std::make_shared<std::optional<uint64_t>>();
+  auto work = [this, dev, bytes, force, record, recorded] {
+    return dev->change_size(bytes, force, [&](uint64_t size) {
+      auto r = record_size(record, size);
+      if (r) *recorded = size;
+      return r;
+    });
+  };
+  auto then = [this, name, from, bytes, recorded, done = std::move(done)](Result<void> r) {
+    auto it = entries_.find(name);
+    if (it == entries_.end()) return done(OpError{Failure::kNotFound, "no device named " + name});
+    Entry& e = *it->second;
+    if (*recorded) e.spec = with_size(e.spec, **recorded);
+    if (!r) {
+      const Failure kind = resize_failure(r.error().code());
+      const std::string why = r.error().message();
+      if (kind == Failure::kWouldLoseData || kind == Failure::kInvalidRequest)
+        devlog::info(name, "device {}: not resized from {} to {} bytes: {}", from, bytes, why);
+      else
+        devlog::warn(name, "device {}: resize from {} to {} bytes failed: {}", from, bytes, why);
+      std::string tail = e.dev->size() == from ? "; nothing changed" : "";
+      if (kind == Failure::kWouldLoseData) tail += " (a resize with force drops it)";
+      return done(OpError{kind, "device " + name + ": " + why + tail});
+    }
+    devlog::info(name, "device {}: resized from {} to {} bytes", from, bytes);
+    done(snapshot(e));
+  };
+  start_op<Result<void>>(name, std::move(work), std::move(then));
+}
+
 void Manager::maybe_finish_shutdown() {
   if (!shutting_down_ || ops_running_ > 0) return;
   bool launched = false;
@@ -816,13 +925,13 @@ size_t Manager::live_count() const {
 
 Result<void> Manager::write_dropin(const DeviceSpec& spec) const {
   namespace fs = std::filesystem;
-  const fs::path dir = options_.config_dir / std::string(kDevicesDir);
+  const fs::path file = spec.source.empty() ? dropin_path(spec.name) : fs::path(spec.source);
   std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return Error(ec.value(), "create " + dir.string());
+  fs::create_directories(file.parent_path(), ec);
+  if (ec) return Error(ec.value(), "create " + file.parent_path().string());
   DeviceSpec clean = spec;
   clean.source.clear();
-  return write_file_atomically(dir / (spec.name + ".json"), to_json(clean).dump(2) + "\n", 0644);
+  return write_file_atomically(file, to_json(clean).dump(2) + "\n", 0644);
 }
 
 }  // namespace ublkd

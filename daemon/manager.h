@@ -108,6 +108,13 @@ class Manager {
   // removed-pending, with its record, until then.
   void remove(const std::string& name, DelDone done);
 
+  // Makes a live device `bytes` long, storage included (Device::
+  // change_size), and its record and drop-in say so. Refuses, changing
+  // nothing, a size its spec could not have, a kernel or backend that
+  // cannot, and a shrink that would drop written data unless `force`.
+  // `done` gets the device as it is afterwards.
+  void resize(const std::string& name, uint64_t bytes, bool force, AddDone done);
+
   // Takes back the devices an earlier ublkd left in the kernel, from their
   // records in the state dir: each is recovered (quiesced ones, see
   // Device::recover) or deleted (those that cannot be), all in parallel; a
@@ -236,6 +243,11 @@ class Manager {
   // differs from its own size is resized to it where the kernel allows.
   void on_storage_resize();
   void resize_to_storage(const std::string& name, uint64_t from, uint64_t to);
+  // resize(): why `bytes` is no size for the device's spec, if it is not.
+  std::optional<OpError> refuse_size(const Entry& e, uint64_t bytes) const;
+  // resize(), on the operation's thread: writes the record and drop-in of
+  // the device at `bytes` (Device::change_size's `record`).
+  Result<void> record_size(const DeviceRecord& record, uint64_t bytes) const;
   void maybe_finish_shutdown();
   void changed();
   DeviceSnapshot snapshot(const Entry& e) const;
@@ -250,6 +262,8 @@ class Manager {
   std::vector<Watch> watches_;
   bool watch_timer_ = false;
   bool release_timer_ = false;
+  // Writes the spec to its drop-in (spec.source), or to a new one in
+  // devices.d when it has none.
   Result<void> write_dropin(const DeviceSpec& spec) const;
   std::filesystem::path dropin_path(const std::string& name) const;
 

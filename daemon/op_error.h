@@ -21,6 +21,11 @@ enum class Failure {
   kTimeout,
   kIo,
   kShuttingDown,
+  kInvalidRequest,
+  // Neither the kernel nor the backend can do that (nothing changed).
+  kUnsupported,
+  // It would drop data that was written; asking with force does it.
+  kWouldLoseData,
 };
 
 struct OpError {

@@ -59,7 +59,7 @@ void view(const BackendSpec& spec, nlohmann::json& out) {
   out["direct_io"] = spec.direct_io;
 }
 
-Result<std::unique_ptr<Backend>> open(const DeviceSpec& spec, const BackendEnv&) {
+Result<std::unique_ptr<Backend>> open(const DeviceSpec& spec, const BackendEnv& env) {
   FileBackendOptions o;
   o.path = spec.backend.path;
   o.size = spec.backend.size;
@@ -67,6 +67,7 @@ Result<std::unique_ptr<Backend>> open(const DeviceSpec& spec, const BackendEnv&)
   o.direct_io = spec.backend.direct_io;
   o.read_only = spec.read_only;
   o.logical_block_size = spec.logical_block_size;
+  o.finish_resize = env.reopen;
   return as_backend(FileBackend::open(o));
 }
 

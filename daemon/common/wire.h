@@ -31,6 +31,8 @@ inline constexpr const char* kKernelError = "kernel-error";
 inline constexpr const char* kTimeout = "timeout";
 inline constexpr const char* kIoError = "io-error";
 inline constexpr const char* kShuttingDown = "shutting-down";
+inline constexpr const char* kUnsupported = "unsupported";
+inline constexpr const char* kWouldLoseData = "would-lose-data";
 inline constexpr const char* kInternal = "internal";
 }  // namespace code
 

@@ -27,6 +27,7 @@ struct Scan {
   bool client_version = false;
   bool json = false;
   bool if_exists = false;
+  bool force = false;
   std::vector<std::string> positionals;
   // add: the options with a value, the ones without, and every one in the
   // order given.
@@ -97,6 +98,8 @@ Result<void> record_option(const std::string& name, std::string value, bool is_a
     s.json = true;
   } else if (name == "if-exists") {
     s.if_exists = true;
+  } else if (name == "force") {
+    s.force = true;
   } else if (name == "socket") {
     if (s.socket) return usage(where + "--socket given twice");
     s.socket = std::move(value);
@@ -138,6 +141,7 @@ Result<void> scan_option(const std::vector<std::string>& args, size_t& i, Scan& 
   } else if (name == "socket") {
     takes_value = true;
   } else if (name == "if-exists" && command == "del") {
+  } else if (name == "force" && command == "resize") {
   } else if (auto add = command == "add" ? add_option_takes_value(name) : std::nullopt) {
     is_add_option = true;
     takes_value = *add;
@@ -285,11 +289,19 @@ Result<void> build_request(const Scan& s, const Environment& env, Invocation& in
   const std::string where = std::string(command) + ": ";
   if (s.positionals.size() > s.command->max_args)
     return usage(where + "unexpected argument " + in_quotes(s.positionals[s.command->max_args]));
-  if (s.positionals.size() < s.command->min_args) return usage(where + "missing the device NAME");
+  if (s.positionals.size() < s.command->min_args) {
+    return usage(where + (s.positionals.empty() ? "missing the device NAME" : "missing the SIZE"));
+  }
 
   inv.request = json::object();
   inv.request["op"] = inv.command;
   if (command == "info" || command == "del") inv.request["name"] = s.positionals[0];
+  if (command == "resize") {
+    inv.request["name"] = s.positionals[0];
+    // As typed: the daemon parses it, and its message quotes it.
+    inv.request["size"] = s.positionals[1];
+    if (s.force) inv.request["force"] = true;
+  }
   if (command == "attach") {
     inv.request["op"] = "up";
     inv.request["name"] = s.positionals[0];

@@ -53,7 +53,8 @@ Result<std::string> read_all(int fd, const std::string& name) {
 }  // namespace
 
 std::chrono::milliseconds response_timeout(std::string_view command) {
-  if (command == "add" || command == "del" || command == "reload" || command == "attach")
+  if (command == "add" || command == "del" || command == "reload" || command == "attach" ||
+      command == "resize")
     return kSlowResponseTimeout;
   return kResponseTimeout;
 }

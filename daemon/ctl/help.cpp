@@ -23,6 +23,7 @@ constexpr std::string_view kGlobalHelp =
     "  list                               list the devices\n"
     "  info NAME                          show everything about one device\n"
     "  del NAME                           stop and delete a device\n"
+    "  resize NAME SIZE [--force]         grow or shrink a live mem, file or null device\n"
     "  attach NAME                        bring up a drop-in and stay while it is live\n"
     "  features                           show the ublk features of the kernel\n"
     "  reload                             re-read the configuration directory\n"
@@ -60,6 +61,24 @@ constexpr std::string_view kDelHelp =
     "the device as removed-pending until then.\n"
     "\n"
     "  --if-exists   a device that does not exist is not an error\n";
+
+constexpr std::string_view kResizeHelp =
+    "Usage: ublkctl resize [--force] NAME SIZE\n"
+    "Grow or shrink a live device and its storage: a mem or null device, or a\n"
+    "file device on a regular file, which grows or is cut with it. SIZE is\n"
+    "bytes or a size with a unit (2GiB), a multiple of the logical block size.\n"
+    "The kernel sees the new size at once (blockdev --getsize64, /sys/block);\n"
+    "grow a file system on it afterwards (resize2fs). The device's drop-in, if\n"
+    "it has one, is rewritten with the new size. Prints the new size.\n"
+    "\n"
+    "Needs a kernel with UBLK_F_UPDATE_SIZE (Linux 6.16 and later): elsewhere\n"
+    "it fails and nothing changes. An rbd device follows its image's size\n"
+    "(rbd resize), an nbd device its server's. A block device behind a file\n"
+    "device keeps its own size.\n"
+    "\n"
+    "  --force   shrink even below data written to the device, which is then\n"
+    "            dropped (without it, such a shrink fails and names the first\n"
+    "            written byte beyond SIZE)\n";
 
 constexpr std::string_view kAttachHelp =
     "Usage: ublkctl attach NAME\n"
@@ -170,11 +189,12 @@ std::span<const AddOption> device_add_options() {
 }
 
 const CommandInfo* find_command(std::string_view name) {
-  static const std::array<CommandInfo, 10> kCommands = {{
+  static const std::array<CommandInfo, 11> kCommands = {{
       {"add", 0, 1, add_help()},
       {"list", 0, 0, kListHelp},
       {"info", 1, 1, kInfoHelp},
       {"del", 1, 1, kDelHelp},
+      {"resize", 2, 2, kResizeHelp},
       {"attach", 1, 1, kAttachHelp},
       {"features", 0, 0, kFeaturesHelp},
       {"reload", 0, 0, kReloadHelp},

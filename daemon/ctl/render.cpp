@@ -311,6 +311,15 @@ Result<std::string> format_result(std::string_view command, const json& result, 
     }
     return std::string();
   }
+  if (command == "resize") {
+    const json& size = member(result, "size");
+    const json& dev = member(result, "block_device");
+    if (!size.is_number_unsigned() || !dev.is_string())
+      return shape_error("resize", "the device has no size or block_device");
+    const uint64_t bytes = size.get<uint64_t>();
+    return dev.get<std::string>() + ": " + format_size(bytes) + " (" + std::to_string(bytes) +
+           " bytes)\n";
+  }
   if (command == "info") return format_info(result);
   if (command == "features") return format_features(result);
   if (command == "reload") return format_reload(result);

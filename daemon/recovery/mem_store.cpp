@@ -15,12 +15,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Kept memory is never shorter than its device, but may be longer: a
+// device shrunk live keeps its memfd's length (MemBackend::resize).
 Result<void> check_size(int fd, uint64_t size, const std::string& what) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) return errno_error("fstat " + what);
-  if (static_cast<uint64_t>(st.st_size) != size) {
-    return Error(EINVAL, what + " holds " + std::to_string(st.st_size) + " bytes, the spec says " +
-                             std::to_string(size));
+  if (static_cast<uint64_t>(st.st_size) < size) {
+    return Error(EINVAL, what + " holds " + std::to_string(st.st_size) +
+                             " bytes, fewer than the spec's " + std::to_string(size));
   }
   return {};
 }

@@ -215,11 +215,32 @@ class Backend {
   // What the backend learned when it opened, for `list` and `info`.
   virtual std::vector<BackendFact> facts() const { return {}; }
 
+  // ---- changing the size on request (optional) ----
+  // Whether the storage can become `bytes` long (a multiple of the logical
+  // block size), changing nothing: EOPNOTSUPP with the reason for a backend
+  // that cannot; ENOTEMPTY naming the first such offset when shrinking
+  // would drop data written at or beyond `bytes`, unless `force`. The
+  // default cannot.
+  virtual Result<void> check_resize(uint64_t bytes, bool force) const;
+  // Makes the storage `bytes` long, after check_resize() passed: a grow
+  // reads as zeros, a shrink drops what lay beyond. Requests may run
+  // meanwhile on the queue threads; one still in flight beyond a shrink's
+  // new end is served or fails, and never harms the process.
+  virtual Result<void> resize(uint64_t bytes);
+
   // ---- storage whose size changes under it (optional) ----
   // For such a backend (an image its cluster resizes) size() is safe from
   // any thread, and `changed` is called, from any thread, each time it
   // changes, until the backend is destroyed. It must not block.
   virtual void watch_size(std::function<void()> /*changed*/) {}
 };
+
+inline Result<void> Backend::check_resize(uint64_t /*bytes*/, bool /*force*/) const {
+  return Error(EOPNOTSUPP, "a " + std::string(type()) + " backend cannot change its size");
+}
+
+inline Result<void> Backend::resize(uint64_t bytes) {
+  return check_resize(bytes, /*force=*/true);
+}
 
 }  // namespace ublkd

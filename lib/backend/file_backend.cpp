@@ -309,6 +309,9 @@ Result<uint64_t> device_size(const FileBackendOptions& o, const OpenedFile& f) {
   uint64_t size = o.size;
   if (size == 0) {
     size = actual;
+  } else if (size < actual && o.finish_resize && !block && !o.read_only) {
+    if (::ftruncate(f.fd.get(), static_cast<off_t>(size)) != 0)
+      return errno_error("cut " + path + " to " + num(size) + " bytes");
   } else if (size != actual) {
     return Error(EINVAL, std::string(what) + path + " is " + num(actual) + " bytes but size is " +
                              num(size) + "; omit size to use the " +
@@ -391,7 +394,8 @@ int FileBackend::check(const IoRequest& req) const noexcept {
   // which the descriptor passes on.
   if (req.op == IoOp::kFlush) return 0;
   // Written so that it cannot overflow for any offset.
-  if (req.offset > size_ || req.length > size_ - req.offset) return -EINVAL;
+  const uint64_t size = this->size();
+  if (req.offset > size || req.length > size - req.offset) return -EINVAL;
   if (req.op == IoOp::kRead || req.op == IoOp::kWrite) {
     if (req.length > static_cast<uint32_t>(INT_MAX)) return -EINVAL;
     if (req.buffer == nullptr && req.buf_index < 0 && req.length != 0) return -EINVAL;
@@ -630,6 +634,44 @@ int FileBackend::sync_zero_write(uint64_t offset, uint64_t length) noexcept {
 Result<void> FileBackend::sync() {
   if (read_only_) return {};
   if (::fdatasync(fd_.get()) != 0) return errno_error("fdatasync");
+  return {};
+}
+
+Result<void> FileBackend::check_resize(uint64_t bytes, bool force) const {
+  if (block_device_) {
+    return Error(EOPNOTSUPP, "the backing block device " + path_ +
+                                 " has a size of its own, which ublkd does not change");
+  }
+  if (read_only_) return Error(EROFS, "the device is read-only");
+  if (bytes == 0 || bytes % logical_block_size_ != 0) {
+    return Error(EINVAL, num(bytes) + " bytes is not a positive multiple of logical_block_size " +
+                             num(logical_block_size_));
+  }
+  if (bytes > static_cast<uint64_t>(std::numeric_limits<off_t>::max()))
+    return Error(EINVAL, "size " + num(bytes) + " is too large");
+  const uint64_t size = this->size();
+  if (bytes >= size || force) return {};
+  // Allocated blocks count as written; a file system without SEEK_DATA
+  // reports all of the file as data.
+  const off_t data = ::lseek(fd_.get(), static_cast<off_t>(bytes), SEEK_DATA);
+  if (data < 0 && errno != ENXIO) return errno_error("find data in " + path_);
+  if (data >= 0 && static_cast<uint64_t>(data) < size) {
+    return Error(ENOTEMPTY, "data is written at byte " + num(static_cast<uint64_t>(data)) +
+                                " of " + path_ + ", beyond the new size " + num(bytes));
+  }
+  return {};
+}
+
+Result<void> FileBackend::resize(uint64_t bytes) {
+  if (auto r = check_resize(bytes, /*force=*/true); !r) return r;
+  // Requests are checked against size_: it covers the file only.
+  const bool shrink = bytes < size();
+  if (shrink) size_.store(bytes, std::memory_order_release);
+  if (::ftruncate(fd_.get(), static_cast<off_t>(bytes)) != 0)
+    return errno_error("resize " + path_ + " to " + num(bytes) + " bytes");
+  // The new length must survive a crash: a recovery checks it.
+  if (::fsync(fd_.get()) != 0) return errno_error("fsync " + path_);
+  if (!shrink) size_.store(bytes, std::memory_order_release);
   return {};
 }
 

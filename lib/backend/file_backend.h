@@ -37,6 +37,11 @@ struct FileBackendOptions {
   // Serve a file in memory (tmpfs, ramfs) inline; see serves_inline().
   // Tests turn it off to drive the io_uring path on tmpfs.
   bool inline_in_memory = true;
+  // A writable regular file longer than a nonzero `size` is cut to it
+  // instead of refused: a recovery after a live resize that a crash cut
+  // short (the daemon's record of the size is the device's; see
+  // Device::change_size).
+  bool finish_resize = false;
 };
 
 class FileBackend final : public Backend {
@@ -53,7 +58,7 @@ class FileBackend final : public Backend {
   FileBackend& operator=(const FileBackend&) = delete;
 
   std::string_view type() const override { return "file"; }
-  uint64_t size() const override { return size_; }
+  uint64_t size() const override { return size_.load(std::memory_order_acquire); }
   BackendFeatures features() const override;
   std::string io_notes() const override;
   // Whenever the requests go through io_uring (not served inline).
@@ -68,6 +73,10 @@ class FileBackend final : public Backend {
   Result<void> attach(QueueContext& q) override;
   void detach(QueueContext& q) noexcept override;
   Result<void> sync() override;
+  // A regular file, writable: ftruncate to the new size. A block device's
+  // size is its own.
+  Result<void> check_resize(uint64_t bytes, bool force) const override;
+  Result<void> resize(uint64_t bytes) override;
   int submit(QueueContext& q, const IoRequest& req) noexcept override;
   int complete(QueueContext& q, const io_uring_cqe& cqe) noexcept override;
 
@@ -109,7 +118,7 @@ class FileBackend final : public Backend {
 
   UniqueFd fd_;
   std::string path_;
-  uint64_t size_;
+  std::atomic<uint64_t> size_;
   bool block_device_;
   bool direct_io_;
   bool read_only_;

@@ -43,10 +43,17 @@ Result<void> check_size(uint64_t size) {
     return Error(EINVAL,
                  "mem backend size " + std::to_string(size) + " is not a multiple of 512 bytes");
   }
-  if (size > static_cast<uint64_t>(std::numeric_limits<off_t>::max())) {
-    return Error(EINVAL, "mem backend size " + std::to_string(size) + " is too large");
+  if (size > MemBackend::kMaxSize) {
+    return Error(EINVAL, "mem backend size " + std::to_string(size) + " is above the largest, " +
+                             std::to_string(MemBackend::kMaxSize));
   }
   return {};
+}
+
+// The chunk bitmap's bytes for a device of `size` bytes.
+uint64_t bitmap_bytes(uint64_t size) {
+  const uint64_t chunks = (size + kChunk - 1) / kChunk;
+  return (chunks + kWordBits - 1) / kWordBits * sizeof(uint64_t);
 }
 
 }  // namespace
@@ -87,9 +94,9 @@ Result<std::unique_ptr<MemBackend>> MemBackend::adopt(UniqueFd memfd, uint64_t s
   if (!S_ISREG(st.st_mode) || seals < 0) {
     return Error(EINVAL, "adopt mem backend: fd is not a memfd");
   }
-  if (static_cast<uint64_t>(st.st_size) != size) {
+  if (static_cast<uint64_t>(st.st_size) < size) {
     return Error(EINVAL, "adopt mem backend: memfd holds " + std::to_string(st.st_size) +
-                             " bytes, expected " + std::to_string(size));
+                             " bytes, fewer than " + std::to_string(size));
   }
   if ((seals & (F_SEAL_SHRINK | F_SEAL_SEAL)) == 0 &&
       ::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK) != 0) {
@@ -98,42 +105,107 @@ Result<std::unique_ptr<MemBackend>> MemBackend::adopt(UniqueFd memfd, uint64_t s
 
   auto backend = map(std::move(memfd), size);
   if (!backend) return backend.error().wrap("adopt mem backend");
+  // Beyond `size`: what a shrink cut short by a crash left.
+  if (static_cast<uint64_t>(st.st_size) > size) {
+    if (auto r = backend.value()->punch(size, static_cast<uint64_t>(st.st_size)); !r)
+      return r.error().wrap("adopt mem backend");
+  }
   if (auto r = backend.value()->rebuild_bitmap(); !r) return r.error().wrap("adopt mem backend");
   return backend;
 }
 
-Result<std::unique_ptr<MemBackend>> MemBackend::map(UniqueFd memfd, uint64_t size) {
-  void* data =
-      ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, memfd.get(), 0);
+Result<Mapping> MemBackend::map_data(int memfd, uint64_t length) {
+  void* data = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, memfd, 0);
   if (data == MAP_FAILED) {
     int err = errno;
-    return Error(err, "map memfd of " + std::to_string(size) + " bytes");
+    return Error(err, "map memfd of " + std::to_string(length) + " bytes");
   }
-  Mapping data_map(data, size);
+  Mapping data_map(data, length);
   // Device contents do not belong in a core dump, and dumping a huge sparse
   // shared mapping would fault in every hole of it while the daemon dies.
-  if (::madvise(data, size, MADV_DONTDUMP) != 0)
+  if (::madvise(data, length, MADV_DONTDUMP) != 0)
     return errno_error("exclude memfd from core dumps");
+  return data_map;
+}
+
+Result<std::unique_ptr<MemBackend>> MemBackend::map(UniqueFd memfd, uint64_t size) {
+  auto data_map = map_data(memfd.get(), size);
+  if (!data_map) return data_map.error();
 
   // One bit per chunk. Untouched anonymous memory reads as zeros without
   // being allocated, so only the parts of the bitmap covering written chunks
-  // cost memory (a std::vector would commit 2 MiB up front for 1 TiB).
-  const uint64_t chunks = (size + kChunk - 1) / kChunk;
-  const uint64_t bitmap_bytes = (chunks + kWordBits - 1) / kWordBits * sizeof(uint64_t);
-  void* bits = ::mmap(nullptr, bitmap_bytes, PROT_READ | PROT_WRITE,
+  // cost memory (a std::vector would commit 2 MiB up front for 1 TiB). Its
+  // address space is taken for the largest size, so that a grow never
+  // moves it under the queue threads.
+  const uint64_t bits_len = bitmap_bytes(kMaxSize);
+  void* bits = ::mmap(nullptr, bits_len, PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (bits == MAP_FAILED) return errno_error("map chunk bitmap");
-  Mapping bitmap_map(bits, bitmap_bytes);
+  Mapping bitmap_map(bits, bits_len);
 
-  return std::unique_ptr<MemBackend>(
-      new MemBackend(std::move(memfd), std::move(data_map), std::move(bitmap_map), size));
+  return std::unique_ptr<MemBackend>(new MemBackend(
+      std::move(memfd), std::move(data_map).value(), std::move(bitmap_map), size));
+}
+
+Result<uint64_t> MemBackend::memfd_length() const {
+  struct stat st {};
+  if (::fstat(memfd_.get(), &st) != 0) return errno_error("fstat memfd");
+  return static_cast<uint64_t>(st.st_size);
+}
+
+Result<void> MemBackend::punch(uint64_t begin, uint64_t end) {
+  if (begin >= end) return {};
+  if (::fallocate(memfd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  static_cast<off_t>(begin), static_cast<off_t>(end - begin)) != 0)
+    return errno_error("punch bytes " + std::to_string(begin) + ".." + std::to_string(end) +
+                       " out of the memfd");
+  return {};
+}
+
+Result<void> MemBackend::check_resize(uint64_t bytes, bool force) const {
+  if (auto r = check_size(bytes); !r) return r;
+  const uint64_t size = this->size();
+  if (bytes >= size || force) return {};
+  const off_t data = ::lseek(memfd_.get(), static_cast<off_t>(bytes), SEEK_DATA);
+  if (data < 0 && errno != ENXIO) return errno_error("find data in memfd");
+  if (data >= 0 && static_cast<uint64_t>(data) < size) {
+    return Error(ENOTEMPTY, "data is written at byte " + std::to_string(data) +
+                                ", beyond the new size " + std::to_string(bytes));
+  }
+  return {};
+}
+
+Result<void> MemBackend::resize(uint64_t bytes) {
+  if (auto r = check_size(bytes); !r) return r;
+  const uint64_t size = this->size();
+  if (bytes < size) {
+    // The kernel sends nothing beyond `bytes` any more; zero() wants the
+    // old size to cover the last chunk.
+    if (const int r = zero(bytes, size - bytes); r < 0) return Error(-r, "zero the range cut off");
+    size_.store(bytes, std::memory_order_release);
+    return {};
+  }
+  auto length = memfd_length();
+  if (!length) return length.error();
+  // A longer memfd holds zeros past `size` unless a shrink raced a write.
+  if (auto r = punch(size, std::min(*length, bytes)); !r) return r;
+  if (*length < bytes && ::ftruncate(memfd_.get(), static_cast<off_t>(bytes)) != 0)
+    return errno_error("grow the memfd to " + std::to_string(bytes) + " bytes");
+  if (data_.size() < bytes) {
+    auto grown = map_data(memfd_.get(), bytes);
+    if (!grown) return grown.error();
+    base_.store(static_cast<std::byte*>(grown->get()), std::memory_order_release);
+    retired_.push_back(std::exchange(data_, std::move(grown).value()));
+  }
+  size_.store(bytes, std::memory_order_release);
+  return {};
 }
 
 Result<void> MemBackend::rebuild_bitmap() {
   // The invariant the I/O path relies on is "a chunk whose bit is clear is all
   // zeros in the memfd", so a chunk must be marked as soon as any page of it
   // is present, even if that page happens to be zeros.
-  const off_t end = static_cast<off_t>(size_);
+  const off_t end = static_cast<off_t>(size());
   off_t pos = 0;
   while (pos < end) {
     off_t data = ::lseek(memfd_.get(), pos, SEEK_DATA);
@@ -196,7 +268,8 @@ int MemBackend::handle(const IoRequest& req) noexcept {
       return -EOPNOTSUPP;
   }
   // Written so that it cannot overflow for any offset.
-  if (req.offset > size_ || req.length > size_ - req.offset) return -EINVAL;
+  const uint64_t size = this->size();
+  if (req.offset > size || req.length > size - req.offset) return -EINVAL;
   if (req.length == 0) return 0;
 
   switch (req.op) {
@@ -289,7 +362,8 @@ int MemBackend::read_to(uint64_t offset, uint32_t length, int fd, uint64_t pos) 
     const bool written = chunk_written(offset / kChunk);
     const uint64_t run_end = same_state_end(offset, end, written);
     if (written) {
-      if (int r = pwrite_all(fd, base_ + offset, run_end - offset, pos); r < 0) return r;
+      const std::byte* base = base_.load(std::memory_order_acquire);
+      if (int r = pwrite_all(fd, base + offset, run_end - offset, pos); r < 0) return r;
       pos += run_end - offset;
     } else {
       // As in read(): zeros from our own page, not a fault on a memfd hole.
@@ -309,7 +383,7 @@ int MemBackend::write_from(uint64_t offset, uint32_t length, int fd, uint64_t po
   // Marked first, as in write(); a failed copy leaves the chunks marked,
   // which only costs a later discard a hole punch.
   mark_written(offset / kChunk, (offset + length - 1) / kChunk);
-  const int r = pread_all(fd, base_ + offset, length, pos);
+  const int r = pread_all(fd, base_.load(std::memory_order_acquire) + offset, length, pos);
   if (r == 0) return 0;
   // The kernel copies into our own mapping and stops short (0 bytes, or
   // EFAULT) where a page cannot be had: the memfd's tmpfs is full or its
@@ -324,10 +398,11 @@ int MemBackend::write_from(uint64_t offset, uint32_t length, int fd, uint64_t po
 
 int MemBackend::zero(uint64_t offset, uint64_t length) noexcept {
   const uint64_t end = offset + length;
+  const uint64_t size = this->size();
   // The last chunk may be shorter than kChunk; reaching the end of the device
   // covers it completely.
-  const uint64_t full_begin = std::min((offset + kChunk - 1) / kChunk * kChunk, size_);
-  const uint64_t full_end = end == size_ ? size_ : end / kChunk * kChunk;
+  const uint64_t full_begin = std::min((offset + kChunk - 1) / kChunk * kChunk, size);
+  const uint64_t full_end = end == size ? size : end / kChunk * kChunk;
   if (full_begin >= full_end) {
     zero_partial(offset, end);
     return 0;
@@ -342,7 +417,8 @@ void MemBackend::zero_partial(uint64_t begin, uint64_t end) noexcept {
     const uint64_t chunk = begin / kChunk;
     const uint64_t stop = std::min(end, (chunk + 1) * kChunk);
     // An unwritten chunk is already zeros; touching it would allocate.
-    if (chunk_written(chunk)) std::memset(base_ + begin, 0, stop - begin);
+    if (chunk_written(chunk))
+      std::memset(base_.load(std::memory_order_acquire) + begin, 0, stop - begin);
     begin = stop;
   }
 }

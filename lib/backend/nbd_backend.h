@@ -86,6 +86,9 @@ class NbdBackend final : public Backend {
   BackendFeatures features() const override;
   std::string io_notes() const override;
   std::vector<BackendFact> facts() const override;
+  Result<void> check_resize(uint64_t /*bytes*/, bool /*force*/) const override {
+    return Error(EOPNOTSUPP, "an nbd device has the size its server gives the export");
+  }
   std::optional<std::chrono::milliseconds> request_timeout() const override;
 
   // Requests need a queue's connection: only submit() serves them.

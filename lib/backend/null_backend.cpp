@@ -15,6 +15,20 @@ Result<std::unique_ptr<NullBackend>> NullBackend::create(uint64_t size) {
   return std::unique_ptr<NullBackend>(new NullBackend(size));
 }
 
+Result<void> NullBackend::check_resize(uint64_t bytes, bool /*force*/) const {
+  if (bytes == 0 || bytes % 512 != 0) {
+    return Error(EINVAL, "null backend size " + std::to_string(bytes) +
+                             " is not a positive multiple of 512 bytes");
+  }
+  return {};
+}
+
+Result<void> NullBackend::resize(uint64_t bytes) {
+  if (auto r = check_resize(bytes, true); !r) return r;
+  size_.store(bytes, std::memory_order_relaxed);
+  return {};
+}
+
 BackendFeatures NullBackend::features() const {
   BackendFeatures f;
   // Nothing is ever cached, so there is nothing for FLUSH to drain; the
@@ -34,7 +48,8 @@ int NullBackend::handle(const IoRequest& req) noexcept {
                      req.op == IoOp::kWriteZeroes;
   if (!known) return -EOPNOTSUPP;
   // Written so that it cannot overflow for any offset.
-  if (req.offset > size_ || req.length > size_ - req.offset) return -EINVAL;
+  const uint64_t size = size_.load(std::memory_order_relaxed);
+  if (req.offset > size || req.length > size - req.offset) return -EINVAL;
   if (req.op != IoOp::kRead && req.op != IoOp::kWrite) return 0;
   if (req.length > static_cast<uint32_t>(INT_MAX)) return -EINVAL;
   return static_cast<int>(req.length);

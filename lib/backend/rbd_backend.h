@@ -93,6 +93,13 @@ class RbdBackend final : public Backend {
   void on_event(QueueContext& q, const io_uring_cqe& cqe) noexcept override;
   Result<void> sync() override;
   void watch_size(std::function<void()> changed) override;
+  // The image's size is the cluster's to change (rbd resize); the device
+  // follows it where the kernel allows.
+  Result<void> check_resize(uint64_t /*bytes*/, bool /*force*/) const override {
+    return Error(EOPNOTSUPP,
+                 "an rbd device has its image's size: resize the image (rbd resize) and the "
+                 "device follows it");
+  }
 
   // Devices of this process that share the connection of `options`'s
   // cluster and client (for tests and `info`).

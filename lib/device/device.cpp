@@ -136,6 +136,43 @@ Result<void> Device::resize(uint64_t bytes) {
   return {};
 }
 
+Result<void> Device::change_size(uint64_t bytes, bool force,
+                                 const std::function<Result<void>(uint64_t)>& record) {
+  if (state() != DeviceState::kLive || !dev_id_ || !ctrl_)
+    return Error(EAGAIN, "the device is not live");
+  if (!resizable()) {
+    return Error(EOPNOTSUPP,
+                 "the kernel cannot change a live device's size (UBLK_F_UPDATE_SIZE, Linux 6.16 "
+                 "and later)");
+  }
+  if (bytes == 0 || bytes % config_.logical_block_size != 0) {
+    return Error(EINVAL, std::to_string(bytes) + " bytes is not a whole number of " +
+                             std::to_string(config_.logical_block_size) + "-byte blocks");
+  }
+  const uint64_t from = size();
+  if (bytes == from) return {};
+  if (auto r = backend_->check_resize(bytes, force); !r) return r;
+  if (bytes < from) {
+    if (auto r = resize(bytes); !r) return r;
+    // The device is smaller already; what is left undone is only kept
+    // storage, which a later resize or recovery cuts.
+    const std::string now = "the device is " + std::to_string(bytes) + " bytes now, but ";
+    if (auto r = record(bytes); !r) return r.error().wrap(now + "its record kept the old size");
+    if (auto r = backend_->resize(bytes); !r)
+      return r.error().wrap(now + "its storage could not follow");
+    return {};
+  }
+  if (auto r = backend_->resize(bytes); !r) return r.error().wrap("grow the storage");
+  auto undo = [&](Error e) {
+    (void)record(from);
+    (void)backend_->resize(from);
+    return e;
+  };
+  if (auto r = record(bytes); !r) return undo(r.error());
+  if (auto r = resize(bytes); !r) return undo(r.error());
+  return {};
+}
+
 uint64_t Device::new_identity() {
   uint64_t v = 0;
   while (v == 0) {

@@ -117,6 +117,17 @@ class Device {
   // the logical block size. EOPNOTSUPP without resizable(). One bounded
   // control command; not concurrently with the other operations.
   Result<void> resize(uint64_t bytes);
+  // live: the device and its storage become `bytes` long, on request.
+  // Changes nothing and says why when the kernel (EOPNOTSUPP) or the
+  // backend (Backend::check_resize: EOPNOTSUPP, EROFS, ENOTEMPTY unless
+  // `force`, EINVAL) cannot. The steps keep the kernel's size at most the
+  // recorded one, and that at most the storage's, so a crash between them
+  // leaves a device a recovery can serve: a grow extends the storage, then
+  // calls `record(bytes)` (which stores the size a recovery will read),
+  // then UPDATE_SIZE; a shrink goes the other way round. A grow whose
+  // UPDATE_SIZE fails is undone. Not concurrently with other operations.
+  Result<void> change_size(uint64_t bytes, bool force,
+                           const std::function<Result<void>(uint64_t)>& record);
 
   // new -> added -> params-set -> queues-primed -> start-pending -> live.
   // On any error the device is stopped and deleted again, ends in failed,

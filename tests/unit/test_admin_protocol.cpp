@@ -344,6 +344,8 @@ const std::vector<std::pair<const char*, std::string>> kCodes = {
     {code::kTimeout, "timeout"},
     {code::kIoError, "io-error"},
     {code::kShuttingDown, "shutting-down"},
+    {code::kUnsupported, "unsupported"},
+    {code::kWouldLoseData, "would-lose-data"},
     {code::kInternal, "internal"},
 };
 
@@ -479,7 +481,7 @@ TEST_CASE("admin ops: an unknown op is unknown-op and lists the known ones", "[a
   CHECK(r.at("id") == 9);
   CHECK(
       h.error(R"({"op": "frobnicate"})") ==
-      R"(unknown-op: unknown op "frobnicate" (known: add, del, list, info, up, watch, features, reload, upgrade, version))");
+      R"(unknown-op: unknown op "frobnicate" (known: add, del, resize, list, info, up, watch, features, reload, upgrade, version))");
   // Ops are case-sensitive.
   CHECK_THAT(h.error(R"({"op": "LIST"})"), Catch::StartsWith("unknown-op: "));
 }
@@ -498,6 +500,24 @@ TEST_CASE("admin ops: list with no devices, info and del of a missing one", "[ad
   CHECK(h.error(R"({"op": "del", "name": 0})") ==
         R"(invalid-request: "name" must be a string, not an integer)");
   CHECK(h.call(R"({"op": "del", "name": "mem9", "id": [1]})").at("id") == json::array({1}));
+}
+
+TEST_CASE("admin ops: resize checks its fields and names a missing device", "[admin]") {
+  Handler h;
+  CHECK(h.error(R"({"op": "resize", "name": "mem9", "size": 4096})") ==
+        "not-found: no device named mem9");
+  CHECK(h.error(R"({"op": "resize", "name": "mem9", "size": "2GiB", "force": true})") ==
+        "not-found: no device named mem9");
+  CHECK(h.error(R"({"op": "resize", "name": "mem9"})") ==
+        R"(invalid-request: op "resize" needs the field "size")");
+  CHECK(h.error(R"({"op": "resize", "name": "mem9", "size": "2GB"})") ==
+        R"(invalid-request: "size" must be a number of bytes or a size such as "2GiB", not "2GB")");
+  CHECK(h.error(R"({"op": "resize", "name": "mem9", "size": -4096})") ==
+        R"(invalid-request: "size" must be a number of bytes or a size such as "2GiB", not -4096)");
+  CHECK(h.error(R"({"op": "resize", "name": "mem9", "size": 4096, "force": 1})") ==
+        R"(invalid-request: "force" must be a boolean)");
+  CHECK(h.error(R"({"op": "resize", "name": "mem9", "size": 4096, "shrink": true})") ==
+        R"(invalid-request: unknown field "shrink" for op "resize")");
 }
 
 TEST_CASE("admin ops: add checks its own fields before the spec", "[admin]") {
@@ -583,6 +603,9 @@ TEST_CASE("admin ops: every manager failure maps to its documented code", "[admi
       {Failure::kTimeout, "timeout"},
       {Failure::kIo, "io-error"},
       {Failure::kShuttingDown, "shutting-down"},
+      {Failure::kInvalidRequest, "invalid-request"},
+      {Failure::kUnsupported, "unsupported"},
+      {Failure::kWouldLoseData, "would-lose-data"},
   };
   for (const auto& [kind, text] : cases) {
     const AdminError e = ublkd::to_admin_error({kind, "why " + text});

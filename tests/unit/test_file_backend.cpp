@@ -485,6 +485,76 @@ TEST_CASE("file backend never resizes an existing file", "[file]") {
   }
 }
 
+TEST_CASE("file backend resizes its file live, and never drops data unasked", "[file][resize]") {
+  TempDir dir;
+  const bool direct = direct_io_works(dir);
+  const std::string path = dir.file("grow.img");
+  for (bool async : {true, false}) {
+    DYNAMIC_SECTION(mode_name(async)) {
+      std::filesystem::remove(path);
+      Device d(open_ok(options(path, 4 * kMiB, direct)), async);
+      FileBackend& b = d.backend();
+      d.write_pattern(kMiB, 64 * kKiB, 1);
+      REQUIRE(b.check_resize(16 * kMiB, false).ok());
+      REQUIRE(b.resize(16 * kMiB).ok());
+      CHECK(b.size() == 16 * kMiB);
+      CHECK(file_size(path) == 16 * kMiB);
+      d.require_pattern(kMiB, 64 * kKiB, 1);
+      d.require_zeros(4 * kMiB, 12 * kMiB);
+      d.write_pattern(12 * kMiB, 64 * kKiB, 2);
+
+      auto refused = b.check_resize(8 * kMiB, false);
+      REQUIRE_FALSE(refused.ok());
+      CHECK(refused.error().code() == ENOTEMPTY);
+      CHECK_THAT(refused.error().message(),
+                 Catch::Contains(path) && Catch::Contains("data is written at byte"));
+      CHECK(file_size(path) == 16 * kMiB);
+      // Up to the written data is no loss.
+      CHECK(b.check_resize(12 * kMiB + 64 * kKiB, false).ok());
+
+      REQUIRE(b.check_resize(8 * kMiB, true).ok());
+      REQUIRE(b.resize(8 * kMiB).ok());
+      CHECK(b.size() == 8 * kMiB);
+      CHECK(file_size(path) == 8 * kMiB);
+      Buffer buf(4096, 0);
+      CHECK(d.io(IoOp::kRead, 12 * kMiB, 4096, buf.data()) == -EINVAL);
+      d.require_pattern(kMiB, 64 * kKiB, 1);
+
+      CHECK(b.check_resize(8 * kMiB + 100, true).error().code() == EINVAL);
+      CHECK(b.check_resize(0, true).error().code() == EINVAL);
+    }
+  }
+}
+
+TEST_CASE("file backend cannot resize a read-only file", "[file][resize]") {
+  TempDir dir;
+  const std::string path = dir.file("ro.img");
+  make_file(path, 4 * kMiB);
+  auto o = options(path, 0, false, false);
+  o.read_only = true;
+  auto b = open_ok(o);
+  CHECK(b->check_resize(8 * kMiB, true).error().code() == EROFS);
+  CHECK(file_size(path) == 4 * kMiB);
+}
+
+TEST_CASE("file backend finishes a resize that a crash cut short, only when told", "[file][resize]") {
+  TempDir dir;
+  const std::string path = dir.file("cut.img");
+  make_file(path, 8 * kMiB);
+  auto o = options(path, 4 * kMiB, false, false);
+  CHECK(open_error(o).code() == EINVAL);
+  CHECK(file_size(path) == 8 * kMiB);
+  o.finish_resize = true;
+  auto b = open_ok(o);
+  CHECK(b->size() == 4 * kMiB);
+  CHECK(file_size(path) == 4 * kMiB);
+  // Never grown behind the operator's back.
+  b.reset();
+  o.size = 16 * kMiB;
+  CHECK(open_error(o).code() == EINVAL);
+  CHECK(file_size(path) == 4 * kMiB);
+}
+
 TEST_CASE("file backend checks size against logical_block_size", "[file]") {
   TempDir dir;
   const std::string odd = dir.file("odd.img");
@@ -1138,6 +1208,9 @@ TEST_CASE("file backend serves a block device at its own size", "[file][env][env
     CHECK(b.size() == 8 * kMiB);
     CHECK(b.features().discard_granularity == 0);
     CHECK(b.features().volatile_cache);
+    auto resize = b.check_resize(16 * kMiB, true);
+    CHECK(resize.error().code() == EOPNOTSUPP);
+    CHECK_THAT(resize.error().message(), Catch::Contains(loop->path));
 
     // Exclusive: neither a second backend nor a reader gets it.
     e = open_error(options(loop->path, 0, true, false));

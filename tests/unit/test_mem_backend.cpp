@@ -432,7 +432,7 @@ TEST_CASE("mem: adopt() refuses what it cannot use", "[mem]") {
   auto wrong_size = MemBackend::adopt(dup(), 8 * kMiB);
   REQUIRE_FALSE(wrong_size.ok());
   CHECK(wrong_size.error().code() == EINVAL);
-  CHECK(wrong_size.error().message().find("expected") != std::string::npos);
+  CHECK(wrong_size.error().message().find("fewer than") != std::string::npos);
 
   auto no_fd = MemBackend::adopt(UniqueFd(), 4 * kMiB);
   REQUIRE_FALSE(no_fd.ok());
@@ -648,4 +648,90 @@ TEST_CASE("mem: user copy reports a failed copy instead of success", "[mem]") {
   CHECK(b->handle(req) == -EBADF);
   req.copy_fd = -1;  // neither a buffer nor a copy fd
   CHECK(b->handle(req) == -EINVAL);
+}
+
+TEST_CASE("mem: a live grow keeps the data and adds zeros, on both copy paths", "[mem][resize]") {
+  auto b = make(4 * kMiB);
+  write_pattern(*b, 1 * kMiB, 3 * kChunk, 1);
+  write_pattern(*b, 4 * kMiB - 512, 512, 2);
+  REQUIRE(b->check_resize(64 * kMiB, false).ok());
+  REQUIRE(b->resize(64 * kMiB).ok());
+  CHECK(b->size() == 64 * kMiB);
+  require_pattern(*b, 1 * kMiB, 3 * kChunk, 1);
+  require_pattern(*b, 4 * kMiB - 512, 512, 2);
+  require_zeros(*b, 4 * kMiB, 60 * kMiB);
+  // The new range through the buffer path and through the mapping (user
+  // copy), which the grow had to map anew.
+  write_pattern(*b, 40 * kMiB, kChunk + 512, 3);
+  CopyFd copy;
+  auto data = make_data(63 * kMiB, 2 * kChunk, 4);
+  copy.put(data);
+  REQUIRE(copy.submit(*b, IoOp::kWrite, 63 * kMiB, 2 * kChunk) == static_cast<int>(2 * kChunk));
+  require_pattern(*b, 63 * kMiB, 2 * kChunk, 4);
+  REQUIRE(copy.submit(*b, IoOp::kRead, 40 * kMiB, kChunk + 512) == static_cast<int>(kChunk + 512));
+  CHECK(first_diff(copy.get(kChunk + 512), make_data(40 * kMiB, kChunk + 512, 3)) == -1);
+  CHECK(submit(*b, IoOp::kRead, 64 * kMiB, 512) == -EINVAL);
+}
+
+TEST_CASE("mem: a shrink refuses to drop written data unless forced", "[mem][resize]") {
+  auto b = make(8 * kMiB);
+  write_pattern(*b, 1 * kMiB, 4096, 1);
+  write_pattern(*b, 5 * kMiB + 4096, 4096, 2);
+
+  // Above the last written byte: allowed without force.
+  CHECK(b->check_resize(6 * kMiB, false).ok());
+  auto refused = b->check_resize(4 * kMiB, false);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code() == ENOTEMPTY);
+  CHECK_THAT(refused.error().message(),
+             Catch::Contains("data is written at byte " + std::to_string(5 * kMiB + 4096)));
+  CHECK(b->size() == 8 * kMiB);
+  require_pattern(*b, 5 * kMiB + 4096, 4096, 2);
+
+  const uint64_t before = allocated(*b);
+  REQUIRE(b->check_resize(4 * kMiB, true).ok());
+  REQUIRE(b->resize(4 * kMiB).ok());
+  CHECK(b->size() == 4 * kMiB);
+  CHECK(allocated(*b) < before);
+  CHECK(submit(*b, IoOp::kRead, 5 * kMiB, 512) == -EINVAL);
+  require_pattern(*b, 1 * kMiB, 4096, 1);
+
+  // Grown again, what the shrink dropped reads as zeros.
+  REQUIRE(b->resize(8 * kMiB).ok());
+  require_zeros(*b, 4 * kMiB, 4 * kMiB);
+  require_pattern(*b, 1 * kMiB, 4096, 1);
+
+  CHECK(b->check_resize(0, true).error().code() == EINVAL);
+  CHECK(b->check_resize(8 * kMiB + 100, true).error().code() == EINVAL);
+  CHECK(b->check_resize(MemBackend::kMaxSize + kMiB, true).error().code() == EINVAL);
+}
+
+TEST_CASE("mem: a shrink inside a chunk zeroes the rest of it", "[mem][resize]") {
+  auto b = make(1 * kMiB);
+  write_pattern(*b, 0, 2 * kChunk, 1);
+  REQUIRE(b->resize(kChunk + 4096).ok());
+  require_pattern(*b, 0, kChunk + 4096, 1);
+  REQUIRE(b->resize(1 * kMiB).ok());
+  require_pattern(*b, 0, kChunk + 4096, 1);
+  require_zeros(*b, kChunk + 4096, kChunk - 4096);
+}
+
+TEST_CASE("mem: adopt() serves a memfd longer than the device, the rest punched out",
+          "[mem][resize]") {
+  UniqueFd kept;
+  {
+    auto b = make(8 * kMiB);
+    write_pattern(*b, 1 * kMiB, 4096, 1);
+    write_pattern(*b, 6 * kMiB, 4096, 2);
+    // A shrink never shortens the memfd: the process "dies" before its
+    // storage was cut, so the memfd still holds the old tail.
+    kept = UniqueFd(::fcntl(b->memfd(), F_DUPFD_CLOEXEC, 0));
+  }
+  auto r = MemBackend::adopt(std::move(kept), 4 * kMiB);
+  if (!r) FAIL(r.error().to_string());
+  auto& b = *r.value();
+  CHECK(b.size() == 4 * kMiB);
+  require_pattern(b, 1 * kMiB, 4096, 1);
+  REQUIRE(b.resize(8 * kMiB).ok());
+  require_zeros(b, 4 * kMiB, 4 * kMiB);
 }

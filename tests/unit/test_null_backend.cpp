@@ -93,3 +93,16 @@ TEST_CASE("null backend refuses requests past the end and unknown operations", "
   // Up to the very end is fine.
   CHECK(b->handle(request(IoOp::kWrite, kGiB - 8192, 8192, buf.data())) == 8192);
 }
+
+TEST_CASE("null backend takes any size live", "[null][resize]") {
+  auto b = std::move(NullBackend::create(kGiB)).value();
+  std::vector<uint8_t> buf(4096);
+  REQUIRE(b->check_resize(2 * kGiB, false).ok());
+  REQUIRE(b->resize(2 * kGiB).ok());
+  CHECK(b->size() == 2 * kGiB);
+  CHECK(b->handle(request(IoOp::kWrite, 2 * kGiB - 4096, 4096, buf.data())) == 4096);
+  REQUIRE(b->resize(kGiB / 2).ok());
+  CHECK(b->handle(request(IoOp::kRead, kGiB / 2, 4096, buf.data())) == -EINVAL);
+  CHECK(b->check_resize(1000, true).error().code() == EINVAL);
+  CHECK(b->size() == kGiB / 2);
+}

@@ -180,6 +180,9 @@ TEST_CASE("ublkctl turns each command line into its request", "[ublkctl]") {
       {{"version"}, R"({"op":"version"})"},
       {{"info", "mem0"}, R"({"name":"mem0","op":"info"})"},
       {{"del", "mem0"}, R"({"name":"mem0","op":"del"})"},
+      {{"resize", "mem0", "2GiB"}, R"({"name":"mem0","op":"resize","size":"2GiB"})"},
+      {{"resize", "--force", "mem0", "1 GiB"},
+       R"({"force":true,"name":"mem0","op":"resize","size":"1 GiB"})"},
       {{"--json", "list"}, R"({"op":"list"})"},
       {{"add", "mem0", "--backend", "mem"},
        R"({"op":"add","spec":{"backend":{"type":"mem"},"name":"mem0"}})"},
@@ -249,6 +252,10 @@ TEST_CASE("ublkctl rejects bad command lines with one exact line", "[ublkctl]") 
       {{"info"}, "info: missing the device NAME"},
       {{"del"}, "del: missing the device NAME"},
       {{"del", "a", "b"}, "del: unexpected argument \"b\""},
+      {{"resize"}, "resize: missing the device NAME"},
+      {{"resize", "mem0"}, "resize: missing the SIZE"},
+      {{"resize", "mem0", "1G", "2G"}, "resize: unexpected argument \"2G\""},
+      {{"del", "--force", "mem0"}, "del: unknown option --force"},
       {{"--socket"}, "--socket needs a value"},
       {{"--socket="}, "--socket needs a value"},
       {{"--socket", "/a", "list", "--socket", "/b"}, "list: --socket given twice"},
@@ -365,6 +372,7 @@ TEST_CASE("ublkctl waits longer for the commands that bring devices up or down",
   CHECK(response_timeout("add") == 60s);
   CHECK(response_timeout("del") == 60s);
   CHECK(response_timeout("reload") == 60s);
+  CHECK(response_timeout("resize") == 60s);
   for (const char* c : {"list", "info", "features", "version"}) CHECK(response_timeout(c) == 10s);
 }
 
@@ -576,6 +584,12 @@ TEST_CASE("ublkctl features, reload, add, del and version output", "[ublkctl]") 
   CHECK(*held ==
         "removed; /dev/ublkb3 is still open (a mount or a process): the kernel releases it when "
         "its last user closes it\n");
+
+  json resized = kDisk0;
+  resized["size"] = 3 * (uint64_t{1} << 30);
+  auto resize = format_result("resize", resized, false);
+  REQUIRE(resize.ok());
+  CHECK(*resize == "/dev/ublkb0: 3GiB (3221225472 bytes)\n");
 
   auto v = format_result("version", {{"version", "0.2.0"}, {"api", 1}}, false);
   REQUIRE(v.ok());
