@@ -29,6 +29,7 @@ const AdminHandler::Op AdminHandler::kOps[] = {
     {"resize", &AdminHandler::resize},
     {"list", &AdminHandler::list},
     {"info", &AdminHandler::info},
+    {"stats", &AdminHandler::stats},
     {"up", &AdminHandler::up},
     {"watch", &AdminHandler::watch},
     {"features", &AdminHandler::features},
@@ -90,6 +91,39 @@ json to_json(const ReloadReport& r) {
           {"changed", changed},
           {"orphaned", r.orphaned},
           {"problems", r.problems}};
+}
+
+json to_json(const StatsSnapshot& s) {
+  json j = json::object();
+  for (size_t i = 0; i < kStatOps; ++i) {
+    const StatsSnapshot::Op& o = s.op[i];
+    j[kStatOpNames[i]] = {{"ops", o.ops}, {"bytes", o.bytes}, {"errors", o.errors}};
+  }
+  j["in_flight"] = s.in_flight();
+  json buckets = json::array();
+  uint64_t count = 0;
+  for (size_t i = 0; i < kLatencyBuckets; ++i) {
+    const uint64_t limit = latency_bucket_limit_us(i);
+    buckets.push_back({{"below_us", limit == 0 ? json(nullptr) : json(limit)},
+                       {"count", s.latency[i]}});
+    count += s.latency[i];
+  }
+  j["latency_us"] = {{"count", count}, {"sum", s.latency_sum_us}, {"buckets", buckets}};
+  return j;
+}
+
+json to_json(const DeviceStats& d) {
+  StatsSnapshot total;
+  json queues = json::array();
+  for (const StatsSnapshot& q : d.queues) {
+    total += q;
+    queues.push_back(to_json(q));
+  }
+  return {{"name", d.name},
+          {"id", d.id ? json(*d.id) : json(nullptr)},
+          {"state", std::string(to_string(d.state))},
+          {"total", to_json(total)},
+          {"queues", queues}};
 }
 
 std::vector<std::string> feature_names(uint64_t features) {
@@ -194,6 +228,21 @@ void AdminHandler::info(const Request& req, const Reply& reply) {
   j["kernel_flags"] = d->kernel_flags;
   j["kernel_flag_names"] = feature_names(d->kernel_flags);
   reply_ok(reply, req, std::move(j));
+}
+
+void AdminHandler::stats(const Request& req, const Reply& reply) {
+  if (auto e = admin::check_fields(req, {"name"})) return reply_error(reply, req, *e);
+  std::optional<std::string> name;
+  if (req.doc.contains("name")) {
+    auto n = admin::string_field(req, "name");
+    if (!n) return reply_error(reply, req, n.error());
+    name = *n;
+  }
+  auto stats = manager_.stats(name);
+  if (!stats) return reply_error(reply, req, to_admin_error(stats.error()));
+  json devices = json::array();
+  for (const DeviceStats& d : stats.value()) devices.push_back(to_json(d));
+  reply_ok(reply, req, {{"devices", devices}});
 }
 
 void AdminHandler::features(const Request& req, const Reply& reply) {

@@ -55,6 +55,7 @@ class AdminHandler {
   void features(const admin::Request& req, const Reply& reply);
   void del(const admin::Request& req, const Reply& reply);
   void resize(const admin::Request& req, const Reply& reply);
+  void stats(const admin::Request& req, const Reply& reply);
   void add(const admin::Request& req, const Reply& reply);
   void up(const admin::Request& req, const Reply& reply);
   void watch(const admin::Request& req, const Reply& reply);
@@ -70,6 +71,10 @@ class AdminHandler {
 // The device object of `list`, `info` and `add`.
 nlohmann::json to_json(const DeviceSnapshot& d);
 nlohmann::json to_json(const ReloadReport& r);
+// The counters of `stats` (docs/admin-api.md): per operation, in flight,
+// the latency histogram.
+nlohmann::json to_json(const StatsSnapshot& s);
+nlohmann::json to_json(const DeviceStats& d);
 admin::AdminError to_admin_error(const OpError& e);
 
 // The names of the feature bits set in `features` (uapi::kFeatureNames),

@@ -695,6 +695,9 @@ Failure resize_failure(int code) {
 }  // namespace
 
 std::optional<OpError> Manager::refuse_size(const Entry& e, uint64_t bytes) const {
+  // A file spec's size of 0 means its file's size: not a size to check.
+  if (bytes == 0)
+    return OpError{Failure::kInvalidRequest, "device " + e.spec.name + ": size must be greater than 0"};
   DeviceSpec probe = e.spec;
   probe.backend.size = bytes;
   std::vector<ConfigProblem> problems;
@@ -743,9 +746,12 @@ void Manager::resize(const std::string& name, uint64_t bytes, bool force, AddDon
                         "Linux 6.16 and later)"));
   }
   // Whether the backend can at all; the data it would drop is looked at on
-  // the operation's thread (it reads the storage).
-  if (auto r = e.dev->backend().check_resize(bytes, /*force=*/true); !r) return refuse(r.error());
+  // the operation's thread (it reads the storage). A size the spec could
+  // not have is explained in the spec's terms.
+  const auto supported = e.dev->backend().check_resize(bytes, /*force=*/true);
+  if (!supported && supported.error().code() != EINVAL) return refuse(supported.error());
   if (auto refused = refuse_size(e, bytes)) return done(std::move(*refused));
+  if (!supported) return refuse(supported.error());
   const uint64_t from = e.dev->size();
   if (bytes == from) return done(snapshot(e));
 
@@ -764,6 +770,7 @@ void Manager::resize(const std::string& name, uint64_t bytes, bool force, AddDon
     auto it = entries_.find(name);
     if (it == entries_.end()) return done(OpError{Failure::kNotFound, "no device named " + name});
     Entry& e = *it->second;
+    e.resizing = false;
     if (*recorded) e.spec = with_size(e.spec, **recorded);
     if (!r) {
       const Failure kind = resize_failure(r.error().code());
@@ -779,6 +786,7 @@ void Manager::resize(const std::string& name, uint64_t bytes, bool force, AddDon
     devlog::info(name, "device {}: resized from {} to {} bytes", from, bytes);
     done(snapshot(e));
   };
+  e.resizing = true;
   start_op<Result<void>>(name, std::move(work), std::move(then));
 }
 
@@ -902,6 +910,23 @@ DeviceSnapshot Manager::snapshot(const Entry& e) const {
 std::vector<DeviceSnapshot> Manager::list() const {
   std::vector<DeviceSnapshot> out;
   for (const auto& [name, e] : entries_) out.push_back(snapshot(*e));
+  return out;
+}
+
+OpResult<std::vector<DeviceStats>> Manager::stats(const std::optional<std::string>& name) const {
+  std::vector<DeviceStats> out;
+  for (const auto& [n, e] : entries_) {
+    if (name && n != *name) continue;
+    DeviceStats s;
+    s.name = n;
+    s.state = e->dev->state();
+    if (s.state != DeviceState::kNew) s.id = e->dev->dev_id();
+    // Other operations replace or tear down the queues as they go.
+    if (s.state == DeviceState::kLive && (!e->op.joinable() || e->resizing))
+      s.queues = e->dev->queue_stats();
+    out.push_back(std::move(s));
+  }
+  if (name && out.empty()) return OpError{Failure::kNotFound, "no device named " + *name};
   return out;
 }
 

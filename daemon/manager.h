@@ -77,6 +77,15 @@ struct DeviceSnapshot : DeviceShape {
   std::vector<BackendFact> backend_facts;
 };
 
+// What a device has served (`stats`): per queue, since its queues started
+// in this process; no queues while it is not live.
+struct DeviceStats {
+  std::string name;
+  std::optional<uint32_t> id;
+  DeviceState state = DeviceState::kNew;
+  std::vector<StatsSnapshot> queues;
+};
+
 struct ReloadReport {
   std::vector<std::string> started;
   std::vector<std::pair<std::string, std::string>> failed;  // name, error
@@ -145,6 +154,8 @@ class Manager {
   void watch(const std::string& name, std::chrono::milliseconds timeout, WatchDone done);
 
   std::vector<DeviceSnapshot> list() const;
+  // Every device's counters, or the one named (not-found if none is).
+  OpResult<std::vector<DeviceStats>> stats(const std::optional<std::string>& name) const;
   std::optional<DeviceSnapshot> info(const std::string& name) const;
 
   // Applies a freshly loaded configuration: brings up new autostart drop-ins,
@@ -176,6 +187,7 @@ class Manager {
     uint64_t identity = 0;    // DeviceConfig::identity
     std::thread op;           // the add/remove/fail under way, if any
     bool starting = false;    // that operation is an add
+    bool resizing = false;    // that operation is a resize: the queues stay
     // Why the state record could not be written while the device started.
     // Written by the operation's thread, read once it is joined.
     std::optional<Error> record_error;

@@ -36,7 +36,7 @@ PACKAGES=(
     liburing-dev libspdlog-dev nlohmann-json3-dev libsystemd-dev
     catch2
     qemu-system-x86 busybox-static fio e2fsprogs zstd cpio kmod xz-utils jq
-    util-linux dmsetup debootstrap clang-format scdoc gnuplot-nox shellcheck
+    util-linux dmsetup gdisk debootstrap clang-format scdoc gnuplot-nox shellcheck
     clang libclang-rt-14-dev ccache
     libnbd-dev libnbd-bin nbdkit nbd-client
     librbd-dev ceph-mon ceph-osd ceph-common rbd-nbd

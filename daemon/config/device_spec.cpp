@@ -49,6 +49,7 @@ std::optional<uint32_t> read_settings(FieldReader& reader, const nlohmann::json&
   if (auto ro = reader.boolean(doc, "", "read_only", false)) shape.read_only = *ro;
   if (auto autostart = reader.boolean(doc, "", "autostart", false)) spec.autostart = *autostart;
   if (auto recovery = reader.boolean(doc, "", "recovery", false)) shape.recovery = *recovery;
+  if (auto scan = reader.boolean(doc, "", "partition_scan", false)) shape.partition_scan = *scan;
   return block_size;
 }
 
@@ -113,7 +114,7 @@ std::optional<DeviceSpec> check_device_spec_document(const nlohmann::json& doc,
     if (!reader.expect_object(doc, "")) return std::nullopt;
     reader.reject_unknown_keys(doc, "",
                                {"name", "backend", "queues", "queue_depth", "logical_block_size",
-                                "read_only", "autostart", "recovery"});
+                                "read_only", "autostart", "recovery", "partition_scan"});
 
     DeviceSpec spec;
     spec.source = std::string(origin);
@@ -172,6 +173,7 @@ void write_shape(const DeviceShape& shape, nlohmann::json& out) {
   out["logical_block_size"] = shape.logical_block_size;
   out["read_only"] = shape.read_only;
   out["recovery"] = shape.recovery;
+  out["partition_scan"] = shape.partition_scan;
 }
 
 nlohmann::json to_json(const DeviceSpec& spec) {

@@ -59,7 +59,8 @@ struct BackendSpec {
 };
 
 // The shape (queues 1..64, queue_depth 1..4096, logical_block_size a power
-// of two 512..4096, read_only, recovery) is the device's own (DeviceShape).
+// of two 512..4096, read_only, recovery, partition_scan) is the device's own
+// (DeviceShape).
 // recovery: survive a daemon crash or upgrade: the kernel keeps the device
 // quiesced (UBLK_F_USER_RECOVERY) until the next ublkd reattaches. Off: the
 // device goes away with the daemon and its I/O fails.

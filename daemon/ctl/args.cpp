@@ -2,6 +2,8 @@
 // one admin API request.
 #include <algorithm>
 #include <charconv>
+#include <cmath>
+#include <cstdlib>
 #include <map>
 #include <optional>
 #include <set>
@@ -28,6 +30,10 @@ struct Scan {
   bool json = false;
   bool if_exists = false;
   bool force = false;
+  // stats: --watch, --count, --format as typed.
+  std::optional<std::string> watch;
+  std::optional<std::string> count;
+  std::optional<std::string> format;
   std::vector<std::string> positionals;
   // add: the options with a value, the ones without, and every one in the
   // order given.
@@ -50,16 +56,15 @@ std::optional<bool> add_option_takes_value(std::string_view name) {
   return std::nullopt;
 }
 
-Result<uint64_t> parse_count(std::string_view option, std::string_view text) {
+Result<uint64_t> parse_count(std::string_view command, std::string_view option,
+                             std::string_view text) {
   uint64_t value = 0;
   const char* end = text.data() + text.size();
   auto [p, ec] = std::from_chars(text.data(), end, value);
-  if (ec == std::errc::result_out_of_range) {
-    return usage("add: --" + std::string(option) + ": " + in_quotes(text) + " is too large");
-  }
-  if (text.empty() || ec != std::errc() || p != end) {
-    return usage("add: --" + std::string(option) + " needs a whole number, not " + in_quotes(text));
-  }
+  const std::string where = std::string(command) + ": --" + std::string(option);
+  if (ec == std::errc::result_out_of_range) return usage(where + ": " + in_quotes(text) + " is too large");
+  if (text.empty() || ec != std::errc() || p != end)
+    return usage(where + " needs a whole number, not " + in_quotes(text));
   return value;
 }
 
@@ -100,6 +105,10 @@ Result<void> record_option(const std::string& name, std::string value, bool is_a
     s.if_exists = true;
   } else if (name == "force") {
     s.force = true;
+  } else if (name == "watch" || name == "count" || name == "format") {
+    auto& slot = name == "watch" ? s.watch : name == "count" ? s.count : s.format;
+    if (slot) return usage(where + "--" + name + " given twice");
+    slot = std::move(value);
   } else if (name == "socket") {
     if (s.socket) return usage(where + "--socket given twice");
     s.socket = std::move(value);
@@ -142,6 +151,8 @@ Result<void> scan_option(const std::vector<std::string>& args, size_t& i, Scan& 
     takes_value = true;
   } else if (name == "if-exists" && command == "del") {
   } else if (name == "force" && command == "resize") {
+  } else if ((name == "watch" || name == "count" || name == "format") && command == "stats") {
+    takes_value = true;
   } else if (auto add = command == "add" ? add_option_takes_value(name) : std::nullopt) {
     is_add_option = true;
     takes_value = *add;
@@ -252,12 +263,13 @@ Result<json> spec_object(const Scan& s, const Environment& env) {
   for (const auto& [option, field] : kCounts) {
     auto v = s.values.find(option);
     if (v == s.values.end()) continue;
-    auto n = parse_count(option, v->second);
+    auto n = parse_count("add", option, v->second);
     if (!n) return n.error();
     spec[field] = *n;
   }
   if (s.flags.count("read-only")) spec["read_only"] = true;
   if (s.flags.count("no-recovery")) spec["recovery"] = false;
+  if (s.flags.count("no-partition-scan")) spec["partition_scan"] = false;
   return spec;
 }
 
@@ -284,6 +296,38 @@ Result<void> add_request(const Scan& s, const Environment& env, Invocation& inv)
   return {};
 }
 
+// stats [NAME] [--watch SECS [--count N]] [--format prometheus].
+Result<void> stats_request(const Scan& s, Invocation& inv) {
+  if (!s.positionals.empty()) inv.request["name"] = s.positionals[0];
+  if (s.format) {
+    if (*s.format != "prometheus" && *s.format != "text") {
+      return usage("stats: --format takes text or prometheus, not " + in_quotes(*s.format));
+    }
+    inv.prometheus = *s.format == "prometheus";
+    if (inv.prometheus && s.json) return usage("stats: --format prometheus and --json exclude each other");
+  }
+  if (s.watch) {
+    char* end = nullptr;
+    const double secs = std::strtod(s.watch->c_str(), &end);
+    if (s.watch->empty() || *end != '\0' || !(secs >= 0.1 && secs <= 86400)) {
+      return usage("stats: --watch takes seconds from 0.1 to 86400, not " + in_quotes(*s.watch));
+    }
+    if (s.json || inv.prometheus) {
+      return usage("stats: --watch prints rates as a table; it takes neither --json nor "
+                   "--format prometheus");
+    }
+    inv.watch = std::chrono::milliseconds(std::llround(secs * 1000));
+  }
+  if (s.count) {
+    if (!s.watch) return usage("stats: --count goes with --watch");
+    auto n = parse_count("stats", "count", *s.count);
+    if (!n) return n.error();
+    if (*n == 0) return usage("stats: --count must be at least 1");
+    inv.count = *n;
+  }
+  return {};
+}
+
 Result<void> build_request(const Scan& s, const Environment& env, Invocation& inv) {
   const std::string_view command = s.command->name;
   const std::string where = std::string(command) + ": ";
@@ -296,6 +340,9 @@ Result<void> build_request(const Scan& s, const Environment& env, Invocation& in
   inv.request = json::object();
   inv.request["op"] = inv.command;
   if (command == "info" || command == "del") inv.request["name"] = s.positionals[0];
+  if (command == "stats") {
+    if (auto r = stats_request(s, inv); !r) return r;
+  }
   if (command == "resize") {
     inv.request["name"] = s.positionals[0];
     // As typed: the daemon parses it, and its message quotes it.

@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <thread>
 #include <utility>
 
 #include "base/unique_fd.h"
@@ -186,6 +187,42 @@ int attach(const Invocation& inv, int fd, const json& device, std::ostream& out,
   }
 }
 
+// stats --format prometheus, and stats --watch: one request per report on
+// the same connection.
+int stats(const Invocation& inv, int fd, std::chrono::milliseconds timeout, std::ostream& out,
+          std::ostream& err) {
+  auto sample = [&]() -> Result<json> {
+    auto line = exchange_on(fd, dump(inv.request), timeout);
+    if (!line) return line.error();
+    return interpret_response(*line);
+  };
+  auto fail = [&](const Error& e) {
+    err << "ublkctl: " << e.message() << '\n';
+    return 1;
+  };
+  auto before = sample();
+  if (!before) return fail(before.error());
+  if (inv.prometheus) {
+    auto text = format_prometheus(*before);
+    if (!text) return fail(text.error());
+    out << *text;
+    return 0;
+  }
+  auto taken = std::chrono::steady_clock::now();
+  for (uint64_t n = 0; !inv.count || n < *inv.count; ++n) {
+    std::this_thread::sleep_for(*inv.watch);
+    auto after = sample();
+    if (!after) return fail(after.error());
+    const auto now = std::chrono::steady_clock::now();
+    auto text = format_stats_rates(*before, *after, std::chrono::duration<double>(now - taken).count());
+    if (!text) return fail(text.error());
+    out << (n > 0 ? "\n" : "") << *text << std::flush;
+    before = std::move(after);
+    taken = now;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int run(const std::vector<std::string>& args, const Environment& env, std::ostream& out,
@@ -222,6 +259,7 @@ int run(const std::vector<std::string>& args, const Environment& env, std::ostre
   auto fd = connect_to_daemon(inv.socket, options.connect_timeout);
   if (!fd) return fail(fd.error().message());
   const auto timeout = options.response_timeout.value_or(response_timeout(inv.command));
+  if (inv.prometheus || inv.watch) return stats(inv, fd->get(), timeout, out, err);
   auto line = exchange_on(fd->get(), dump(inv.request), timeout);
   if (!line) {
     std::string message = line.error().message();

@@ -46,6 +46,11 @@ struct Invocation {
   std::string spec_file;
   // del --if-exists: "not-found" counts as success.
   bool if_exists = false;
+  // stats: --format prometheus; --watch SECS (rates every SECS), --count N
+  // (that many reports, then exit; default: until interrupted).
+  bool prometheus = false;
+  std::optional<std::chrono::milliseconds> watch;
+  std::optional<uint64_t> count;
 };
 
 // argv without argv[0]. Errors are usage errors (exit 1); their message is
@@ -70,6 +75,13 @@ Result<nlohmann::json> interpret_response(std::string_view line);
 // result lacks the shape the protocol promises.
 Result<std::string> format_result(std::string_view command, const nlohmann::json& result,
                                   bool json);
+
+// ublkctl stats (a `stats` result): the totals as a table; the rates
+// between two results `seconds` apart; Prometheus's text exposition format.
+Result<std::string> format_stats(const nlohmann::json& result);
+Result<std::string> format_stats_rates(const nlohmann::json& before, const nlohmann::json& after,
+                                       double seconds);
+Result<std::string> format_prometheus(const nlohmann::json& result);
 
 struct RunOptions {
   // Tests shorten the per-command response timeout.

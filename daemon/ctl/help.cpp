@@ -24,6 +24,7 @@ constexpr std::string_view kGlobalHelp =
     "  info NAME                          show everything about one device\n"
     "  del NAME                           stop and delete a device\n"
     "  resize NAME SIZE [--force]         grow or shrink a live mem, file or null device\n"
+    "  stats [NAME] [--watch SECS]        what each device has served: counts, latency\n"
     "  attach NAME                        bring up a drop-in and stay while it is live\n"
     "  features                           show the ublk features of the kernel\n"
     "  reload                             re-read the configuration directory\n"
@@ -80,6 +81,20 @@ constexpr std::string_view kResizeHelp =
     "            dropped (without it, such a shrink fails and names the first\n"
     "            written byte beyond SIZE)\n";
 
+constexpr std::string_view kStatsHelp =
+    "Usage: ublkctl stats [NAME] [--watch SECS [--count N]] [--format text|prometheus]\n"
+    "What each device (or NAME) has served since its queues started: requests\n"
+    "per operation, bytes read and written, errors, requests in flight, and\n"
+    "the median and 99th percentile latency (as the bound of their log2\n"
+    "bucket), counted by the queue threads from a request's arrival to its\n"
+    "answer. With --json, the daemon's counters per device and per queue,\n"
+    "with the whole latency histogram.\n"
+    "\n"
+    "  --watch SECS         every SECS seconds, the rates over the last SECS\n"
+    "  --count N            with --watch: N reports, then exit\n"
+    "  --format prometheus  Prometheus's text exposition format (for\n"
+    "                       node_exporter's textfile collector)\n";
+
 constexpr std::string_view kAttachHelp =
     "Usage: ublkctl attach NAME\n"
     "Bring up the device of the drop-in devices.d/NAME.json (unless it is live\n"
@@ -124,6 +139,8 @@ constexpr AddOption kDeviceAddOptions[] = {
     {"read-only", false, "--read-only", "refuse writes"},
     {"no-recovery", false, "--no-recovery",
      "let the device go with ublkd instead of keeping it\nquiesced for the next ublkd to recover"},
+    {"no-partition-scan", false, "--no-partition-scan",
+     "the kernel does not read the device's partition table\n(UBLK_F_NO_AUTO_PART_SCAN)"},
     {"spec", true, "--spec FILE",
      "the whole device spec as a JSON object, as in devices.d\n('-' reads standard input); "
      "replaces NAME and the options\nabove"},
@@ -189,12 +206,13 @@ std::span<const AddOption> device_add_options() {
 }
 
 const CommandInfo* find_command(std::string_view name) {
-  static const std::array<CommandInfo, 11> kCommands = {{
+  static const std::array<CommandInfo, 12> kCommands = {{
       {"add", 0, 1, add_help()},
       {"list", 0, 0, kListHelp},
       {"info", 1, 1, kInfoHelp},
       {"del", 1, 1, kDelHelp},
       {"resize", 2, 2, kResizeHelp},
+      {"stats", 0, 1, kStatsHelp},
       {"attach", 1, 1, kAttachHelp},
       {"features", 0, 0, kFeaturesHelp},
       {"reload", 0, 0, kReloadHelp},

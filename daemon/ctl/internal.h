@@ -4,6 +4,8 @@
 
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -58,6 +60,18 @@ inline const nlohmann::json& member(const nlohmann::json& object, const std::str
   auto it = object.find(key);
   return it == object.end() ? kNull : *it;
 }
+
+// nlohmann stores a parsed 5 as unsigned but a constructed 5 as signed; both
+// are the same JSON.
+std::optional<uint64_t> as_u64(const nlohmann::json& value);
+
+// A result without the shape the protocol promises for `command`.
+Error shape_error(std::string_view command, std::string_view what);
+
+// Left-aligned columns are padded except the last, so no line ends in blanks.
+std::string render_table(const std::vector<std::string_view>& titles,
+                         const std::vector<bool>& right_aligned,
+                         const std::vector<std::vector<std::string>>& rows);
 
 inline std::string dump(const nlohmann::json& value, int indent = -1) {
   return value.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);

@@ -36,8 +36,8 @@ std::string scalar_text(const json& value) {
   return dump(value);
 }
 
-// nlohmann stores a parsed 5 as unsigned but a constructed 5 as signed; both
-// are the same JSON.
+}  // namespace
+
 std::optional<uint64_t> as_u64(const json& value) {
   if (value.is_number_unsigned()) return value.get<uint64_t>();
   if (value.is_number_integer() && value.get<int64_t>() >= 0) {
@@ -45,6 +45,8 @@ std::optional<uint64_t> as_u64(const json& value) {
   }
   return std::nullopt;
 }
+
+namespace {
 
 std::string size_text(const json& value) {
   if (auto bytes = as_u64(value)) return format_size(*bytes);
@@ -57,12 +59,13 @@ std::string hex(uint64_t value) {
   return buf;
 }
 
+}  // namespace
+
 Error shape_error(std::string_view command, std::string_view what) {
   return Error(EPROTO, "unexpected result from ublkd for " + std::string(command) + ": " +
                            std::string(what));
 }
 
-// Left-aligned columns are padded except the last, so no line ends in blanks.
 std::string render_table(const std::vector<std::string_view>& titles,
                          const std::vector<bool>& right_aligned,
                          const std::vector<std::vector<std::string>>& rows) {
@@ -90,6 +93,8 @@ std::string render_table(const std::vector<std::string_view>& titles,
   for (const auto& row : rows) emit(row);
   return out;
 }
+
+namespace {
 
 std::string render_pairs(const std::vector<std::pair<std::string, std::string>>& pairs) {
   size_t width = 0;
@@ -320,6 +325,7 @@ Result<std::string> format_result(std::string_view command, const json& result, 
     return dev.get<std::string>() + ": " + format_size(bytes) + " (" + std::to_string(bytes) +
            " bytes)\n";
   }
+  if (command == "stats") return format_stats(result);
   if (command == "info") return format_info(result);
   if (command == "features") return format_features(result);
   if (command == "reload") return format_reload(result);

@@ -556,6 +556,8 @@ uapi::CtrlDevInfo Device::device_to_add() const {
     want.flags |= config_.kernel_features & uapi::kFeatUserCopy;
   if (config_.zero_copy && backend_->zero_copy())
     want.flags |= config_.kernel_features & uapi::kFeatAutoBufReg;
+  // bring_up() refused the device already where the kernel lacks it.
+  if (!config_.partition_scan) want.flags |= uapi::kFeatNoAutoPartScan;
   return want;
 }
 
@@ -563,6 +565,11 @@ Result<void> Device::bring_up() {
   // Between the bounded steps below the abort is only looked at; the two
   // waits that can last the whole start timeout are woken by it.
   if (auto r = open_control(); !r) return r;
+  if (!config_.partition_scan && (config_.kernel_features & uapi::kFeatNoAutoPartScan) == 0) {
+    return Error(EOPNOTSUPP,
+                 "partition_scan is false, but this kernel reads every ublk device's partition "
+                 "table: turning that off needs UBLK_F_NO_AUTO_PART_SCAN, which it lacks");
+  }
 
   if (config_.before_add) {
     if (auto r = config_.before_add(); !r) return r;
@@ -801,6 +808,13 @@ void Device::fail(const std::string& reason) {
   std::string full = reason;
   if (!problems.empty()) full += " (cleanup: " + join_lines(problems) + ")";
   (void)sm_.transition(DeviceState::kFailed, full);
+}
+
+std::vector<StatsSnapshot> Device::queue_stats() const {
+  std::vector<StatsSnapshot> out;
+  out.reserve(workers_.size());
+  for (const auto& w : workers_) out.push_back(w->stats());
+  return out;
 }
 
 bool Device::queues_healthy() const {

@@ -194,6 +194,11 @@ class Device {
   // check_released() finds it released. Safe from any thread.
   bool delete_pending() const { return delete_pending_.load(std::memory_order_acquire); }
 
+  // What each queue has served since the device's queues started (in this
+  // process); empty without queues. From the control thread, between
+  // operations (start and stop replace the queues).
+  std::vector<StatsSnapshot> queue_stats() const;
+
   // False once a queue thread of a live device has exited.
   bool queues_healthy() const;
   // The first dead queue's story, for the log.

@@ -18,6 +18,10 @@ struct DeviceShape {
   uint16_t queues = 1;
   uint16_t queue_depth = 128;
   uint32_t logical_block_size = 512;
+  // The kernel reads the partition table when the device starts, and
+  // /dev/ublkbNpM appear. Off (UBLK_F_NO_AUTO_PART_SCAN) for images whose
+  // partitions this host must not see.
+  bool partition_scan = true;
 
   bool operator==(const DeviceShape&) const = default;
 };

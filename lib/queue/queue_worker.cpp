@@ -251,7 +251,7 @@ class QueueLoop {
   // shared with the control plane (QueueWorker::fail_unanswered_after).
   QueueLoop(const QueueConfig& c, Backend& backend, Ring ring, int wake_fd,
             std::atomic<unsigned>& commands, const std::atomic<int64_t>& fail_after_ns,
-            std::atomic<uint32_t>& failed_unanswered)
+            std::atomic<uint32_t>& failed_unanswered, QueueStats& stats)
       : c_(c),
         backend_(backend),
         ring_(std::move(ring)),
@@ -263,7 +263,9 @@ class QueueLoop {
         commands_(commands),
         fail_after_ns_(fail_after_ns),
         failed_unanswered_(failed_unanswered),
+        stats_(stats),
         tag_state_(c.depth, 0),
+        received_ns_(c.depth, 0),
         deadline_(c.depth, kNoDeadline),
         timeout_ns_(
             backend.request_timeout()
@@ -526,6 +528,7 @@ class QueueLoop {
   void reap() {
     unsigned head;
     unsigned seen = 0;
+    pass_ns_ = 0;
     io_uring_cqe* cqe;
     io_uring_for_each_cqe(r_, head, cqe) {
       ++seen;
@@ -540,7 +543,13 @@ class QueueLoop {
     if (user_data::is_backend_event(cqe.user_data)) return backend_.on_event(ctx_, cqe);
     const uint16_t tag = user_data::tag_of(cqe.user_data);
     if (user_data::is_backend(cqe.user_data)) return on_backend_completion(tag, cqe);
-    if (cqe.res == uapi::kIoResOk) return commit(tag, serve(tag));
+    if (cqe.res == uapi::kIoResOk) {
+      // One clock read per pass: the requests it fetched came together.
+      if (pass_ns_ == 0) pass_ns_ = now_ns();
+      received_ns_[tag] = pass_ns_;
+      stats_.received();
+      return commit(tag, serve(tag));
+    }
     // UBLK_IO_RES_ABORT: the device is stopping and hands the tag back.
     // Anything else is a protocol error; the tag is gone either way.
     --outstanding_;
@@ -567,7 +576,18 @@ class QueueLoop {
       return;
     }
     if (!queue_cmd(commit_op_, tag, result))
-      fail_loop(Error(EBUSY, "queue ring has no room for a commit"));
+      return fail_loop(Error(EBUSY, "queue ring has no room for a commit"));
+    count_answer(tag, result);
+  }
+
+  void count_answer(uint16_t tag, int result) {
+    const uapi::IoDesc& d = descs_[tag];
+    const uint8_t op = uapi::io_desc_op(d);
+    const uint64_t len = static_cast<uint64_t>(d.nr_sectors) << 9;
+    const bool rw = op == uapi::kOpRead || op == uapi::kOpWrite;
+    const uint64_t bytes = rw && result >= 0 ? static_cast<uint64_t>(result) : len;
+    const int64_t waited_ns = now_ns() - received_ns_[tag];
+    stats_.answered(op, result, bytes, waited_ns > 0 ? static_cast<uint64_t>(waited_ns) / 1000 : 0);
   }
 
   // The request the kernel put in the tag's io descriptor: its result, or
@@ -613,8 +633,12 @@ class QueueLoop {
   std::atomic<unsigned>& commands_;
   const std::atomic<int64_t>& fail_after_ns_;
   std::atomic<uint32_t>& failed_unanswered_;
+  QueueStats& stats_;
   // kTagInBackend / kTagStale per tag.
   std::vector<uint8_t> tag_state_;
+  // Per tag, when its request came (the pass that fetched it; steady ns).
+  std::vector<int64_t> received_ns_;
+  int64_t pass_ns_ = 0;  // the current pass's clock, 0 until read
   // Per tag, when a request waiting on the backend is failed (steady clock,
   // ns), or kNoDeadline.
   std::vector<int64_t> deadline_;
@@ -658,7 +682,7 @@ Result<void> QueueWorker::serve() {
   auto ring = make_ring(config_.depth);
   if (!ring) return fail(ring.error());
   QueueLoop loop(config_, backend_, std::move(ring).value(), wake_fd_.get(), commands_,
-                 fail_after_ns_, failed_unanswered_);
+                 fail_after_ns_, failed_unanswered_, stats_);
   ring_flags_.store(loop.ring_flags(), std::memory_order_release);
   if (auto r = loop.attach(); !r) return fail(r.error());
   if (auto r = loop.map(); !r) return fail(r.error());

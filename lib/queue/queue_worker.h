@@ -19,6 +19,7 @@
 #include "base/abort_signal.h"
 #include "base/error.h"
 #include "base/unique_fd.h"
+#include "queue/queue_stats.h"
 
 namespace ublkd {
 
@@ -106,6 +107,8 @@ class QueueWorker {
   // The IORING_SETUP_* flags the kernel granted the queue's ring (probed);
   // meaningful once primed.
   unsigned ring_flags() const { return ring_flags_.load(std::memory_order_acquire); }
+  // What the queue has served so far; from any thread, at any time.
+  StatsSnapshot stats() const { return stats_.snapshot(); }
 
  private:
   static void* thread_main(void* self);
@@ -137,6 +140,7 @@ class QueueWorker {
   // -1 until the thread tried, then 0 or the errno of the prctl.
   std::atomic<int> io_flusher_errno_{-1};
   std::atomic<unsigned> ring_flags_{0};
+  QueueStats stats_;
 };
 
 }  // namespace ublkd

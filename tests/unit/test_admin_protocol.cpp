@@ -481,7 +481,7 @@ TEST_CASE("admin ops: an unknown op is unknown-op and lists the known ones", "[a
   CHECK(r.at("id") == 9);
   CHECK(
       h.error(R"({"op": "frobnicate"})") ==
-      R"(unknown-op: unknown op "frobnicate" (known: add, del, resize, list, info, up, watch, features, reload, upgrade, version))");
+      R"(unknown-op: unknown op "frobnicate" (known: add, del, resize, list, info, stats, up, watch, features, reload, upgrade, version))");
   // Ops are case-sensitive.
   CHECK_THAT(h.error(R"({"op": "LIST"})"), Catch::StartsWith("unknown-op: "));
 }
@@ -495,6 +495,11 @@ TEST_CASE("admin ops: list with no devices, info and del of a missing one", "[ad
 
   CHECK(h.error(R"({"op": "info", "name": "mem9"})") == "not-found: no device named mem9");
   CHECK(h.error(R"({"op": "del", "name": "mem9"})") == "not-found: no device named mem9");
+  CHECK(h.call(R"({"op": "stats"})") ==
+        json{{"ok", true}, {"result", {{"devices", json::array()}}}});
+  CHECK(h.error(R"({"op": "stats", "name": "mem9"})") == "not-found: no device named mem9");
+  CHECK(h.error(R"({"op": "stats", "name": 1})") ==
+        R"(invalid-request: "name" must be a string, not an integer)");
   CHECK(h.error(R"({"op": "info"})") == R"(invalid-request: op "info" needs the field "name")");
   CHECK(h.error(R"({"op": "del"})") == R"(invalid-request: op "del" needs the field "name")");
   CHECK(h.error(R"({"op": "del", "name": 0})") ==
@@ -636,7 +641,8 @@ TEST_CASE("admin API: the device object of a file device names its path and O_DI
     "name": "disk0", "id": 3, "state": "live",
     "backend": {"type": "file", "path": "/var/lib/ublkd/disk0.img", "direct_io": false},
     "size": 1073741824, "queues": 2, "queue_depth": 128, "logical_block_size": 4096,
-    "read_only": false, "recovery": true, "block_device": "/dev/ublkb3", "persistent": true,
+    "read_only": false, "recovery": true, "partition_scan": true, "block_device": "/dev/ublkb3",
+    "persistent": true,
     "source": "/etc/ublkd/devices.d/disk0.json"})"));
 }
 

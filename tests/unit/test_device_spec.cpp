@@ -139,6 +139,10 @@ TEST_CASE("device spec: every kind of mistake is rejected naming field and value
        patched({{"recovery", "off"}}),
        "recovery",
        {"expected true or false", "string \"off\""}},
+      {"partition_scan as string",
+       patched({{"partition_scan", "no"}}),
+       "partition_scan",
+       {"expected true or false", "string \"no\""}},
       {"backend as string",
        patched({{"backend", "mem"}}),
        "backend",
@@ -432,10 +436,12 @@ TEST_CASE("device spec: accepted values at the edges", "[spec]") {
                                                   {"queue_depth", 4096},
                                                   {"read_only", true},
                                                   {"autostart", false},
-                                                  {"recovery", false}}),
+                                                  {"recovery", false},
+                                                  {"partition_scan", false}}),
                                          kOrigin, kDefaults);
   REQUIRE(limits.ok());
   CHECK_FALSE(limits->recovery);
+  CHECK_FALSE(limits->partition_scan);
   CHECK(limits->queues == 64);
   CHECK(limits->queue_depth == 4096);
   CHECK(limits->read_only);
@@ -458,7 +464,7 @@ TEST_CASE("device spec: parsed documents and to_json round-trip", "[spec]") {
   const Json out = ublkd::to_json(r.value());
   CHECK(out == Json::parse(R"({"name": "r1", "backend": {"type": "mem", "size": 8192},
       "queues": 1, "queue_depth": 64, "logical_block_size": 4096,
-      "read_only": true, "autostart": true, "recovery": true})"));
+      "read_only": true, "autostart": true, "recovery": true, "partition_scan": true})"));
 
   auto again = ublkd::parse_device_spec(out, "request", SpecDefaults{});
   REQUIRE(again.ok());

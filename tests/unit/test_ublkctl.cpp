@@ -20,6 +20,8 @@
 #include "base/unique_fd.h"
 #include "ctl/client.h"
 #include "ctl/commands.h"
+#include "queue/queue_stats.h"
+#include "queue/queue_stats.h"
 #include "ublkd_version.h"
 #include "temp_dir.h"
 
@@ -183,6 +185,9 @@ TEST_CASE("ublkctl turns each command line into its request", "[ublkctl]") {
       {{"resize", "mem0", "2GiB"}, R"({"name":"mem0","op":"resize","size":"2GiB"})"},
       {{"resize", "--force", "mem0", "1 GiB"},
        R"({"force":true,"name":"mem0","op":"resize","size":"1 GiB"})"},
+      {{"stats"}, R"({"op":"stats"})"},
+      {{"stats", "mem0", "--format", "prometheus"}, R"({"name":"mem0","op":"stats"})"},
+      {{"stats", "--watch", "0.5", "--count", "3"}, R"({"op":"stats"})"},
       {{"--json", "list"}, R"({"op":"list"})"},
       {{"add", "mem0", "--backend", "mem"},
        R"({"op":"add","spec":{"backend":{"type":"mem"},"name":"mem0"}})"},
@@ -256,6 +261,18 @@ TEST_CASE("ublkctl rejects bad command lines with one exact line", "[ublkctl]") 
       {{"resize", "mem0"}, "resize: missing the SIZE"},
       {{"resize", "mem0", "1G", "2G"}, "resize: unexpected argument \"2G\""},
       {{"del", "--force", "mem0"}, "del: unknown option --force"},
+      {{"stats", "a", "b"}, "stats: unexpected argument \"b\""},
+      {{"stats", "--format", "csv"}, "stats: --format takes text or prometheus, not \"csv\""},
+      {{"stats", "--format", "prometheus", "--json"},
+       "stats: --format prometheus and --json exclude each other"},
+      {{"stats", "--watch", "0"}, "stats: --watch takes seconds from 0.1 to 86400, not \"0\""},
+      {{"stats", "--watch", "1s"}, "stats: --watch takes seconds from 0.1 to 86400, not \"1s\""},
+      {{"stats", "--watch", "1", "--json"},
+       "stats: --watch prints rates as a table; it takes neither --json nor --format prometheus"},
+      {{"stats", "--count", "2"}, "stats: --count goes with --watch"},
+      {{"stats", "--watch", "1", "--count", "0"}, "stats: --count must be at least 1"},
+      {{"stats", "--watch", "1", "--count", "x"}, "stats: --count needs a whole number, not \"x\""},
+      {{"list", "--watch", "1"}, "list: unknown option --watch"},
       {{"--socket"}, "--socket needs a value"},
       {{"--socket="}, "--socket needs a value"},
       {{"--socket", "/a", "list", "--socket", "/b"}, "list: --socket given twice"},
@@ -598,6 +615,84 @@ TEST_CASE("ublkctl features, reload, add, del and version output", "[ublkctl]") 
   REQUIRE(v_json.ok());
   CHECK(json::parse(*v_json) == json({{"ublkctl", {{"version", UBLKD_VERSION}}},
                                       {"ublkd", {{"version", "0.2.0"}, {"api", 1}}}}));
+}
+
+namespace {
+
+// A `stats` result with one device whose totals are given.
+json stats_result(const std::string& name, uint64_t reads, uint64_t read_bytes, uint64_t writes,
+                  uint64_t errors, const std::vector<uint64_t>& latency) {
+  json total = json::object();
+  for (const char* op : {"read", "write", "flush", "discard", "write_zeroes"})
+    total[op] = {{"ops", 0}, {"bytes", 0}, {"errors", 0}};
+  total["read"] = {{"ops", reads}, {"bytes", read_bytes}, {"errors", 0}};
+  total["write"] = {{"ops", writes}, {"bytes", writes * 4096}, {"errors", errors}};
+  total["in_flight"] = 2;
+  json buckets = json::array();
+  uint64_t count = 0;
+  for (size_t i = 0; i < ublkd::kLatencyBuckets; ++i) {
+    const uint64_t n = i < latency.size() ? latency[i] : 0;
+    const uint64_t limit = ublkd::latency_bucket_limit_us(i);
+    buckets.push_back({{"below_us", limit ? json(limit) : json(nullptr)}, {"count", n}});
+    count += n;
+  }
+  total["latency_us"] = {{"count", count}, {"sum", 1000}, {"buckets", buckets}};
+  return {{"devices",
+           json::array({{{"name", name}, {"id", 0}, {"state", "live"}, {"total", total},
+                         {"queues", json::array({total})}}})}};
+}
+
+}  // namespace
+
+TEST_CASE("ublkctl stats as a table, as rates and for Prometheus", "[ublkctl]") {
+  // 10 requests: 5 below 2 µs, 4 in [16, 32) µs, 1 in [1024, 2048) µs.
+  std::vector<uint64_t> latency(ublkd::kLatencyBuckets, 0);
+  latency[0] = 5;
+  latency[4] = 4;
+  latency[10] = 1;
+  const json before = stats_result("m0", 6, 6 * 4096, 4, 1, latency);
+  auto table = format_stats(before);
+  REQUIRE(table.ok());
+  CHECK(*table ==
+        "NAME  STATE  READS  WRITES  FLUSHES  DISCARDS  ZEROES   READ  WRITTEN  ERRORS  "
+        "IN_FLIGHT   P50     P99\n"
+        "m0    live       6       4        0         0       0  24KiB    16KiB       1          "
+        "2  <2us  <2.0ms\n");
+
+  latency[4] += 20;
+  const json after = stats_result("m0", 26, 26 * 4096, 4, 1, latency);
+  auto rates = format_stats_rates(before, after, 2.0);
+  REQUIRE(rates.ok());
+  CHECK(*rates ==
+        "NAME  READS/S  WRITES/S  FLUSHES/S  DISCARDS/S  ZEROES/S     READ  WRITTEN  ERRORS/S  "
+        "IN_FLIGHT    P50    P99\n"
+        "m0         10         0          0           0         0  40KiB/s     0B/s         0  "
+        "        2  <32us  <32us\n");
+
+  auto prom = format_prometheus(before);
+  REQUIRE(prom.ok());
+  CHECK_THAT(*prom, Catch::Contains("# TYPE ublkd_requests_total counter\n"
+                                    "ublkd_requests_total{device=\"m0\",op=\"read\"} 6\n"));
+  CHECK_THAT(*prom, Catch::Contains("ublkd_errors_total{device=\"m0\",op=\"write\"} 1\n"));
+  CHECK_THAT(*prom, Catch::Contains("ublkd_bytes_total{device=\"m0\",op=\"read\"} 24576\n"));
+  CHECK_THAT(*prom, Catch::Contains("ublkd_requests_in_flight{device=\"m0\"} 2\n"));
+  CHECK_THAT(*prom, Catch::Contains("ublkd_device_live{device=\"m0\"} 1\n"));
+  // Cumulative buckets in seconds, ending in +Inf with the count.
+  CHECK_THAT(*prom, Catch::Contains(
+                        "ublkd_request_latency_seconds_bucket{device=\"m0\",le=\"2e-06\"} 5\n"));
+  CHECK_THAT(*prom, Catch::Contains(
+                        "ublkd_request_latency_seconds_bucket{device=\"m0\",le=\"3.2e-05\"} 9\n"));
+  CHECK_THAT(*prom, Catch::Contains(
+                        "ublkd_request_latency_seconds_bucket{device=\"m0\",le=\"+Inf\"} 10\n"));
+  CHECK_THAT(*prom, Catch::Contains("ublkd_request_latency_seconds_sum{device=\"m0\"} 0.001\n"));
+  CHECK_THAT(*prom, Catch::Contains("ublkd_request_latency_seconds_count{device=\"m0\"} 10\n"));
+
+  auto odd = format_prometheus(stats_result("a\"b\\c", 0, 0, 0, 0, {}));
+  REQUIRE(odd.ok());
+  CHECK_THAT(*odd, Catch::Contains("{device=\"a\\\"b\\\\c\"}"));
+
+  CHECK_FALSE(format_stats(json::object()).ok());
+  CHECK_FALSE(format_stats_rates(before, after, 0).ok());
 }
 
 TEST_CASE("ublkctl end to end against a fake daemon", "[ublkctl]") {

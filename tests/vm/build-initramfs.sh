@@ -147,7 +147,7 @@ copy_bin() {
 readonly TOOLS=(
     bash fio mke2fs e2fsck blkdiscard blockdev dmesg losetup mount umount
     timeout dd sha256sum md5sum stat truncate cmp comm sync stdbuf kmod setsid
-    setpriv jq dmsetup nbdkit nbd-client resize2fs busybox
+    setpriv jq dmsetup nbdkit nbd-client resize2fs sgdisk busybox
 )
 # The nbdkit plugins and filters the nbd cases and the benchmark serve
 # exports with (nbdkit loads them from its compiled-in directory).
