@@ -251,10 +251,17 @@ void AdminHandler::features(const Request& req, const Reply& reply) {
 }
 
 void AdminHandler::del(const Request& req, const Reply& reply) {
-  if (auto e = admin::check_fields(req, {"name"}, {"name"})) return reply_error(reply, req, *e);
+  if (auto e = admin::check_fields(req, {"name", "force"}, {"name"}))
+    return reply_error(reply, req, *e);
   auto name = admin::string_field(req, "name");
   if (!name) return reply_error(reply, req, name.error());
-  manager_.remove(*name, [reply, id = req.id, n = *name](OpResult<DeviceSnapshot> result) {
+  bool force = false;
+  if (auto it = req.doc.find("force"); it != req.doc.end()) {
+    if (!it->is_boolean())
+      return reply_error(reply, req, {code::kInvalidRequest, "\"force\" must be a boolean"});
+    force = it->get<bool>();
+  }
+  manager_.remove(*name, force, [reply, id = req.id, n = *name](OpResult<DeviceSnapshot> result) {
     if (!result) return reply(admin::error_response(id, to_admin_error(result.error())));
     const DeviceSnapshot& d = result.value();
     json r = {{"name", n}, {"state", std::string(to_string(d.state))}};

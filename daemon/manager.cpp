@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "atomic_file.h"
+#include "block_users.h"
 #include "countdown.h"
 #include "ctrl/control_device.h"
 #include "log.h"
@@ -25,6 +26,9 @@ namespace {
 // How often the kernel is asked whether it released a deleted device that
 // its users still held.
 constexpr milliseconds kReleaseCheckPeriod{500};
+
+// How long a `del` waits for a device's users to let go before it refuses.
+constexpr milliseconds kBusyGrace{2'000};
 
 // Why a deleted device still has an id, for errors and logs.
 std::string held_by_users(const Device& dev) {
@@ -404,7 +408,7 @@ void Manager::check_watches(bool all) {
   }
 }
 
-void Manager::remove(const std::string& name, DelDone done) {
+void Manager::remove(const std::string& name, bool force, DelDone done) {
   auto it = entries_.find(name);
   if (it == entries_.end()) return done(OpError{Failure::kNotFound, "no device named " + name});
   Entry& e = *it->second;
@@ -431,13 +435,43 @@ void Manager::remove(const std::string& name, DelDone done) {
     return done(gone);
   }
   Device* dev = e.dev.get();
-  auto work = [dev, name]() -> OpResult<void> {
-    if (auto r = dev->stop(); !r)
-      return OpError{Failure::kKernel, "device " + name + ": " + r.error().message()};
-    return {};
+  auto work = [dev, name, force]() -> OpResult<void> {
+    auto attempt = [&]() -> Result<void> {
+      if (force || dev->state() != DeviceState::kLive) return dev->stop();
+      if (dev->safe_stop()) return dev->stop_if_unused();
+      if (!block_device_users(dev->block_device().substr(5)).empty()) return Error(EBUSY, "in use");
+      // Nobody the system shows; one who opens it from now on loses.
+      return dev->stop();
+    };
+    // Some users come and go on their own: udev's probe of a new device,
+    // a blkid. Only one still there after the grace is a refusal.
+    const auto deadline = std::chrono::steady_clock::now() + kBusyGrace;
+    Result<void> r = attempt();
+    while (!r && r.error().code() == EBUSY && dev->state() == DeviceState::kLive &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(milliseconds(100));
+      r = attempt();
+    }
+    if (r) return {};
+    if (r.error().code() == EBUSY && dev->state() == DeviceState::kLive) {
+      std::string who;
+      for (const std::string& u : block_device_users(dev->block_device().substr(5)))
+        who += (who.empty() ? "" : "; ") + u;
+      return OpError{Failure::kBusy,
+                     "device " + name + " is in use (" +
+                         (who.empty() ? std::string("open by somebody the system does not show")
+                                      : who) +
+                         "); unmount or close it first, or del with force, which fails its I/O"};
+    }
+    return OpError{Failure::kKernel, "device " + name + ": " + r.error().message()};
   };
   auto then = [this, name, done = std::move(done)](OpResult<void> stopped) {
     auto it = entries_.find(name);
+    // Refused while in use: the device goes on as it was.
+    if (!stopped && stopped.error().kind == Failure::kBusy) {
+      devlog::info(name, "{1}", stopped.error().message);
+      return done(stopped.error());
+    }
     if (!stopped || it == entries_.end()) {
       if (it != entries_.end()) forget(it);
       return done(stopped ? OpError{Failure::kNotFound, "no device named " + name}

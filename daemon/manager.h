@@ -112,10 +112,15 @@ class Manager {
   // Brings a device live; `done` runs on the loop thread when it is live or
   // torn down again. With persist, its drop-in is written once it is live.
   void add(DeviceSpec spec, bool persist, AddDone done);
-  // Stops and deletes a device. If somebody still holds it open, the kernel
-  // keeps its id until they close it: the device stays listed as
-  // removed-pending, with its record, until then.
-  void remove(const std::string& name, DelDone done);
+  // Stops and deletes a device. Unless `force`, only while nobody uses it:
+  // a device in use (mounted, held, open) is refused as busy, naming what
+  // uses it, and stays live; the kernel decides where it can
+  // (Device::stop_if_unused), elsewhere what the system shows
+  // (block_device_users). With `force` it goes regardless, its I/O fails,
+  // and if somebody still holds it open the kernel keeps its id until they
+  // close it: the device stays listed as removed-pending, with its record,
+  // until then.
+  void remove(const std::string& name, bool force, DelDone done);
 
   // Makes a live device `bytes` long, storage included (Device::
   // change_size), and its record and drop-in say so. Refuses, changing

@@ -150,7 +150,7 @@ Result<void> scan_option(const std::vector<std::string>& args, size_t& i, Scan& 
   } else if (name == "socket") {
     takes_value = true;
   } else if (name == "if-exists" && command == "del") {
-  } else if (name == "force" && command == "resize") {
+  } else if (name == "force" && (command == "resize" || command == "del")) {
   } else if ((name == "watch" || name == "count" || name == "format") && command == "stats") {
     takes_value = true;
   } else if (auto add = command == "add" ? add_option_takes_value(name) : std::nullopt) {
@@ -340,6 +340,7 @@ Result<void> build_request(const Scan& s, const Environment& env, Invocation& in
   inv.request = json::object();
   inv.request["op"] = inv.command;
   if (command == "info" || command == "del") inv.request["name"] = s.positionals[0];
+  if (command == "del" && s.force) inv.request["force"] = true;
   if (command == "stats") {
     if (auto r = stats_request(s, inv); !r) return r;
   }

@@ -52,16 +52,18 @@ constexpr std::string_view kInfoHelp =
     "With --json, prints the device object.\n";
 
 constexpr std::string_view kDelHelp =
-    "Usage: ublkctl del [--if-exists] NAME\n"
+    "Usage: ublkctl del [--if-exists] [--force] NAME\n"
     "Stop and delete a device. A drop-in it came from stays in devices.d;\n"
     "delete that file too to make the removal permanent.\n"
     "Prints nothing on success ({\"name\": NAME, \"state\": \"removed\"} with\n"
-    "--json). If /dev/ublkbN is still open (mounted, or held by a process),\n"
-    "the device is removed all the same, its I/O fails, and the kernel keeps\n"
-    "its id until the last user closes it: ublkctl says so, and `list` shows\n"
-    "the device as removed-pending until then.\n"
+    "--json). A device in use (mounted, held by device mapper, open in a\n"
+    "process, or a partition of it) is refused as busy, naming what uses it,\n"
+    "and keeps running.\n"
     "\n"
-    "  --if-exists   a device that does not exist is not an error\n";
+    "  --if-exists   a device that does not exist is not an error\n"
+    "  --force       delete it even in use: its I/O fails, and the kernel keeps\n"
+    "                its id until the last user closes it (ublkctl says so, and\n"
+    "                `list` shows the device as removed-pending until then)\n";
 
 constexpr std::string_view kResizeHelp =
     "Usage: ublkctl resize [--force] NAME SIZE\n"

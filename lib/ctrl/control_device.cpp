@@ -213,6 +213,12 @@ Result<void> ControlDevice::stop_dev(uint32_t dev_id, milliseconds timeout) {
   return {};
 }
 
+Result<void> ControlDevice::try_stop_dev(uint32_t dev_id, milliseconds timeout) {
+  auto r = run(uapi::kCmdTryStopDev, dev_id, nullptr, 0, 0, timeout);
+  if (!r) return r.error();
+  return {};
+}
+
 Result<void> ControlDevice::del_dev(uint32_t dev_id, milliseconds timeout) {
   auto r = run(uapi::kCmdDelDev, dev_id, nullptr, 0, 0, timeout);
   if (!r) return r.error();

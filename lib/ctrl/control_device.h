@@ -44,6 +44,9 @@ class ControlDevice {
   Result<void> start_dev(uint32_t dev_id, pid_t server_pid, std::chrono::milliseconds timeout,
                          const AbortSignal* abort = nullptr);
   Result<void> stop_dev(uint32_t dev_id, std::chrono::milliseconds timeout);
+  // STOP_DEV only while nobody has the disk open (UBLK_F_SAFE_STOP_DEV):
+  // EBUSY, and the device keeps running, otherwise.
+  Result<void> try_stop_dev(uint32_t dev_id, std::chrono::milliseconds timeout);
   // Waits, up to `timeout`, until the kernel released the device (see
   // DEL_DEV in the file comment); the device is deleted even when the wait
   // ends early.

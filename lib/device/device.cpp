@@ -535,8 +535,10 @@ uapi::CtrlDevInfo Device::device_to_add() const {
   want.ublksrv_flags = config_.identity;
   // UPDATE_SIZE costs nothing unused: asked for wherever offered, so that
   // storage that grows can grow the device too.
+  // SAFE_STOP_DEV likewise: it only adds TRY_STOP_DEV, for a careful `del`.
   want.flags = config_.kernel_features &
-               (uapi::kFeatCmdIoctlEncode | uapi::kFeatUringCmdCompInTask | uapi::kFeatUpdateSize);
+               (uapi::kFeatCmdIoctlEncode | uapi::kFeatUringCmdCompInTask | uapi::kFeatUpdateSize |
+                uapi::kFeatSafeStopDev);
   if (config_.recovery) {
     // Without REISSUE the requests the dead server had taken fail with EIO
     // at recovery; re-sent, they succeed, which is only right where serving
@@ -726,10 +728,10 @@ void Device::stop_queues(bool graceful, std::vector<std::string>& problems) {
   workers_.clear();
 }
 
-std::vector<std::string> Device::teardown(bool graceful) {
+std::vector<std::string> Device::teardown(bool graceful, bool stopped) {
   std::vector<std::string> problems;
   for (auto& w : workers_) w->fail_unanswered_after(kUnansweredGrace);
-  if (dev_id_ && ctrl_) {
+  if (dev_id_ && ctrl_ && !stopped) {
     // STOP_DEV removes the disk and hands every outstanding fetch back with
     // UBLK_IO_RES_ABORT, which is what lets the queue threads finish.
     // ENODEV: the kernel has no such device any more; nothing to stop.
@@ -795,6 +797,20 @@ Result<void> Device::stop() {
   if (s == DeviceState::kNew) return sm_.transition(DeviceState::kRemoved);
   if (auto r = sm_.transition(DeviceState::kStopping); !r) return r.error();
   std::vector<std::string> problems = teardown(/*graceful=*/true);
+  if (problems.empty())
+    return sm_.transition(delete_pending() ? DeviceState::kRemovedPending : DeviceState::kRemoved);
+  const std::string reason = "stop: " + join_lines(problems);
+  (void)sm_.transition(DeviceState::kFailed, reason);
+  return Error(EIO, reason);
+}
+
+Result<void> Device::stop_if_unused() {
+  if (state() != DeviceState::kLive || !dev_id_ || !ctrl_)
+    return Error(EAGAIN, "the device is not live");
+  if (!safe_stop()) return Error(EOPNOTSUPP, "the kernel cannot stop a device only if unused");
+  if (auto r = ctrl_->try_stop_dev(*dev_id_, config_.command_timeout); !r) return r.error();
+  if (auto r = sm_.transition(DeviceState::kStopping); !r) return r.error();
+  std::vector<std::string> problems = teardown(/*graceful=*/true, /*stopped=*/true);
   if (problems.empty())
     return sm_.transition(delete_pending() ? DeviceState::kRemovedPending : DeviceState::kRemoved);
   const std::string reason = "stop: " + join_lines(problems);

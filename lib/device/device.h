@@ -167,6 +167,13 @@ class Device {
   // mappings released, DEL_DEV. Every step bounded; a step that fails ends
   // the device in failed with the reason, but the later steps still run.
   Result<void> stop();
+  // Whether the kernel can stop this device only while nobody has it open
+  // (UBLK_F_SAFE_STOP_DEV granted at ADD_DEV); meaningful once added.
+  bool safe_stop() const { return (info_.flags & uapi::kFeatSafeStopDev) != 0; }
+  // stop(), but only while nobody has the disk open, which the kernel
+  // decides (TRY_STOP_DEV): EBUSY, and the device stays live and
+  // untouched, while somebody does. Needs safe_stop().
+  Result<void> stop_if_unused();
 
   // Tears a device down after a queue died under it; ends in failed.
   void fail(const std::string& reason);
@@ -276,7 +283,8 @@ class Device {
                        const std::function<Result<void>(std::chrono::milliseconds)>& send);
   // Stops and deletes whatever bring_up() or the running device left, in the
   // order the kernel needs; returns the problems met on the way.
-  std::vector<std::string> teardown(bool graceful);
+  // `stopped`: the kernel stopped the disk already (TRY_STOP_DEV).
+  std::vector<std::string> teardown(bool graceful, bool stopped = false);
   // teardown(): the queue threads end, each within its deadline; one that
   // cannot is handed to a thread of its own that waits for it.
   void stop_queues(bool graceful, std::vector<std::string>& problems);

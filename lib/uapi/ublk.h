@@ -57,6 +57,7 @@ enum CtrlOp : uint8_t {
   kCmdStartDev = 0x06, kCmdStopDev = 0x07, kCmdSetParams = 0x08, kCmdGetParams = 0x09,
   kCmdStartUserRecovery = 0x10, kCmdEndUserRecovery = 0x11, kCmdGetDevInfo2 = 0x12,
   kCmdGetFeatures = 0x13, kCmdDelDevAsync = 0x14, kCmdUpdateSize = 0x15,
+  kCmdTryStopDev = 0x17,
 };
 // clang-format on
 

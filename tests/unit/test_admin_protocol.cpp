@@ -505,6 +505,10 @@ TEST_CASE("admin ops: list with no devices, info and del of a missing one", "[ad
   CHECK(h.error(R"({"op": "del", "name": 0})") ==
         R"(invalid-request: "name" must be a string, not an integer)");
   CHECK(h.call(R"({"op": "del", "name": "mem9", "id": [1]})").at("id") == json::array({1}));
+  CHECK(h.error(R"({"op": "del", "name": "mem9", "force": true})") ==
+        "not-found: no device named mem9");
+  CHECK(h.error(R"({"op": "del", "name": "mem9", "force": "yes"})") ==
+        R"(invalid-request: "force" must be a boolean)");
 }
 
 TEST_CASE("admin ops: resize checks its fields and names a missing device", "[admin]") {

@@ -1,6 +1,7 @@
 #!/bin/bash
 # A device with recovery off goes away under a mounted ext4 with a writer
-# running, once by `ublkctl del` and once by kill -9 of ublkd: the writer
+# running, once by `ublkctl del --force` (plain `del` is refused, naming the
+# mount) and once by kill -9 of ublkd: the writer
 # gets an error within a bound instead of hanging, the file system reports
 # I/O errors or shuts down (and nothing worse: any kernel WARNING, BUG or hung task fails
 # the case), umount works, and the kernel lets go of the device once it is
@@ -69,10 +70,16 @@ umount_within() {
 start_ublkd_api "$cfg"
 dev=$(ctl_ok add gone --backend mem --size 128MiB --no-recovery)
 mount_with_writer "$dev" "$CASE_DIR/mnt-del"
+# Without --force: refused, naming the mount, and the device goes on.
+err=$(ctl_err del gone)
+[[ $err == *"[busy]"* && $err == *"mounted on $CASE_DIR/mnt-del"* ]] ||
+    fail "del of a mounted device was not refused naming the mount: $err"
+[[ $(json_get "$(ctl_ok --json info gone)" .state) == live ]] || fail "a refused del changed the device"
+log "del without --force refused: $err"
 dmesg -C
 t0=${EPOCHREALTIME/./}
-timeout 30 "$UBLKCTL" del gone >/dev/null 2>"$CASE_DIR/del.err" ||
-    fail "ublkctl del of the mounted device failed or hung (status $?): $(<"$CASE_DIR/del.err")"
+timeout 30 "$UBLKCTL" del --force gone >/dev/null 2>"$CASE_DIR/del.err" ||
+    fail "ublkctl del --force of the mounted device failed or hung (status $?): $(<"$CASE_DIR/del.err")"
 log "del returned after $(((${EPOCHREALTIME/./} - t0) / 1000)) ms: $(<"$CASE_DIR/del.err")"
 writer_fails_within 20
 state=$(json_get "$(ctl_ok --json list)" '.[] | select(.name == "gone") | .state')

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Delete under heavy I/O: fio with 4 jobs at iodepth 128 on a mem and a
-# file device; `ublkctl del` of each returns within 30 s, fio exits (its
+# file device; plain `ublkctl del` is refused, naming fio; `del --force` of
+# each returns within 30 s, fio exits (its
 # I/O errors are expected: the device goes away), ublkd keeps running and
 # the kernel reports nothing (the harness fails the case on any splat).
 # vm-timeout: 150
@@ -24,9 +25,12 @@ done
 sleep 3
 for p in "${pids[@]}"; do ublkd_alive "$p" || fail "fio ended before the delete"; done
 
+# Without --force: refused, naming fio, while it has the device open.
+err=$(ctl_err del dm)
+[[ $err == *"[busy]"* && $err == *"open in fio"* ]] || fail "del under load was not refused naming fio: $err"
 for name in dm df; do
     t0=${EPOCHREALTIME/./}
-    timeout 60 "$UBLKCTL" del "$name" || fail "ublkctl del $name failed or hung (status $?)"
+    timeout 60 "$UBLKCTL" del --force "$name" || fail "ublkctl del --force $name failed or hung (status $?)"
     ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
     log "del $name under load took $ms ms"
     ((ms <= 30000)) || fail "del $name took $ms ms (limit 30000)"

@@ -26,7 +26,9 @@ mount "$dev" "$mnt"
 echo hello >"$mnt/hello"
 sync
 
-out=$(ublkctl del held0) || fail "del of a mounted device failed"
+if ublkctl del held0 2>"$CASE_DIR/del.err"; then fail "del of a mounted device without --force succeeded"; fi
+grep -q "mounted on" "$CASE_DIR/del.err" || fail "the refusal does not name the mount: $(<"$CASE_DIR/del.err")"
+out=$(ublkctl del --force held0) || fail "del --force of a mounted device failed"
 [[ $out == *"$dev is still open"* ]] || fail "del said: $out"
 [[ $(state_of held0) == removed-pending ]] || fail "held0 is $(state_of held0), want removed-pending"
 [[ $(jq -r .removed /run/ublkd/devices/held0.json) == true ]] || fail "the record does not say removed"
