@@ -687,10 +687,8 @@ void Manager::resize_to_storage(const std::string& name, uint64_t from, uint64_t
   Entry& e = *entries_.at(name);
   if (!e.dev->resizable()) {
     e.resize_refused_at = to;
-    devlog::warn(name,
-                 "device {}: its storage is now {} bytes, the device stays at {}: the kernel "
-                 "cannot change a live device's size (UBLK_F_UPDATE_SIZE, Linux 6.16 and later)",
-                 to, from);
+    devlog::warn(name, "device {}: its storage is now {} bytes, the device stays at {}: {}", to,
+                 from, Device::kCannotResize);
     return;
   }
   Device* dev = e.dev.get();
@@ -774,11 +772,7 @@ void Manager::resize(const std::string& name, uint64_t bytes, bool force, AddDon
     done(OpError{resize_failure(why.code()),
                  "device " + name + ": " + why.message() + "; nothing changed"});
   };
-  if (!e.dev->resizable()) {
-    return refuse(Error(EOPNOTSUPP,
-                        "the kernel cannot change a live device's size (UBLK_F_UPDATE_SIZE, "
-                        "Linux 6.16 and later)"));
-  }
+  if (!e.dev->resizable()) return refuse(Error(EOPNOTSUPP, std::string(Device::kCannotResize)));
   // Whether the backend can at all; the data it would drop is looked at on
   // the operation's thread (it reads the storage). A size the spec could
   // not have is explained in the spec's terms.

@@ -118,18 +118,19 @@ uint64_t Device::storage_size() const {
   return backend_->size() / config_.logical_block_size * config_.logical_block_size;
 }
 
-Result<void> Device::resize(uint64_t bytes) {
+Result<void> Device::check_new_size(uint64_t bytes) const {
   if (state() != DeviceState::kLive || !dev_id_ || !ctrl_)
     return Error(EAGAIN, "the device is not live");
-  if (!resizable()) {
-    return Error(EOPNOTSUPP,
-                 "the kernel cannot change a live device's size (UBLK_F_UPDATE_SIZE, Linux 6.16 "
-                 "and later)");
-  }
+  if (!resizable()) return Error(EOPNOTSUPP, std::string(kCannotResize));
   if (bytes == 0 || bytes % config_.logical_block_size != 0) {
     return Error(EINVAL, std::to_string(bytes) + " bytes is not a whole number of " +
                              std::to_string(config_.logical_block_size) + "-byte blocks");
   }
+  return {};
+}
+
+Result<void> Device::resize(uint64_t bytes) {
+  if (auto r = check_new_size(bytes); !r) return r;
   if (auto r = ctrl_->update_size(*dev_id_, bytes >> 9, config_.command_timeout); !r)
     return r.error().wrap("UPDATE_SIZE");
   size_.store(bytes, std::memory_order_release);
@@ -138,17 +139,7 @@ Result<void> Device::resize(uint64_t bytes) {
 
 Result<void> Device::change_size(uint64_t bytes, bool force,
                                  const std::function<Result<void>(uint64_t)>& record) {
-  if (state() != DeviceState::kLive || !dev_id_ || !ctrl_)
-    return Error(EAGAIN, "the device is not live");
-  if (!resizable()) {
-    return Error(EOPNOTSUPP,
-                 "the kernel cannot change a live device's size (UBLK_F_UPDATE_SIZE, Linux 6.16 "
-                 "and later)");
-  }
-  if (bytes == 0 || bytes % config_.logical_block_size != 0) {
-    return Error(EINVAL, std::to_string(bytes) + " bytes is not a whole number of " +
-                             std::to_string(config_.logical_block_size) + "-byte blocks");
-  }
+  if (auto r = check_new_size(bytes); !r) return r;
   const uint64_t from = size();
   if (bytes == from) return {};
   if (auto r = backend_->check_resize(bytes, force); !r) return r;

@@ -113,10 +113,16 @@ class Device {
   // Whether the kernel lets this device's size change while it is live
   // (UBLK_F_UPDATE_SIZE, 6.16+); meaningful once ADD_DEV is done.
   bool resizable() const { return (info_.flags & uapi::kFeatUpdateSize) != 0; }
+  // Why not, where the kernel lacks it.
+  static constexpr std::string_view kCannotResize =
+      "the kernel cannot change a live device's size (UBLK_F_UPDATE_SIZE, Linux 6.16 and later)";
   // live: the disk's capacity becomes `bytes` (UPDATE_SIZE), a multiple of
   // the logical block size. EOPNOTSUPP without resizable(). One bounded
   // control command; not concurrently with the other operations.
   Result<void> resize(uint64_t bytes);
+  // Why the device cannot become `bytes` long now, if it cannot: not live,
+  // no UPDATE_SIZE, not whole blocks.
+  Result<void> check_new_size(uint64_t bytes) const;
   // live: the device and its storage become `bytes` long, on request.
   // Changes nothing and says why when the kernel (EOPNOTSUPP) or the
   // backend (Backend::check_resize: EOPNOTSUPP, EROFS, ENOTEMPTY unless

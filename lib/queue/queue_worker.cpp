@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "base/mapping.h"
+#include "base/sanitizers.h"
 #include "queue/idle_poll.h"
 #include "queue/user_data.h"
 #include "uapi/ublk.h"
@@ -23,18 +24,6 @@ namespace {
 // What the control plane asks of the loop (QueueWorker::commands_).
 constexpr unsigned kCmdStop = 1;
 constexpr unsigned kCmdFailUnanswered = 2;
-
-#if defined(__SANITIZE_THREAD__)
-constexpr bool kThreadSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr bool kThreadSanitizer = true;
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
 
 // pthread_join with a deadline on steady_clock (CLOCK_MONOTONIC).
 int join_until(pthread_t thread, std::chrono::steady_clock::time_point deadline) {

@@ -20,7 +20,10 @@
 #include <utility>
 #include <vector>
 
+#include "base/sanitizers.h"
+
 using ublkd::IoOp;
+using ublkd::kThreadSanitizer;
 using ublkd::IoRequest;
 using ublkd::MemBackend;
 using ublkd::UniqueFd;
@@ -31,18 +34,6 @@ constexpr uint64_t kChunk = MemBackend::kChunkSize;
 constexpr uint64_t kKiB = 1024;
 constexpr uint64_t kMiB = 1024 * kKiB;
 constexpr uint64_t kTiB = 1024 * 1024 * kMiB;
-
-#if defined(__SANITIZE_THREAD__)
-constexpr bool kThreadSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr bool kThreadSanitizer = true;
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
 
 std::unique_ptr<MemBackend> make(uint64_t size) {
   auto r = MemBackend::create(size);
