@@ -72,6 +72,7 @@ json to_json(const DeviceSnapshot& d) {
       {"backend", backend},
       {"size", d.size},
       {"block_device", d.block_device.empty() ? json(nullptr) : json(d.block_device)},
+      {"stable_path", d.stable_path.empty() ? json(nullptr) : json(d.stable_path)},
       {"persistent", d.persistent},
       {"source", d.source.empty() ? json(nullptr) : json(d.source)},
   };

@@ -40,7 +40,10 @@ std::string held_by_users(const Device& dev) {
 
 Manager::Manager(EventLoop& loop, ManagerOptions options)
     : loop_(loop), options_(std::move(options)) {
-  if (!options_.state_dir.empty()) state_.emplace(options_.state_dir / "devices");
+  if (!options_.state_dir.empty()) {
+    state_.emplace(options_.state_dir / "devices");
+    names_.emplace(options_.state_dir / "names");
+  }
 }
 
 Manager::~Manager() {
@@ -205,6 +208,13 @@ void Manager::on_state(Entry& e, const DeviceRecord& record, DeviceState from, D
     if (auto w = state_->save(r); !w) e.record_error = w.error();
     retire_records_naming(*dev.dev_id(), name);
   }
+  // Before START_DEV makes the disk appear, when udev looks the name up;
+  // again when live, which a recovered device reaches without kAdded.
+  if ((to == DeviceState::kAdded || to == DeviceState::kLive) && names_ && dev.dev_id()) {
+    if (auto w = names_->publish(*dev.dev_id(), name); !w)
+      devlog::warn(name, "device {}: no /dev/ublk/by-name link: {}", w.error().to_string());
+  }
+  if (is_terminal(to) && names_ && dev.dev_id()) names_->withdraw(*dev.dev_id(), name);
   if (to == DeviceState::kLive && from == DeviceState::kRecovering && state_) {
     if (auto w = state_->clear_recovering(name); !w)
       devlog::warn(name, "device {}: state: {}", w.error().to_string());
@@ -927,6 +937,11 @@ DeviceSnapshot Manager::snapshot(const Entry& e) const {
     d.queue_depth = e.dev->kernel_info().queue_depth;
     d.kernel_flags = e.dev->kernel_info().flags;
     if (!is_terminal(d.state)) d.block_device = e.dev->block_device();
+  }
+  if (d.state == DeviceState::kLive) {
+    const std::string link = DeviceNames::stable_path(d.name);
+    std::error_code ec;
+    if (std::filesystem::canonical(link, ec) == d.block_device && !ec) d.stable_path = link;
   }
   if (d.state == DeviceState::kFailed) d.error = e.dev->failure_reason();
   // Only between operations: an operation's thread may be opening the

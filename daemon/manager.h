@@ -21,6 +21,7 @@
 #include "config/config_dir.h"
 #include "config/device_spec.h"
 #include "device/device.h"
+#include "device_names.h"
 #include "event_loop.h"
 #include "op_error.h"
 #include "recovery/mem_store.h"
@@ -75,6 +76,8 @@ struct DeviceSnapshot : DeviceShape {
   // What the backend learned when it opened (Backend::facts()), while the
   // device is live.
   std::vector<BackendFact> backend_facts;
+  // /dev/ublk/by-name/NAME, while udev has made it for this device.
+  std::string stable_path;
 };
 
 // What a device has served (`stats`): per queue, since its queues started
@@ -295,6 +298,8 @@ class Manager {
   bool shutting_down_ = false;
   bool handed_over_ = false;
   std::optional<StateStore> state_;
+  // STATE_DIR/names, for /dev/ublk/by-name (DeviceNames).
+  std::optional<DeviceNames> names_;
   ShutdownDone shutdown_done_;
   // Devices dropped from entries_ whose cleanup failed (see forget()).
   std::vector<std::string> left_behind_;

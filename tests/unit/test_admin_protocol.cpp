@@ -639,6 +639,7 @@ TEST_CASE("admin API: the device object of a file device names its path and O_DI
   d.queue_depth = 128;
   d.logical_block_size = 4096;
   d.block_device = "/dev/ublkb3";
+  d.stable_path = "/dev/ublk/by-name/disk0";
   d.persistent = true;
   d.source = "/etc/ublkd/devices.d/disk0.json";
   CHECK(ublkd::to_json(d) == json::parse(R"({
@@ -646,7 +647,7 @@ TEST_CASE("admin API: the device object of a file device names its path and O_DI
     "backend": {"type": "file", "path": "/var/lib/ublkd/disk0.img", "direct_io": false},
     "size": 1073741824, "queues": 2, "queue_depth": 128, "logical_block_size": 4096,
     "read_only": false, "recovery": true, "partition_scan": true, "block_device": "/dev/ublkb3",
-    "persistent": true,
+    "stable_path": "/dev/ublk/by-name/disk0", "persistent": true,
     "source": "/etc/ublkd/devices.d/disk0.json"})"));
 }
 
@@ -661,6 +662,7 @@ TEST_CASE("admin API: the device object before ADD_DEV and after a failure", "[a
   CHECK(fresh.at("backend") == json{{"type", "mem"}});  // no size, path or direct_io
   CHECK(fresh.at("id").is_null());
   CHECK(fresh.at("block_device").is_null());
+  CHECK(fresh.at("stable_path").is_null());
   CHECK(fresh.at("source").is_null());
   CHECK(fresh.at("state") == "new");
   CHECK_FALSE(fresh.contains("error"));

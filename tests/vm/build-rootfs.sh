@@ -32,12 +32,12 @@ EOF
 # directory run in the image as they are.
 readonly SUITE=bookworm
 # Beyond minbase: systemd as init (systemd-sysv) with udev, module loading,
-# what the cases use (fio, e2fsprogs, jq, util-linux, procps, dmsetup), and the
+# what the cases use (fio, e2fsprogs, jq, util-linux, procps, dmsetup, gdisk), and the
 # libraries ublkd and ublkctl link (ldd build/daemon/ublkd: liburing2,
 # libspdlog1.10, libfmt9; libsystemd0 for the systemd integration).
 readonly PACKAGES=(
     systemd systemd-sysv udev kmod
-    fio e2fsprogs jq util-linux procps dmsetup
+    fio e2fsprogs jq util-linux procps dmsetup gdisk
     liburing2 libspdlog1.10 libfmt9 libsystemd0
 )
 
