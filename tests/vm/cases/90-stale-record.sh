@@ -83,7 +83,7 @@ round() {
 
     # Deleted while mounted: removed, but the kernel holds the id.
     local out
-    out=$(ctl_ok del "$a")
+    out=$(ctl_ok del --force "$a")
     [[ $out == *"/dev/ublkb$idA is still open"* ]] || fail "del $a said '$out'"
     [[ $(list_field "$a" .state) == removed-pending ]] ||
         fail "$a after del while mounted: $(ctl_ok --json list)"

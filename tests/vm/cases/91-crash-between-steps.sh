@@ -80,7 +80,7 @@ for variant in marked unmarked; do
     dev=$(ctl_ok add "c$variant" --backend mem --size 32MiB)
     mkfs.ext4 -q -F "$dev"
     mount -t ext4 "$dev" "$mnt"
-    ctl_ok del "c$variant" >/dev/null
+    ctl_ok del --force "c$variant" >/dev/null
     [[ $(jq -r .removed "$state/devices/c$variant.json") == true ]] ||
         fail "record not marked removed"
     kill9_ublkd

@@ -3,7 +3,7 @@
 # device-mapper device that is suspended (its I/O queued, never answered)
 # while a reader waits on it. Meanwhile another device keeps serving fio,
 # the admin API answers, and systemd's watchdog (WatchdogSec=10) sees its
-# pings: no restart over more than a watchdog period. `ublkctl del` of the
+# pings: no restart over more than a watchdog period. `ublkctl del --force` of the
 # stuck device answers within a bound and its reader gets EIO; SIGTERM
 # removes the other device and ublkd finishes; once the store answers
 # again, the process ends and nothing is left. The store stays blocked for well under the hung-task timeout (60 s),
@@ -67,7 +67,7 @@ log "12 s blocked: fine served, the API answered, no watchdog timeout"
 # the answer says why.
 t0=${EPOCHREALTIME/./}
 rc=0
-timeout 40 ublkctl del stuck >"$CASE_DIR/del.out" 2>&1 || rc=$?
+timeout 40 ublkctl del --force stuck >"$CASE_DIR/del.out" 2>&1 || rc=$?
 ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
 log "del stuck: status $rc after $ms ms: $(<"$CASE_DIR/del.out")"
 ((rc != 124)) || fail "ublkctl del of the stuck device hung"
