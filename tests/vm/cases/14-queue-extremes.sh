@@ -7,6 +7,7 @@
 # size (1 MiB and 4 MiB application writes, split by the kernel at the
 # device's max_sectors).
 # vm-timeout: 300
+# vm-tier: full (a minute per kernel; the quick tier keeps the default layouts only)
 . "${BASH_SOURCE%/*}/../lib.sh"
 
 cfg=$CASE_DIR/config
