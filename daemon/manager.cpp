@@ -446,10 +446,12 @@ void Manager::remove(const std::string& name, bool force, DelDone done) {
   }
   Device* dev = e.dev.get();
   auto work = [dev, name, force]() -> OpResult<void> {
+    // The kernel's name of the disk, "ublkb3".
+    const std::string disk = "ublkb" + std::to_string(dev->dev_id().value_or(0));
     auto attempt = [&]() -> Result<void> {
-      if (force || dev->state() != DeviceState::kLive) return dev->stop();
+      if (force || dev->state() != DeviceState::kLive || !dev->dev_id()) return dev->stop();
       if (dev->safe_stop()) return dev->stop_if_unused();
-      if (!block_device_users(dev->block_device().substr(5)).empty()) return Error(EBUSY, "in use");
+      if (!block_device_users(disk).empty()) return Error(EBUSY, "in use");
       // Nobody the system shows; one who opens it from now on loses.
       return dev->stop();
     };
@@ -465,7 +467,7 @@ void Manager::remove(const std::string& name, bool force, DelDone done) {
     if (r) return {};
     if (r.error().code() == EBUSY && dev->state() == DeviceState::kLive) {
       std::string who;
-      for (const std::string& u : block_device_users(dev->block_device().substr(5)))
+      for (const std::string& u : block_device_users(disk))
         who += (who.empty() ? "" : "; ") + u;
       return OpError{Failure::kBusy,
                      "device " + name + " is in use (" +
