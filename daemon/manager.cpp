@@ -726,16 +726,6 @@ DeviceSpec with_size(DeviceSpec spec, uint64_t bytes) {
   return spec;
 }
 
-Failure resize_failure(int code) {
-  switch (code) {
-    case EINVAL: return Failure::kInvalidRequest;
-    case EOPNOTSUPP:
-    case EROFS: return Failure::kUnsupported;
-    case ENOTEMPTY: return Failure::kWouldLoseData;
-    default: return failure_of(code);
-  }
-}
-
 }  // namespace
 
 std::optional<OpError> Manager::refuse_size(const Entry& e, uint64_t bytes) const {
@@ -781,7 +771,7 @@ void Manager::resize(const std::string& name, uint64_t bytes, bool force, AddDon
                                                              : ", not live)")});
   }
   auto refuse = [&](const Error& why) {
-    done(OpError{resize_failure(why.code()),
+    done(OpError{refusal_of(why.code()),
                  "device " + name + ": " + why.message() + "; nothing changed"});
   };
   if (!e.dev->resizable()) return refuse(Error(EOPNOTSUPP, std::string(Device::kCannotResize)));
@@ -813,7 +803,7 @@ void Manager::resize(const std::string& name, uint64_t bytes, bool force, AddDon
     e.resizing = false;
     if (*recorded) e.spec = with_size(e.spec, **recorded);
     if (!r) {
-      const Failure kind = resize_failure(r.error().code());
+      const Failure kind = refusal_of(r.error().code());
       const std::string why = r.error().message();
       if (kind == Failure::kWouldLoseData || kind == Failure::kInvalidRequest)
         devlog::info(name, "device {}: not resized from {} to {} bytes: {}", from, bytes, why);

@@ -1,7 +1,7 @@
 // How a daemon operation (add, del, up, upgrade, ...) fails, in the terms
 // the admin API reports (api.cpp maps each kind to its error code). Errors
 // from below carry an errno; failure_of() is the one place that turns an
-// errno into a kind.
+// errno into a kind (refusal_of() for requests that may be refused as such).
 #pragma once
 
 #include <cerrno>
@@ -40,6 +40,19 @@ inline Failure failure_of(int code) {
     case ETIMEDOUT: return Failure::kTimeout;
     case ECANCELED: return Failure::kShuttingDown;
     default: return Failure::kKernel;
+  }
+}
+
+// The kind of a failure of a request the kernel or a backend may refuse
+// as such (a resize): a bad value, what neither can do, data in the way;
+// anything else as failure_of().
+inline Failure refusal_of(int code) {
+  switch (code) {
+    case EINVAL: return Failure::kInvalidRequest;
+    case EOPNOTSUPP:
+    case EROFS: return Failure::kUnsupported;
+    case ENOTEMPTY: return Failure::kWouldLoseData;
+    default: return failure_of(code);
   }
 }
 
