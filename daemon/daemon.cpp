@@ -6,6 +6,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -18,6 +19,11 @@
 namespace ublkd {
 
 namespace {
+
+// How long an upgrade's devices may take to answer what they hold before
+// ublkd exits. Bounded so a backend that stopped answering cannot hold up
+// the upgrade; what it still holds goes to the next ublkd.
+constexpr std::chrono::milliseconds kHandOverQuiesce{5'000};
 
 Result<gid_t> lookup_group(const std::string& name) {
   std::vector<char> buf(16384);
@@ -161,9 +167,9 @@ bool open_admin_socket(admin::Server& server, UniqueFd inherited_fd, const admin
 }
 
 // What a run that got as far as its loop ends with.
-int exit_status(bool handed_over, const std::vector<std::string>& left_behind,
-                const Manager& manager) {
+int exit_status(bool handed_over, const std::vector<std::string>& left_behind, Manager& manager) {
   if (handed_over) {
+    manager.quiesce_handed_over(kHandOverQuiesce);
     // Not a return: unwinding would stop the devices (Manager's and
     // Device's destructors). The kernel quiesces each device as this
     // process goes, holding its I/O for the next ublkd.

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <set>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 
@@ -666,6 +667,37 @@ OpResult<std::vector<std::string>> Manager::hand_over() {
   if (!state_) return OpError{Failure::kIo, "ublkd keeps no state dir to hand devices over in"};
   handed_over_ = true;
   return names;
+}
+
+void Manager::quiesce_handed_over(std::chrono::milliseconds budget) {
+  const auto deadline = std::chrono::steady_clock::now() + budget;
+  std::vector<std::thread> threads;
+  for (auto& [name, e] : entries_) {
+    Device* dev = e->dev.get();
+    if (dev->state() != DeviceState::kLive) continue;
+    if (!dev->can_quiesce()) {
+      uint64_t held = 0;
+      for (const StatsSnapshot& s : dev->queue_stats()) held += s.in_flight();
+      const bool reissue = (dev->kernel_info().flags & uapi::kFeatUserRecoveryReissue) != 0;
+      devlog::info(name,
+                   "device {}: handed over as it runs (no UBLK_F_QUIESCE): {} request(s) in "
+                   "flight {}",
+                   held, reissue ? "go to the next ublkd again" : "fail");
+      continue;
+    }
+    threads.emplace_back([dev, deadline, name = name] {
+      auto q = dev->quiesce(deadline);
+      if (!q) {
+        devlog::warn(name, "device {}: not quiesced for the hand-over: {}", q.error().to_string());
+      } else {
+        devlog::info(name,
+                     "device {}: quiesced for the hand-over: {} request(s) answered, {} left "
+                     "for the next ublkd",
+                     q->answered, q->left);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
 }
 
 void Manager::on_queue_exit() {

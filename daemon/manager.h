@@ -149,6 +149,12 @@ class Manager {
   // memory stay, and from now on the manager refuses new work. The caller
   // then ends the process without stopping the devices.
   OpResult<std::vector<std::string>> hand_over();
+  // After hand_over(), as the process's last act: every live device the
+  // kernel can quiesce (Device::quiesce) answers what it holds, in
+  // parallel, within `budget`; the others go as they are, their requests in
+  // flight served again by the next ublkd. Logs what each device did.
+  // Blocks the loop thread; the devices are not served afterwards.
+  void quiesce_handed_over(std::chrono::milliseconds budget);
 
   // Brings a drop-in's device live, or answers at once if it is live
   // already (it may have been autostarted): what ublkd@NAME.service needs.

@@ -122,7 +122,9 @@ constexpr std::string_view kUpgradeHelp =
     "Usage: ublkctl upgrade\n"
     "Make ublkd exit without removing its devices, for a new ublkd binary to\n"
     "take them over: each device stays, quiesced (its I/O waits), until the\n"
-    "next ublkd recovers it. Under systemd, ublkd.service restarts at once\n"
+    "next ublkd recovers it. Where the kernel offers UBLK_F_QUIESCE, ublkd\n"
+    "first answers the requests it holds (within 5 s), so none is served\n"
+    "twice. Under systemd, ublkd.service restarts at once\n"
     "(exit status 75); elsewhere, start ublkd again yourself. Refused while a\n"
     "device is starting or stopping, or if one has recovery off.\n";
 

@@ -243,6 +243,15 @@ Result<void> ControlDevice::update_size(uint32_t dev_id, uint64_t sectors, milli
   return {};
 }
 
+Result<void> ControlDevice::quiesce_dev(uint32_t dev_id, milliseconds kernel_wait,
+                                        milliseconds timeout) {
+  // 0 would make the kernel wait for ever.
+  const auto wait_ms = static_cast<uint64_t>(std::max<int64_t>(kernel_wait.count(), 1));
+  auto r = run(uapi::kCmdQuiesceDev, dev_id, nullptr, 0, wait_ms, kernel_wait + timeout);
+  if (!r) return r.error();
+  return {};
+}
+
 Result<uapi::CtrlDevInfo> ControlDevice::get_dev_info(uint32_t dev_id, milliseconds timeout) {
   auto info = std::make_unique<uapi::CtrlDevInfo>();
   auto r = run(uapi::kCmdGetDevInfo, dev_id, info.get(), sizeof(*info), 0, timeout);

@@ -58,6 +58,14 @@ class ControlDevice {
   // UPDATE_SIZE (6.16+, a device added with UBLK_F_UPDATE_SIZE): the live
   // disk's capacity becomes `sectors`, and its users are told.
   Result<void> update_size(uint32_t dev_id, uint64_t sectors, std::chrono::milliseconds timeout);
+  // QUIESCE_DEV (a device added with UBLK_F_QUIESCE): the kernel stops
+  // handing requests to the server (new ones wait in it for the next one),
+  // waits up to `kernel_wait` for every queue to have a fetch outstanding,
+  // then completes those fetches with UBLK_IO_RES_ABORT. The requests the
+  // server holds stay its own to answer. EBUSY: some queue never had an
+  // idle tag in time; new requests are held all the same.
+  Result<void> quiesce_dev(uint32_t dev_id, std::chrono::milliseconds kernel_wait,
+                           std::chrono::milliseconds timeout);
   Result<uapi::CtrlDevInfo> get_dev_info(uint32_t dev_id, std::chrono::milliseconds timeout);
   Result<uapi::Params> get_params(uint32_t dev_id, std::chrono::milliseconds timeout);
   // Recovery of a device whose server died (UBLK_F_USER_RECOVERY): START

@@ -534,7 +534,9 @@ uapi::CtrlDevInfo Device::device_to_add() const {
     // Without REISSUE the requests the dead server had taken fail with EIO
     // at recovery; re-sent, they succeed, which is only right where serving
     // a request twice is harmless.
-    uint64_t bits = uapi::kFeatUserRecovery;
+    // QUIESCE (needs USER_RECOVERY) lets an upgrade answer what it holds
+    // before it goes, instead of leaving it to REISSUE or to fail.
+    uint64_t bits = uapi::kFeatUserRecovery | uapi::kFeatQuiesce;
     if (config_.reissue_safe) bits |= uapi::kFeatUserRecoveryReissue;
     want.flags |= config_.kernel_features & bits;
   }
@@ -807,6 +809,35 @@ Result<void> Device::stop_if_unused() {
   const std::string reason = "stop: " + join_lines(problems);
   (void)sm_.transition(DeviceState::kFailed, reason);
   return Error(EIO, reason);
+}
+
+Result<Device::Quiesced> Device::quiesce(steady_clock::time_point deadline) {
+  if (state() != DeviceState::kLive || !dev_id_ || !ctrl_)
+    return Error(EAGAIN, "the device is not live");
+  if (!can_quiesce()) return Error(EOPNOTSUPP, "the kernel cannot quiesce a live device");
+  const auto wait = std::max(
+      std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now()), milliseconds(1));
+  if (auto r = ctrl_->quiesce_dev(*dev_id_, wait, config_.command_timeout); !r)
+    return r.error().wrap("QUIESCE_DEV");
+  const auto in_flight = [this] {
+    uint64_t n = 0;
+    for (const auto& w : workers_) n += w->stats().in_flight();
+    return n;
+  };
+  // Nothing new arrives now; the backends finish what they hold.
+  while (in_flight() > 0 && steady_clock::now() < deadline)
+    std::this_thread::sleep_for(milliseconds(1));
+  // A thread leaving its loop sends the commits it queued first.
+  for (auto& w : workers_) w->request_stop();
+  const auto join_by = std::max(deadline, steady_clock::now() + milliseconds(500));
+  for (auto& w : workers_) (void)w->join(join_by);
+  Quiesced q;
+  for (const auto& w : workers_) {
+    const StatsSnapshot s = w->stats();
+    q.answered += s.answered;
+    q.left += s.in_flight();
+  }
+  return q;
 }
 
 void Device::fail(const std::string& reason) {

@@ -181,6 +181,22 @@ class Device {
   // untouched, while somebody does. Needs safe_stop().
   Result<void> stop_if_unused();
 
+  // Whether the kernel can quiesce this device while it runs
+  // (UBLK_F_QUIESCE, granted at ADD_DEV); meaningful once added.
+  bool can_quiesce() const { return (info_.flags & uapi::kFeatQuiesce) != 0; }
+  struct Quiesced {
+    uint64_t answered = 0;  // requests the queues answered since they started
+    uint64_t left = 0;      // still unanswered when the queues stopped
+  };
+  // live, as this process hands the device over (`upgrade`) and exits:
+  // QUIESCE_DEV, so the kernel hands out no more requests (they wait in it
+  // for the next server), then every request the queues hold is answered
+  // and its commit sent, and the queue threads end; all by `deadline`. The
+  // device is not served afterwards; once the process is gone the kernel
+  // keeps it quiesced, and the next server gets none of the requests
+  // answered here again. Needs can_quiesce().
+  Result<Quiesced> quiesce(std::chrono::steady_clock::time_point deadline);
+
   // Tears a device down after a queue died under it; ends in failed.
   void fail(const std::string& reason);
 

@@ -57,7 +57,7 @@ enum CtrlOp : uint8_t {
   kCmdStartDev = 0x06, kCmdStopDev = 0x07, kCmdSetParams = 0x08, kCmdGetParams = 0x09,
   kCmdStartUserRecovery = 0x10, kCmdEndUserRecovery = 0x11, kCmdGetDevInfo2 = 0x12,
   kCmdGetFeatures = 0x13, kCmdDelDevAsync = 0x14, kCmdUpdateSize = 0x15,
-  kCmdTryStopDev = 0x17,
+  kCmdQuiesceDev = 0x16, kCmdTryStopDev = 0x17,
 };
 // clang-format on
 
@@ -81,6 +81,7 @@ constexpr uint32_t ctrl_op_ioctl(uint8_t op) {
 }
 static_assert(ctrl_op_ioctl(kCmdAddDev) == 0xc0207504);
 static_assert(ctrl_op_ioctl(kCmdGetFeatures) == 0x80207513);
+static_assert(ctrl_op_ioctl(kCmdQuiesceDev) == 0xc0207516);
 
 // ---- io commands (on /dev/ublkcN) -------------------------------------------
 
