@@ -16,7 +16,9 @@ kernel's nbd client (nbd-client) and an ublkd nbd device on one nbdkit
 memory export (4k at iodepth 1 and 64, 512k at iodepth 16; BENCH_NBD_JOBS);
 then rbd-nbd and an ublkd rbd device on two images of one Ceph cluster in
 the VM (4k at iodepth 64, 128k at iodepth 16; BENCH_RBD_JOBS).
-Also measures add->live latency, ublkd's RSS and its CPU time per I/O.
+Also measures add->live latency, ublkd's RSS and its CPU time per I/O, and
+that CPU time against a baseline build of an earlier commit (null and mem
+devices served by both daemons in turn, 4k at iodepth 64).
 Prints a table per kernel with each ublkd row's ratio to its kernel
 counterpart, and writes OUT/results.json, OUT/results.txt and
 OUT/chart-KERNEL.png.
@@ -37,6 +39,10 @@ Options:
                    512k at iodepth 16); none: skip the pair
   --rbd-jobs "J.." the rbd pair's jobs (default: 4k at iodepth 64, 128k at
                    iodepth 16); none: skip the pair
+  --baseline REV   the earlier commit to compare CPU per I/O with (built
+                   once per commit, same buildtype, kept in
+                   BUILD/bench-baseline); default: the commit before the
+                   per-queue statistics; none: skip the comparison
   --build-dir DIR  meson build directory (default: build), always brought up
                    to date; refused when built with sanitizers or without
                    optimisation
@@ -63,6 +69,7 @@ nbd_jobs=
 rbd_jobs=
 build_dir=$repo/build
 out=
+baseline=
 while (($#)); do
     case $1 in
         --kernel) kernels=${2:?--kernel needs a value}; shift ;;
@@ -77,6 +84,7 @@ while (($#)); do
         --nbd-jobs) nbd_jobs=${2:?--nbd-jobs needs a value}; shift ;;
         --rbd-jobs) rbd_jobs=${2:?--rbd-jobs needs a value}; shift ;;
         --build-dir) build_dir=${2:?--build-dir needs a value}; shift ;;
+        --baseline) baseline=${2:?--baseline needs a value}; shift ;;
         --out) out=${2:?--out needs a value}; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "bench/run.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -129,6 +137,33 @@ out=$(cd "$out" && pwd)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ublkd-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/cases"
+
+# The baseline daemon: ublkd of an earlier commit, built from a clean
+# export of it with this build's type, kept per commit.
+baseline_commit=
+if [[ $baseline != none ]]; then
+    if [[ -z $baseline ]]; then
+        first=$(git -C "$repo" log --diff-filter=A --format=%H -- lib/queue/queue_stats.h | tail -n 1)
+        [[ -n $first ]] || die "no commit adds lib/queue/queue_stats.h (a shallow clone?); pass --baseline REV or none"
+        baseline=$first^
+    fi
+    baseline_commit=$(git -C "$repo" rev-parse --verify --quiet "$baseline^{commit}") ||
+        die "--baseline: '$baseline' is not a commit of $repo"
+    bbin=$build_dir/bench-baseline/ublkd-${baseline_commit:0:12}
+    if [[ ! -x $bbin ]]; then
+        echo "bench: building the baseline ublkd at ${baseline_commit:0:12} ($buildtype)"
+        mkdir -p "$work/baseline-src"
+        git -C "$repo" archive "$baseline_commit" | tar -x -C "$work/baseline-src"
+        meson setup "$work/baseline-build" "$work/baseline-src" -Dbuildtype="$buildtype" >/dev/null ||
+            die "configuring the baseline at $baseline failed"
+        ninja -C "$work/baseline-build" daemon/ublkd >/dev/null || die "building the baseline at $baseline failed"
+        mkdir -p "${bbin%/*}"
+        cp "$work/baseline-build/daemon/ublkd" "$bbin.tmp" && mv "$bbin.tmp" "$bbin"
+    fi
+    mkdir -p "$work/cases/bin"
+    cp "$bbin" "$work/cases/bin/ublkd-baseline"
+fi
 
 # The case the VM runs: bench/vm/bench.sh with the parameters in front.
 # Its timeout: the fio matrix (6 devices per run, plus fio's start-up) and
@@ -137,9 +172,8 @@ njobs=$(wc -w <<<"${jobs:-x x x x x x}")
 nnum=$(wc -w <<<"${numjobs:-1 2}")
 # The network pairs: two devices a job, the rbd pair after a cluster start.
 matrix=$((repeats * njobs * nnum * (7 * (runtime + ramp) + 15) + repeats * 8 * (runtime + ramp + 3) +
-    repeats * 8 * (runtime + ramp + 3) + 180))
+    repeats * 8 * (runtime + ramp + 3) + repeats * 8 * (runtime + 3) + 180))
 vm_timeout=$((2 * (matrix + 7 * runtime + 300) + 300))
-mkdir -p "$work/cases"
 {
     echo '#!/bin/bash'
     echo "# vm-timeout: $vm_timeout"
@@ -150,6 +184,7 @@ mkdir -p "$work/cases"
     [[ -n $numjobs ]] && printf 'BENCH_NUMJOBS=%q\n' "$numjobs"
     [[ -n $nbd_jobs ]] && printf 'BENCH_NBD_JOBS=%q\n' "$nbd_jobs"
     [[ -n $rbd_jobs ]] && printf 'BENCH_RBD_JOBS=%q\n' "$rbd_jobs"
+    [[ -n $baseline_commit ]] && printf 'BENCH_BASELINE=%q\n' "${baseline_commit:0:12}"
     grep -v '^#!' "$here/vm/bench.sh"
 } >"$work/cases/bench.sh"
 
@@ -158,9 +193,10 @@ status=0
 jq -nc --arg buildtype "$buildtype" --arg optimization "$optimization" --arg sanitize "$sanitize" \
     --arg command "$cxxflags" --arg compiler "$compiler" --arg host_cpu "$host_cpu" \
     --arg guest_cpu "$cpu" --arg commit "$commit" --argjson host_cpus "$(nproc)" \
+    --arg baseline "${baseline_commit:0:12}" \
     '{kind: "build", buildtype: $buildtype, optimization: $optimization, sanitize: $sanitize,
       compiler: $compiler, compile_command: $command, commit: $commit, host_cpu: $host_cpu,
-      host_cpus: $host_cpus, qemu_cpu: $guest_cpu}' >"$work/build.json"
+      host_cpus: $host_cpus, qemu_cpu: $guest_cpu, baseline_commit: $baseline}' >"$work/build.json"
 for k in "${klist[@]}"; do
     echo "bench: kernel $k: runtime ${runtime}s, ramp ${ramp}s, $repeats repeat(s), devices of $size MiB, CPU $cpu (VM case timeout ${vm_timeout}s)"
     if ! "$repo/tests/vm/run.sh" --kernel "$k" --build-dir "$build_dir" --cases-dir "$work/cases" \

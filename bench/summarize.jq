@@ -61,6 +61,24 @@ group_by(.kernel) | map(
             cpu_us_per_io: (if .ios > 0 then .ticks_all * 1e6 / .hz / .ios | r1 else null end),
             queue_cpu_us_per_io: (if .ios > 0 then .ticks_queues * 1e6 / .hz / .ios | r1 else null end),
             ios_per_wakeup: (if .queue_wakeups > 0 then .ios / .queue_wakeups | r1 else null end)})) as $cpu
+  # This build against the baseline (--baseline): per backend and job, the
+  # medians over repeats of the queue threads' and the whole daemon's CPU
+  # per I/O, and of IOPS; `spread` is this build's own queue CPU range over
+  # its repeats, relative to its median: the noise a difference must beat.
+  | ($recs | map(select(.kind == "cpu_ab" and .ios > 0)
+                | . + {q: (.ticks_queues * 1e6 / .hz / .ios), a: (.ticks_all * 1e6 / .hz / .ios),
+                       iops: (.ios / .secs)})
+     | group_by(.backend + " " + .job)
+     | map(. as $g
+           | (map(select(.build == "this"))) as $t | (map(select(.build == "baseline"))) as $b
+           | {backend: $g[0].backend, job: $g[0].job, repeats: ($t | length),
+              queue_us: ($t | map(.q) | median | r1), base_queue_us: ($b | map(.q) | median | r1),
+              all_us: ($t | map(.a) | median | r1), base_all_us: ($b | map(.a) | median | r1),
+              iops: ($t | map(.iops) | median | r1), base_iops: ($b | map(.iops) | median | r1),
+              spread: (($t | map(.q)) as $q | if ($q | length) > 1 and ($q | median) > 0
+                       then (($q | max) - ($q | min)) / ($q | median) | r3 else null end)}
+           | . + {queue_ratio: (if .base_queue_us > 0 then .queue_us / .base_queue_us | r3 else null end),
+                  iops_ratio: (if .base_iops > 0 then .iops / .base_iops | r3 else null end)})) as $ab
   | ([$fio[] | select(row_target != null) | row_target as $t
       | {name: "\(.device) \(.job) x\(.numjobs) / \(.counterpart)", value: .ratio,
          target: $t, met: (.ratio != null and .ratio >= $t)}]
@@ -89,6 +107,6 @@ group_by(.kernel) | map(
   | {key: $recs[0].kernel,
      value: {run: ($recs | map(select(.kind == "run")) | .[0]),
              fio: $fio, added_latency_qd1: $lat, add_live: $add, memory: $mem, cpu: $cpu,
-             zero_copy: $zc,
+             zero_copy: $zc, baseline: $ab,
              targets: $targets}})
 | {generated: $date, build: $build[0], kernels: from_entries}

@@ -5,7 +5,8 @@ def lpad($n): tostring | if length >= $n then . else (" " * ($n - length)) + . e
 def num: if . == null then "-" else tostring end;
 def fmt: if . == null then "-" elif . >= 100 then (. | round | tostring) else tostring end;
 
-"build: \(.build.buildtype // "?") (-O\(.build.optimization // "?")), sanitizers \(.build.sanitize // "?"), \(.build.compiler // "?"), commit \(.build.commit // "?"); host CPU \(.build.host_cpu // "?") x\(.build.host_cpus // "?"), qemu -cpu \(.build.qemu_cpu // "?")",
+. as $root
+| "build: \(.build.buildtype // "?") (-O\(.build.optimization // "?")), sanitizers \(.build.sanitize // "?"), \(.build.compiler // "?"), commit \(.build.commit // "?"); host CPU \(.build.host_cpu // "?") x\(.build.host_cpus // "?"), qemu -cpu \(.build.qemu_cpu // "?")",
 (.kernels | to_entries[] | .key as $k | .value as $v
 | "== kernel \($k): fio, medians of \($v.run.repeats // "?") repeat(s) of \($v.run.runtime_s // "?") s, \($v.run.cpus // "?") vCPUs (TCG), guest rep movsb fast (fsrm): \(if $v.run.cpu_fsrm == null then "?" else $v.run.cpu_fsrm end) ==",
   (("job" | pad(18)) + ("nj" | pad(3)) + ("device" | pad(11)) + ("IOPS" | lpad(9)) + ("MB/s" | lpad(8))
@@ -22,6 +23,10 @@ def fmt: if . == null then "-" elif . >= 100 then (. | round | tostring) else to
   "memory: ublkd RSS \(($v.memory.rss_kib // 0) / 1024 | . * 10 | round / 10) MiB with a 1 GiB mem device after 16 MiB written (idle \(($v.memory.rss_idle_kib // 0) / 1024 | . * 10 | round / 10) MiB)",
   "CPU per I/O at iodepth 64, 1 job (all ublkd threads / queue threads; I/Os per queue thread wake-up):",
   ($v.cpu[] | "  \(.device | pad(11)) \(.job | split("-")[0] | pad(10)) \(.cpu_us_per_io | num) / \(.queue_cpu_us_per_io | num) us; \(.ios_per_wakeup | num)"),
+  (if ($v.baseline | length) > 0 then
+     "CPU per I/O against the baseline build \($root.build.baseline_commit // "?") at iodepth 64, 1 job (queue threads / all threads, us; IOPS):",
+     ($v.baseline[] | "  \(.backend | pad(5)) \(.job | split("-")[0] | pad(10)) \(.queue_us | num) vs \(.base_queue_us | num) (x\(.queue_ratio | num), own spread \(.spread | num)); all \(.all_us | num) vs \(.base_all_us | num); IOPS \(.iops | fmt) vs \(.base_iops | fmt) (x\(.iops_ratio | num))")
+   else empty end),
   (if ($v.zero_copy | length) > 0 then
      "zero copy (file on ext4, \"zero_copy\": true) against the copy (the default), IOPS:",
      ($v.zero_copy[] | "  \(.job | pad(16)) \(.zero_copy_iops | fmt | lpad(8)) vs \(.copy_iops | fmt | lpad(8))  ratio \(.ratio | num)")

@@ -170,13 +170,13 @@ done
 # device: of the whole process (which keeps the time of threads that have
 # exited, such as io_uring's io-wq workers), and of the queue threads.
 # Also the queue threads' context switches: each voluntary one is a sleep
-# in io_uring_enter and so one wake-up.
+# in io_uring_enter and so one wake-up. Of ublkd, or of the daemon PID.
 cpu_ticks() {
-    local t stat f all q=0 comm k v sw=0
-    read -r stat <"/proc/$UBLKD_PID/stat"
+    local pid=${1:-$UBLKD_PID} t stat f all q=0 comm k v sw=0
+    read -r stat <"/proc/$pid/stat"
     read -r -a f <<<"${stat##*) }"
     all=$((f[11] + f[12]))
-    for t in /proc/"$UBLKD_PID"/task/*; do
+    for t in /proc/"$pid"/task/*; do
         read -r stat <"$t/stat" || continue
         comm=${stat#*(}
         comm=${comm%)*}
@@ -200,6 +200,60 @@ for d in ublkd-null ublkd-mem ublkd-file; do
         emit "{\"kind\":\"cpu\",\"kernel\":\"$kernel\",\"device\":\"$d\",\"job\":\"$rw-4k-64\",\"ios\":$ios,\"ticks_all\":$((a1 - a0)),\"ticks_queues\":$((q1 - q0)),\"queue_wakeups\":$((w1 - w0)),\"hz\":100}"
     done
 done
+
+# ---- CPU per I/O against the baseline build (bench/run.sh --baseline) -------------
+# Two more daemons, each with its own socket and state dir: this build's
+# ublkd and the baseline (an earlier commit's), both with the idle spin off
+# so that their queue threads' CPU time is the work, not the wait. A null
+# and a mem device on each, the same fio job on each in turn (the order
+# alternates per repeat), the queue threads' CPU counted per daemon.
+if [[ -n ${BENCH_BASELINE:-} ]]; then
+    require_cmd ublkd-baseline
+    declare -A ab_pid ab_sock
+    for build in this baseline; do
+        bin=$UBLKD
+        [[ $build == baseline ]] && bin=$(command -v ublkd-baseline)
+        bdir=$CASE_DIR/ab-$build
+        mkdir -p "$bdir/config/devices.d"
+        echo '{"idle_spin_us": 0}' >"$bdir/config/ublkd.json"
+        ab_sock[$build]=$bdir/ublkd.sock
+        "$bin" --config-dir "$bdir/config" --socket "${ab_sock[$build]}" --state-dir "$bdir/state" \
+            >"$bdir/ublkd.log" 2>&1 &
+        ab_pid[$build]=$!
+        add_cleanup "kill ${ab_pid[$build]} 2>/dev/null || true"
+        wait_for_log "admin socket ${ab_sock[$build]}" 20 "$bdir/ublkd.log" >/dev/null
+        for b in null mem; do
+            dev[$build-$b]=$(UBLKD_SOCKET=${ab_sock[$build]} ctl_ok add "ab-$b" \
+                --size "${BENCH_SIZE_MIB}MiB" "${queues_opt[@]}" --depth "$BENCH_DEPTH" --backend "$b")
+        done
+        fio --name=fill --filename="${dev[$build-mem]}" --ioengine=io_uring --direct=1 --rw=write \
+            --bs=1M --iodepth=16 --size="$size" --output=/dev/null || fail "filling $build-mem failed"
+    done
+    for ((rep = 1; rep <= BENCH_REPEATS; rep++)); do
+        for b in null mem; do
+            for rw in randread randwrite; do
+                order=(this baseline)
+                ((rep % 2 == 0)) && order=(baseline this)
+                for build in "${order[@]}"; do
+                    d=$build-$b
+                    read -r a0 q0 w0 <<<"$(cpu_ticks "${ab_pid[$build]}")"
+                    ios=$(fio --output-format=json --name="$d" --filename="${dev[$d]}" --ioengine=io_uring \
+                        --direct=1 --time_based --runtime="$BENCH_RUNTIME" --norandommap --randrepeat=0 \
+                        --rw=$rw --bs=4k --iodepth=64 --size="$size" |
+                        jq '.jobs[0] | .read.total_ios + .write.total_ios') || fail "$d: fio failed"
+                    read -r a1 q1 w1 <<<"$(cpu_ticks "${ab_pid[$build]}")"
+                    emit "{\"kind\":\"cpu_ab\",\"kernel\":\"$kernel\",\"build\":\"$build\",\"backend\":\"$b\",\"job\":\"$rw-4k-64\",\"rep\":$rep,\"ios\":$ios,\"secs\":$BENCH_RUNTIME,\"ticks_all\":$((a1 - a0)),\"ticks_queues\":$((q1 - q0)),\"queue_wakeups\":$((w1 - w0)),\"hz\":100}"
+                done
+            done
+        done
+    done
+    for build in this baseline; do
+        for b in null mem; do UBLKD_SOCKET=${ab_sock[$build]} ctl_ok del "ab-$b" >/dev/null; done
+        kill -TERM "${ab_pid[$build]}"
+        wait "${ab_pid[$build]}" || fail "the $build ublkd of the comparison exited with status $?"
+    done
+    log "CPU per I/O against the baseline (${BENCH_BASELINE}) measured"
+fi
 
 # ---- zero copy against the copy, where the kernel offers it ----------------------
 # Two file devices on one ext4 (on a second brd disk): "zero_copy": true and

@@ -28,7 +28,8 @@ Usage: tests/vm/build-initramfs.sh --kernel-dir DIR --output FILE
   --output FILE     initramfs to write (uncompressed cpio, newc format)
   --build-dir DIR   meson build directory with daemon/ublkd (and optionally
                     daemon/ublkctl); default: build in the source tree
-  --cases-dir DIR   where the cases are (default tests/vm/cases)
+  --cases-dir DIR   where the cases are (default tests/vm/cases); programs
+                    in DIR/bin go to /usr/local/bin, with their libraries
   --timeout SECS    default per-case timeout inside the VM (default 300);
                     a case may set its own with a `# vm-timeout: SECS` line
   CASE...           cases to run at boot, by name (00-kernel-smoke) or file;
@@ -354,6 +355,11 @@ for t in daemon/ublkd daemon/ublkctl tests/ublkd-admin-send tests/ublkd-del-dev 
     bench/ublkd-bench-add-live; do
     [[ -x $build_dir/$t ]] || die "$build_dir/$t not found: build it first (ninja -C $build_dir)"
     copy_bin "$stage" "$build_dir/$t" "/usr/local/bin/${t##*/}"
+done
+# Programs a caller put beside its cases (the benchmark's baseline ublkd).
+for t in "$cases_dir"/bin/*; do
+    [[ -f $t && -x $t ]] || continue
+    copy_bin "$stage" "$t" "/usr/local/bin/${t##*/}"
 done
 # The symlinks are in the userland archive already; in this one they would
 # replace nothing but must not become directories either.

@@ -74,7 +74,8 @@ common_options_help() {
                     marked \`# vm-tier: full\` (CI runs the quick tier)
   --cases-dir DIR   where the cases are (default tests/vm/$CASES_SUBDIR);
                     cases kept outside the tree source the harness's
-                    libraries as ../NAME, which the VM provides next to them
+                    libraries as ../NAME, which the VM provides next to them;
+                    programs in DIR/bin go to the VM's /usr/local/bin
   --log-dir DIR     where logs go (default: BUILD/$LOGS_SUBDIR); each kernel
                     gets DIR/KERNEL/{console.log,CASE.log,...}, emptied per run
   --memory SIZE     guest memory (default 2G)

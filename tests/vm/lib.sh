@@ -95,6 +95,28 @@ kernel_offers() {
     [[ $(json_get "$(ctl_ok --json features)" "[.known[].name] | index(\"$1\") != null") == true ]]
 }
 
+# offered FLAG: true or false, whether the kernel offers FLAG (as
+# kernel_offers), logged.
+offered() {
+    local o=false
+    kernel_offers "$1" && o=true
+    log "kernel offers $1: $o"
+    echo "$o"
+}
+
+# fio_passed PID OUT WHAT: wait for the fio run PID, whose output is in OUT;
+# fail, naming WHAT, if it exited non-zero or reported an error; then log
+# its summary lines.
+fio_passed() {
+    local rc=0
+    wait "$1" || rc=$?
+    if ((rc != 0)) || grep -qE 'err= *[1-9]|verify|error' "$2"; then
+        cat "$2" >&2
+        fail "fio saw an error $3 (status $rc)"
+    fi
+    grep -E '^ *(write|read):|err=' "$2" >&2
+}
+
 # ---- daemon ---------------------------------------------------------------
 
 # log_ms LINE: milliseconds since midnight of a daemon log line's timestamp

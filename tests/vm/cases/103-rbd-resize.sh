@@ -14,9 +14,7 @@ cfg=$CASE_DIR/config
 mkdir -p "$cfg"
 start_ublkd_api "$cfg"
 
-offered=false
-kernel_offers UPDATE_SIZE && offered=true
-log "kernel offers UPDATE_SIZE: $offered"
+offered=$(offered UPDATE_SIZE)
 
 dev=$(ctl_ok add g0 --backend rbd --image rbd/grow0 --ceph-conf "$CEPH_CONF" --create --size 64MiB)
 granted=$(json_get "$(ctl_ok --json info g0)" '.kernel_flag_names | index("UPDATE_SIZE") != null')

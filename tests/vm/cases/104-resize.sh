@@ -17,9 +17,7 @@ cfg=$CASE_DIR/config
 mkdir -p "$cfg"
 start_ublkd_api "$cfg"
 
-offered=false
-kernel_offers UPDATE_SIZE && offered=true
-log "kernel offers UPDATE_SIZE: $offered"
+offered=$(offered UPDATE_SIZE)
 
 MiB=$((1 << 20))
 img=$CASE_DIR/f0.img

@@ -15,9 +15,7 @@ cfg=$CASE_DIR/config
 mkdir -p "$cfg"
 start_ublkd_api "$cfg"
 
-offered=false
-kernel_offers NO_AUTO_PART_SCAN && offered=true
-log "kernel offers NO_AUTO_PART_SCAN: $offered"
+offered=$(offered NO_AUTO_PART_SCAN)
 
 # wait_for_node PATH SECS: PATH appears (devtmpfs) within SECS.
 wait_for_node() {

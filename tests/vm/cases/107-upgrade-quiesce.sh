@@ -12,14 +12,12 @@
 require_cmd fio mkfs.ext4 jq
 
 dmesg_from=$(dmesg | wc -l)
-mnt=$CASE_DIR/ext4
-ext4_on_ram_disk "$mnt" 160
 cfg=$CASE_DIR/config
 mkdir -p "$cfg/devices.d"
 start_ublkd_api "$cfg"
-offered=false
-kernel_offers QUIESCE && offered=true
-log "kernel offers QUIESCE: $offered"
+offered=$(offered QUIESCE)
+mnt=$CASE_DIR/ext4
+ext4_on_ram_disk "$mnt" 160
 
 ctl_ok add m0 --backend mem --size 64MiB --queues 2 >/dev/null
 ctl_ok add f0 --backend file --path "$mnt/f0.img" --create --size 64MiB --queues 2 >/dev/null
@@ -74,13 +72,7 @@ for round in 1 2; do
     ((round == 1)) && sleep_ms "$(rand_ms 300 800)"
 done
 
-rc=0
-wait "$fio_pid" || rc=$?
-if ((rc != 0)) || grep -qE 'err= *[1-9]|verify|error' "$out"; then
-    cat "$out" >&2
-    fail "fio saw an error across two upgrades (status $rc)"
-fi
-grep -E '^ *write:|err=' "$out" >&2
+fio_passed "$fio_pid" "$out" "across two upgrades"
 if dmesg | tail -n +$((dmesg_from + 1)) | grep -E "I/O error, dev ublkb" >&2; then
     fail "the kernel logged I/O errors on a ublk device"
 fi

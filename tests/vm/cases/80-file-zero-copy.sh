@@ -21,9 +21,7 @@ cfg=$CASE_DIR/config
 mkdir -p "$cfg/devices.d"
 start_ublkd_api "$cfg"
 
-offered=false
-kernel_offers AUTO_BUF_REG && offered=true
-log "kernel offers AUTO_BUF_REG: $offered"
+offered=$(offered AUTO_BUF_REG)
 
 img=$mnt/zc.img
 printf '{"name": "zc", "queues": 2, "queue_depth": 64, "backend": {"type": "file", "path": "%s", "create": true, "size": "96MiB", "zero_copy": true}}' \

@@ -49,13 +49,7 @@ for round in 1 2; do
     ((round == 1)) && sleep_ms "$(rand_ms 500 1500)"
 done
 
-rc=0
-wait "$fio_pid" || rc=$?
-if ((rc != 0)) || grep -qE 'err= *[1-9]|verify|error' "$out"; then
-    cat "$out" >&2
-    fail "fio saw an error across two kill -9 (status $rc)"
-fi
-grep -E '^ *(write|read):|err=' "$out" >&2
+fio_passed "$fio_pid" "$out" "across two kill -9"
 stop_ublkd 20
 assert_no_ublk_devices
 log "fio ran through two kill -9 without an error"
