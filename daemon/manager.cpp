@@ -691,9 +691,9 @@ void Manager::quiesce_handed_over(std::chrono::milliseconds budget) {
         devlog::warn(name, "device {}: not quiesced for the hand-over: {}", q.error().to_string());
       } else {
         devlog::info(name,
-                     "device {}: quiesced for the hand-over: {} request(s) answered, {} left "
-                     "for the next ublkd",
-                     q->answered, q->left);
+                     "device {}: quiesced for the hand-over: {} request(s) in flight answered, "
+                     "{} left for the next ublkd ({} served in all)",
+                     q->held - std::min(q->held, q->left), q->left, q->served);
       }
     });
   }

@@ -824,6 +824,8 @@ Result<Device::Quiesced> Device::quiesce(steady_clock::time_point deadline) {
     for (const auto& w : workers_) n += w->stats().in_flight();
     return n;
   };
+  Quiesced q;
+  q.held = in_flight();
   // Nothing new arrives now; the backends finish what they hold.
   while (in_flight() > 0 && steady_clock::now() < deadline)
     std::this_thread::sleep_for(milliseconds(1));
@@ -831,10 +833,9 @@ Result<Device::Quiesced> Device::quiesce(steady_clock::time_point deadline) {
   for (auto& w : workers_) w->request_stop();
   const auto join_by = std::max(deadline, steady_clock::now() + milliseconds(500));
   for (auto& w : workers_) (void)w->join(join_by);
-  Quiesced q;
   for (const auto& w : workers_) {
     const StatsSnapshot s = w->stats();
-    q.answered += s.answered;
+    q.served += s.answered;
     q.left += s.in_flight();
   }
   return q;

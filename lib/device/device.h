@@ -185,8 +185,9 @@ class Device {
   // (UBLK_F_QUIESCE, granted at ADD_DEV); meaningful once added.
   bool can_quiesce() const { return (info_.flags & uapi::kFeatQuiesce) != 0; }
   struct Quiesced {
-    uint64_t answered = 0;  // requests the queues answered since they started
-    uint64_t left = 0;      // still unanswered when the queues stopped
+    uint64_t held = 0;    // in flight when the kernel stopped handing requests out
+    uint64_t left = 0;    // still unanswered when the queues stopped
+    uint64_t served = 0;  // answered since the queues started
   };
   // live, as this process hands the device over (`upgrade`) and exits:
   // QUIESCE_DEV, so the kernel hands out no more requests (they wait in it

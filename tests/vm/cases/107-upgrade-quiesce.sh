@@ -54,10 +54,10 @@ for round in 1 2; do
     ((rc == 75)) || { show_log "$old_log"; fail "ublkd exited with $rc after upgrade, want 75"; }
     for name in m0 f0; do
         if [[ $offered == true ]]; then
-            line=$(grep -E "device $name: quiesced for the hand-over: [0-9]+ request\(s\) answered, 0 left" "$old_log") ||
+            line=$(grep -E "device $name: quiesced for the hand-over: [0-9]+ request\(s\) in flight answered, 0 left for the next ublkd \([0-9]+ served in all\)" "$old_log") ||
                 { show_log "$old_log"; fail "round $round: $name not quiesced with nothing left"; }
-            n=$(grep -oE '[0-9]+ request' <<<"$line" | grep -oE '[0-9]+')
-            ((n > 0)) || fail "round $round: $name answered no request before the hand-over: $line"
+            n=$(grep -oE '[0-9]+ served' <<<"$line" | grep -oE '[0-9]+')
+            ((n > 0)) || fail "round $round: $name served no request before the hand-over: $line"
         else
             line=$(grep -E "device $name: handed over as it runs \(no UBLK_F_QUIESCE\): [0-9]+ request\(s\) in flight go to the next ublkd again" "$old_log") ||
                 { show_log "$old_log"; fail "round $round: no hand-over line for $name"; }
