@@ -33,16 +33,17 @@ EOF
 
 # Bump when the layout of a prepared kernel directory changes, so that old
 # caches are rebuilt (from the cached .deb files) instead of misused.
-readonly PREP_FORMAT=3
+readonly PREP_FORMAT=4
 
 # Modules packaged into the initramfs when the kernel has them as modules.
 # ublk_drv is the subject under test; brd, null_blk and loop give cases
 # reference block devices, dm_mod backing stores that fail or stall on
-# demand (its linear and error targets), nbd the kernel's NBD client the
+# demand (its linear and error targets), dm_delay stores whose every
+# request takes a while, nbd the kernel's NBD client the
 # benchmark compares the nbd backend with; ext4, virtio and the crc32c providers are listed so
 # that a kernel that builds them as modules still gets a usable VM.
 readonly WANTED_MODULES=(
-    ublk_drv brd null_blk loop dm_mod nbd
+    ublk_drv brd null_blk loop dm_mod dm_delay nbd
     ext4 virtio_pci virtio_blk
     crc32c_generic crc32c_intel crc32c_cryptoapi libcrc32c
 )

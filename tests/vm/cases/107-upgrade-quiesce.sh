@@ -1,26 +1,33 @@
 #!/bin/bash
-# `ublkctl upgrade` twice under fio, on a mem device and on a file device on
-# ext4 (whose requests wait in io_uring, so some are in flight whenever the
-# upgrade comes). Where the kernel offers UBLK_F_QUIESCE (7.2) both devices
-# are granted it, and the old ublkd answers every request it holds before it
-# exits: its log counts the answers and leaves 0 for the next ublkd. Where
-# it does not (6.12) the devices are handed over as they run and the kernel
-# sends the requests in flight again. Either way fio's crc32c verify passes,
-# with no I/O error, and the new ublkd recovers both devices.
+# `ublkctl upgrade` twice under fio, on a mem device and on a file device
+# over a device-mapper delay target (every request takes 200 ms, so dozens
+# are in flight whenever the upgrade comes). Where the kernel offers
+# UBLK_F_QUIESCE (7.2) both devices are granted it, and the old ublkd
+# answers every request it holds before it exits: its log counts those of
+# the slow device (more than 0) and leaves 0 for the next ublkd. Where it
+# does not (6.12) the devices are handed over as they run and the kernel
+# sends the slow device's requests in flight (more than 0) to the next
+# ublkd again. Either way fio's crc32c verify passes, with no I/O error,
+# and the new ublkd recovers both devices.
 # vm-timeout: 200
 . "${BASH_SOURCE%/*}/../lib.sh"
-require_cmd fio mkfs.ext4 jq
+require_cmd fio jq dmsetup
 
 dmesg_from=$(dmesg | wc -l)
 cfg=$CASE_DIR/config
 mkdir -p "$cfg/devices.d"
 start_ublkd_api "$cfg"
 offered=$(offered QUIESCE)
-mnt=$CASE_DIR/ext4
-ext4_on_ram_disk "$mnt" 160
+export DM_DISABLE_UDEV=1 # no udev in this VM: dmsetup makes the nodes itself
+modprobe dm_delay || fail "cannot load dm_delay"
+load_module brd rd_nr=1 rd_size=$((64 * 1024))
+add_cleanup "rmmod brd"
+echo "0 $((64 << 11)) delay /dev/ram0 0 200" | dmsetup create slow || fail "dmsetup create failed"
+add_cleanup "dmsetup remove --retry slow 2>/dev/null || true"
+[[ -b /dev/mapper/slow ]] || fail "/dev/mapper/slow did not appear"
 
 ctl_ok add m0 --backend mem --size 64MiB --queues 2 >/dev/null
-ctl_ok add f0 --backend file --path "$mnt/f0.img" --create --size 64MiB --queues 2 >/dev/null
+ctl_ok add f0 --backend file --path /dev/mapper/slow --queues 2 >/dev/null
 for name in m0 f0; do
     granted=$(json_get "$(ctl_ok --json info $name)" '.kernel_flag_names | index("QUIESCE") != null')
     [[ $granted == "$offered" ]] || fail "kernel offers QUIESCE: $offered, $name was granted it: $granted"
@@ -63,6 +70,10 @@ for round in 1 2; do
                 { show_log "$old_log"; fail "round $round: no hand-over line for $name"; }
         fi
         log "round $round: ${line#* device }"
+        if [[ $name == f0 ]]; then
+            n=$(grep -oE '[0-9]+ request\(s\) in flight' <<<"$line" | grep -oE '^[0-9]+')
+            ((n > 0)) || fail "round $round: nothing in flight on the slow device at the hand-over: $line"
+        fi
     done
     ublkd_alive "$fio_pid" || { cat "$out" >&2; fail "fio ended during round $round"; }
     start_ublkd_api "$cfg"
