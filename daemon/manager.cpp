@@ -676,13 +676,11 @@ void Manager::quiesce_handed_over(std::chrono::milliseconds budget) {
     Device* dev = e->dev.get();
     if (dev->state() != DeviceState::kLive) continue;
     if (!dev->can_quiesce()) {
-      uint64_t held = 0;
-      for (const StatsSnapshot& s : dev->queue_stats()) held += s.in_flight();
       const bool reissue = (dev->kernel_info().flags & uapi::kFeatUserRecoveryReissue) != 0;
       devlog::info(name,
                    "device {}: handed over as it runs (no UBLK_F_QUIESCE): {} request(s) in "
                    "flight {}",
-                   held, reissue ? "go to the next ublkd again" : "fail");
+                   dev->in_flight(), reissue ? "go to the next ublkd again" : "fail");
       continue;
     }
     threads.emplace_back([dev, deadline, name = name] {

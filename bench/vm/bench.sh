@@ -189,15 +189,24 @@ cpu_ticks() {
     done
     echo "$all $q $sw"
 }
+# cpu_run DEVICE RW [PID]: one 4k iodepth 64 fio run of RW on dev[DEVICE];
+# sets CPU_RUN to the JSON members of what it cost daemon PID (default
+# ublkd): the I/Os done, cpu_ticks' three counts around it, and the tick
+# rate. Not in $(...), so that its fail ends the case.
+cpu_run() {
+    local d=$1 rw=$2 pid=${3:-$UBLKD_PID} a0 q0 w0 a1 q1 w1 ios
+    read -r a0 q0 w0 <<<"$(cpu_ticks "$pid")"
+    ios=$(fio --output-format=json --name="$d" --filename="${dev[$d]}" --ioengine=io_uring \
+        --direct=1 --time_based --runtime="$BENCH_RUNTIME" --norandommap --randrepeat=0 \
+        --rw="$rw" --bs=4k --iodepth=64 --size="$size" |
+        jq '.jobs[0] | .read.total_ios + .write.total_ios') || fail "$d: fio for CPU cost failed"
+    read -r a1 q1 w1 <<<"$(cpu_ticks "$pid")"
+    CPU_RUN="\"ios\":$ios,\"ticks_all\":$((a1 - a0)),\"ticks_queues\":$((q1 - q0)),\"queue_wakeups\":$((w1 - w0)),\"hz\":100"
+}
 for d in ublkd-null ublkd-mem ublkd-file; do
     for rw in randread randwrite; do
-        read -r a0 q0 w0 <<<"$(cpu_ticks)"
-        ios=$(fio --output-format=json --name="$d" --filename="${dev[$d]}" --ioengine=io_uring \
-            --direct=1 --time_based --runtime="$BENCH_RUNTIME" --norandommap --randrepeat=0 \
-            --rw=$rw --bs=4k --iodepth=64 --size="$size" |
-            jq '.jobs[0] | .read.total_ios + .write.total_ios') || fail "$d: fio for CPU cost failed"
-        read -r a1 q1 w1 <<<"$(cpu_ticks)"
-        emit "{\"kind\":\"cpu\",\"kernel\":\"$kernel\",\"device\":\"$d\",\"job\":\"$rw-4k-64\",\"ios\":$ios,\"ticks_all\":$((a1 - a0)),\"ticks_queues\":$((q1 - q0)),\"queue_wakeups\":$((w1 - w0)),\"hz\":100}"
+        cpu_run "$d" $rw
+        emit "{\"kind\":\"cpu\",\"kernel\":\"$kernel\",\"device\":\"$d\",\"job\":\"$rw-4k-64\",$CPU_RUN}"
     done
 done
 
@@ -235,14 +244,8 @@ if [[ -n ${BENCH_BASELINE:-} ]]; then
                 order=(this baseline)
                 ((rep % 2 == 0)) && order=(baseline this)
                 for build in "${order[@]}"; do
-                    d=$build-$b
-                    read -r a0 q0 w0 <<<"$(cpu_ticks "${ab_pid[$build]}")"
-                    ios=$(fio --output-format=json --name="$d" --filename="${dev[$d]}" --ioengine=io_uring \
-                        --direct=1 --time_based --runtime="$BENCH_RUNTIME" --norandommap --randrepeat=0 \
-                        --rw=$rw --bs=4k --iodepth=64 --size="$size" |
-                        jq '.jobs[0] | .read.total_ios + .write.total_ios') || fail "$d: fio failed"
-                    read -r a1 q1 w1 <<<"$(cpu_ticks "${ab_pid[$build]}")"
-                    emit "{\"kind\":\"cpu_ab\",\"kernel\":\"$kernel\",\"build\":\"$build\",\"backend\":\"$b\",\"job\":\"$rw-4k-64\",\"rep\":$rep,\"ios\":$ios,\"secs\":$BENCH_RUNTIME,\"ticks_all\":$((a1 - a0)),\"ticks_queues\":$((q1 - q0)),\"queue_wakeups\":$((w1 - w0)),\"hz\":100}"
+                    cpu_run "$build-$b" $rw "${ab_pid[$build]}"
+                    emit "{\"kind\":\"cpu_ab\",\"kernel\":\"$kernel\",\"build\":\"$build\",\"backend\":\"$b\",\"job\":\"$rw-4k-64\",\"rep\":$rep,\"secs\":$BENCH_RUNTIME,$CPU_RUN}"
                 done
             done
         done
@@ -314,13 +317,8 @@ add_cleanup "rmmod nbd 2>/dev/null || true"
         --bs=1M --iodepth=16 --size="$size" --output=/dev/null || fail "filling the nbd export failed"
     run_pair kernel-nbd ublkd-nbd "$BENCH_NBD_JOBS"
     for rw in randread randwrite; do
-        read -r a0 q0 w0 <<<"$(cpu_ticks)"
-        ios=$(fio --output-format=json --name=ublkd-nbd --filename="${dev[ublkd-nbd]}" \
-            --ioengine=io_uring --direct=1 --time_based --runtime="$BENCH_RUNTIME" --norandommap \
-            --randrepeat=0 --rw=$rw --bs=4k --iodepth=64 --size="$size" |
-            jq '.jobs[0] | .read.total_ios + .write.total_ios') || fail "ublkd-nbd: fio for CPU cost failed"
-        read -r a1 q1 w1 <<<"$(cpu_ticks)"
-        emit "{\"kind\":\"cpu\",\"kernel\":\"$kernel\",\"device\":\"ublkd-nbd\",\"job\":\"$rw-4k-64\",\"ios\":$ios,\"ticks_all\":$((a1 - a0)),\"ticks_queues\":$((q1 - q0)),\"queue_wakeups\":$((w1 - w0)),\"hz\":100}"
+        cpu_run ublkd-nbd $rw
+        emit "{\"kind\":\"cpu\",\"kernel\":\"$kernel\",\"device\":\"ublkd-nbd\",\"job\":\"$rw-4k-64\",$CPU_RUN}"
     done
     ctl_ok del b-nbd >/dev/null
     nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true

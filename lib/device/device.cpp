@@ -819,11 +819,6 @@ Result<Device::Quiesced> Device::quiesce(steady_clock::time_point deadline) {
       std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now()), milliseconds(1));
   if (auto r = ctrl_->quiesce_dev(*dev_id_, wait, config_.command_timeout); !r)
     return r.error().wrap("QUIESCE_DEV");
-  const auto in_flight = [this] {
-    uint64_t n = 0;
-    for (const auto& w : workers_) n += w->stats().in_flight();
-    return n;
-  };
   Quiesced q;
   q.held = in_flight();
   // Nothing new arrives now; the backends finish what they hold.
@@ -833,11 +828,8 @@ Result<Device::Quiesced> Device::quiesce(steady_clock::time_point deadline) {
   for (auto& w : workers_) w->request_stop();
   const auto join_by = std::max(deadline, steady_clock::now() + milliseconds(500));
   for (auto& w : workers_) (void)w->join(join_by);
-  for (const auto& w : workers_) {
-    const StatsSnapshot s = w->stats();
-    q.served += s.answered;
-    q.left += s.in_flight();
-  }
+  for (const auto& w : workers_) q.served += w->stats().answered;
+  q.left = in_flight();
   return q;
 }
 
@@ -854,6 +846,12 @@ std::vector<StatsSnapshot> Device::queue_stats() const {
   out.reserve(workers_.size());
   for (const auto& w : workers_) out.push_back(w->stats());
   return out;
+}
+
+uint64_t Device::in_flight() const {
+  uint64_t n = 0;
+  for (const auto& w : workers_) n += w->stats().in_flight();
+  return n;
 }
 
 bool Device::queues_healthy() const {

@@ -228,6 +228,8 @@ class Device {
   // process); empty without queues. From the control thread, between
   // operations (start and stop replace the queues).
   std::vector<StatsSnapshot> queue_stats() const;
+  // Requests the queues hold now (received, not yet answered); same rules.
+  uint64_t in_flight() const;
 
   // False once a queue thread of a live device has exited.
   bool queues_healthy() const;
