@@ -125,6 +125,44 @@ enum IoCmdOp : uint8_t {
 constexpr uint32_t io_op_ioctl(uint8_t op) { return _IOWR('u', op, IoCmd); }
 static_assert(io_op_ioctl(kIoFetchReq) == 0xc0107520);
 
+// UBLK_F_BATCH_IO (7.0+): instead of a command per tag, PREP_IO_CMDS arms
+// many tags at once, one multishot FETCH_IO_CMDS per queue delivers the
+// tags of new requests (2 bytes each) into buffers the server provides
+// (a buffer ring), and COMMIT_IO_CMDS answers many requests at once; the
+// per-tag FETCH_REQ / COMMIT_AND_FETCH_REQ are refused on such a device.
+// The three travel in the SQE's cmd area as BatchIo; PREP and COMMIT point
+// sqe->addr at nr_elem elements of elem_bytes each: BatchElem, followed
+// by the buffer address when kBatchHasBufAddr is set.
+struct BatchIo {
+  uint16_t q_id;
+  uint16_t flags;  // kBatch*
+  uint16_t nr_elem;
+  uint8_t elem_bytes;
+  uint8_t reserved;
+  uint64_t reserved2;
+};
+static_assert(sizeof(BatchIo) == 16 && offsetof(BatchIo, nr_elem) == 4 &&
+              offsetof(BatchIo, elem_bytes) == 6);
+struct BatchElem {
+  uint16_t tag;
+  uint16_t buf_index;  // with AUTO_BUF_REG: the fixed-buffer slot
+  int32_t result;      // COMMIT only
+};
+static_assert(sizeof(BatchElem) == 8 && offsetof(BatchElem, result) == 4);
+constexpr uint16_t kBatchHasBufAddr = 1u << 1;
+// FETCH_IO_CMDS must be multishot (IORING_URING_CMD_MULTISHOT in
+// sqe->uring_cmd_flags; liburing 2.3 lacks the name).
+constexpr uint32_t kUringCmdMultishot = 1u << 1;
+
+enum BatchCmdOp : uint8_t {
+  kIoPrepIoCmds = 0x25,
+  kIoCommitIoCmds = 0x26,
+  kIoFetchIoCmds = 0x27,
+};
+constexpr uint32_t batch_op_ioctl(uint8_t op) { return _IOWR('u', op, BatchIo); }
+static_assert(batch_op_ioctl(kIoPrepIoCmds) == 0xc0107525);
+static_assert(batch_op_ioctl(kIoFetchIoCmds) == 0xc0107527);
+
 // Per-tag descriptor the kernel fills in the mmapped area of each queue.
 struct IoDesc {
   uint32_t op_flags;  // op in the low 8 bits, UBLK_IO_F_* above
