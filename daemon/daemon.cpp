@@ -92,6 +92,7 @@ ManagerOptions manager_options(const DaemonOptions& options, const LoadedConfig&
   ManagerOptions mo;
   mo.start_timeout = options.start_timeout.value_or(config.daemon.start_timeout);
   mo.idle_spin = config.daemon.idle_spin;
+  mo.batch_io = config.daemon.batch_io;
   mo.config_dir = options.config_dir;
   mo.state_dir = options.state_dir;
   mo.mem_store = std::move(mem_store);

@@ -165,6 +165,7 @@ DeviceConfig Manager::device_config(Entry& e, const DeviceRecord& record, bool r
   cfg.reissue_safe = caps.reissue_safe;
   cfg.identity = e.identity;
   cfg.idle_spin = options_.idle_spin;
+  cfg.batch_io = options_.batch_io;
   cfg.start_timeout = options_.start_timeout;
   cfg.control_path = options_.control_path;
   if (reopen && state_) {
@@ -357,6 +358,15 @@ void Manager::finish_add(const std::string& name, bool persist, OpResult<void> r
   done(snapshot(e));
 }
 
+std::string Manager::serving_notes(Device& dev) {
+  std::string notes = "queue rings: " + setup_flags_string(dev.queue_ring_flags());
+  if (const std::string io = dev.backend().io_notes(); !io.empty()) notes += "; " + io;
+  if (dev.zero_copy())
+    notes += "; zero copy (the kernel registers each request's pages for the backend)";
+  if (dev.batch_io()) notes += "; batched io commands (UBLK_F_BATCH_IO)";
+  return notes;
+}
+
 void Manager::log_live(const Entry& e) const {
   const std::string& name = e.spec.name;
   if (e.spec.recovery && (e.dev->kernel_info().flags & uapi::kFeatUserRecovery) == 0) {
@@ -364,13 +374,7 @@ void Manager::log_live(const Entry& e) const {
                  "device {}: the kernel did not grant USER_RECOVERY: the device will not "
                  "survive ublkd exiting");
   }
-  std::string notes = e.dev->backend().io_notes();
-  if (e.dev->zero_copy()) {
-    notes += notes.empty() ? "" : "; ";
-    notes += "zero copy (the kernel registers each request's pages for the backend)";
-  }
-  devlog::info(name, "device {} live at {} (queue rings: {}{}{})", e.dev->block_device(),
-               setup_flags_string(e.dev->queue_ring_flags()), notes.empty() ? "" : "; ", notes);
+  devlog::info(name, "device {} live at {} ({})", e.dev->block_device(), serving_notes(*e.dev));
   if (const auto& f = e.dev->io_flusher_error()) {
     devlog::warn(name,
                  "device {}: queue threads are not I/O flushers: {} (ublkd lacks "
@@ -602,7 +606,8 @@ void Manager::finish_recovery(const std::string& name, bool stale) {
   Entry& entry = *it->second;
   entry.starting = false;
   if (entry.dev->state() == DeviceState::kLive) {
-    devlog::info(name, "device {} recovered: live again at {}", entry.dev->block_device());
+    devlog::info(name, "device {} recovered: live again at {} ({})", entry.dev->block_device(),
+                 serving_notes(*entry.dev));
     // Storage that grew while no ublkd served it (recovered at the old size).
     if (entry.dev->storage_size() != entry.dev->size()) {
       const uint64_t one = 1;
@@ -678,9 +683,10 @@ void Manager::quiesce_handed_over(std::chrono::milliseconds budget) {
     if (!dev->can_quiesce()) {
       const bool reissue = (dev->kernel_info().flags & uapi::kFeatUserRecoveryReissue) != 0;
       devlog::info(name,
-                   "device {}: handed over as it runs (no UBLK_F_QUIESCE): {} request(s) in "
+                   "device {}: handed over as it runs (no UBLK_F_QUIESCE{}): {} request(s) in "
                    "flight {}",
-                   dev->in_flight(), reissue ? "go to the next ublkd again" : "fail");
+                   dev->batch_io() ? ": batched io commands" : "", dev->in_flight(),
+                   reissue ? "go to the next ublkd again" : "fail");
       continue;
     }
     threads.emplace_back([dev, deadline, name = name] {

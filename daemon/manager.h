@@ -33,6 +33,8 @@ struct ManagerOptions {
   std::chrono::milliseconds start_timeout{10'000};
   // DeviceConfig::idle_spin of every device.
   std::chrono::nanoseconds idle_spin{0};
+  // DeviceConfig::batch_io of every device.
+  bool batch_io = false;
   std::string control_path = ControlDevice::kDefaultPath;
   // Where `persist` writes drop-ins: DIR/devices.d.
   std::filesystem::path config_dir;
@@ -230,6 +232,9 @@ class Manager {
   void finish_add(const std::string& name, bool persist, OpResult<void> result, AddDone done);
   // The log lines of a device that just went live.
   void log_live(const Entry& e) const;
+  // How a live device is served (ring flags, the backend's notes, zero copy,
+  // batched commands), for its live and recovered lines.
+  static std::string serving_notes(Device& dev);
   // recover_all(): recovers, or waits for the release of, one recorded
   // device; `done` runs when that is settled.
   void recover_one(const DeviceRecord& r, std::function<void()> done);

@@ -21,7 +21,8 @@ constexpr std::array<std::pair<LogLevel, std::string_view>, 5> kLogLevels = {{
 void read_fields(config::FieldReader& reader, const nlohmann::json& doc, DaemonConfig& config) {
   reader.reject_unknown_keys(doc, "",
                              {"socket", "admin_group", "log_level", "start_timeout",
-                              "default_queues", "default_queue_depth", "idle_spin_us"});
+                              "default_queues", "default_queue_depth", "idle_spin_us",
+                              "batch_io"});
 
   if (auto socket = reader.string(doc, "", "socket", false)) {
     const std::string shown = config::dump_value(nlohmann::json(*socket));
@@ -71,6 +72,7 @@ void read_fields(config::FieldReader& reader, const nlohmann::json& doc, DaemonC
   if (auto spin = reader.integer(doc, "", "idle_spin_us", false, 0, kMaxIdleSpinMicros)) {
     config.idle_spin = std::chrono::microseconds(*spin);
   }
+  if (auto batch = reader.boolean(doc, "", "batch_io", false)) config.batch_io = *batch;
 }
 
 }  // namespace

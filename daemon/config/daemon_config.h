@@ -2,7 +2,8 @@
 //
 //   { "socket": "/run/ublkd/ublkd.sock", "admin_group": "disk",
 //     "log_level": "info", "start_timeout": 10,
-//     "default_queues": 4, "default_queue_depth": 128, "idle_spin_us": 200 }
+//     "default_queues": 4, "default_queue_depth": 128, "idle_spin_us": 200,
+//     "batch_io": false }
 //
 // Every field is optional; a missing file means all defaults.
 #pragma once
@@ -50,6 +51,11 @@ struct DaemonConfig {
   // How long an idle queue thread watches its ring before it sleeps
   // (lib/queue/idle_poll.h); 0..1000 µs, 0 = never.
   std::chrono::microseconds idle_spin = kDefaultIdleSpin;
+  // Serve new devices with UBLK_F_BATCH_IO where the kernel offers it
+  // (QueueConfig::batch_io) instead of a command per request. Off by
+  // default: it measured no faster here, and costs UBLK_F_QUIESCE
+  // (docs/performance.md).
+  bool batch_io = false;
 
   SpecDefaults spec_defaults() const { return SpecDefaults{default_queues, default_queue_depth}; }
 

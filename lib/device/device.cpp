@@ -530,13 +530,22 @@ uapi::CtrlDevInfo Device::device_to_add() const {
   want.flags = config_.kernel_features &
                (uapi::kFeatCmdIoctlEncode | uapi::kFeatUringCmdCompInTask | uapi::kFeatUpdateSize |
                 uapi::kFeatSafeStopDev);
+  // A command per many requests instead of one per request (7.0+). Not
+  // for a queue of one tag: the kernel's list of ready tags cannot be that
+  // short (ADD_DEV fails with EINVAL).
+  const bool batch =
+      config_.batch_io && want.queue_depth >= 2 && (config_.kernel_features & uapi::kFeatBatchIo);
+  if (batch) want.flags |= uapi::kFeatBatchIo;
   if (config_.recovery) {
     // Without REISSUE the requests the dead server had taken fail with EIO
     // at recovery; re-sent, they succeed, which is only right where serving
     // a request twice is harmless.
     // QUIESCE (needs USER_RECOVERY) lets an upgrade answer what it holds
-    // before it goes, instead of leaving it to REISSUE or to fail.
-    uint64_t bits = uapi::kFeatUserRecovery | uapi::kFeatQuiesce;
+    // before it goes, instead of leaving it to REISSUE or to fail. Not with
+    // BATCH_IO: 7.2's QUIESCE_DEV then marks the queues aborted, and every
+    // request that comes before the next ublkd fails with EIO instead of
+    // waiting for it; an upgrade hands such a device over as it runs.
+    uint64_t bits = uapi::kFeatUserRecovery | (batch ? 0 : uapi::kFeatQuiesce);
     if (config_.reissue_safe) bits |= uapi::kFeatUserRecoveryReissue;
     want.flags |= config_.kernel_features & bits;
   }
@@ -622,6 +631,7 @@ Result<void> Device::start_queues(steady_clock::time_point start_deadline) {
     qc.ioctl_encoding = io_ioctl;
     qc.auto_buf_reg = zero_copy();
     qc.user_copy = (info_.flags & uapi::kFeatUserCopy) != 0;
+    qc.batch_io = (info_.flags & uapi::kFeatBatchIo) != 0;
     qc.idle_spin = config_.idle_spin;
     qc.read_only = read_only();
     if (config_.unprimed_tag && config_.unprimed_tag->first == q)

@@ -55,6 +55,9 @@ struct DeviceConfig : DeviceShape {
   uint64_t identity = 0;
   // QueueConfig::idle_spin of every queue.
   std::chrono::nanoseconds idle_spin{0};
+  // Ask for UBLK_F_BATCH_IO where the kernel offers it (and not
+  // UBLK_F_QUIESCE then). A recovered device keeps what it was added with.
+  bool batch_io = false;
   // START_DEV, and the wait for primed queues before it.
   std::chrono::milliseconds start_timeout{10'000};
   // Every other control command, and each step of the shutdown.
@@ -246,6 +249,7 @@ class Device {
   // The kernel granted zero copy (UBLK_F_AUTO_BUF_REG); meaningful once
   // ADD_DEV is done.
   bool zero_copy() const { return (info_.flags & uapi::kFeatAutoBufReg) != 0; }
+  bool batch_io() const { return (info_.flags & uapi::kFeatBatchIo) != 0; }
 
   DeviceState state() const { return sm_.state(); }
   std::string failure_reason() const { return sm_.failure_reason(); }

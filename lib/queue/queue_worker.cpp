@@ -12,6 +12,7 @@
 
 #include "base/mapping.h"
 #include "base/sanitizers.h"
+#include "queue/batch_commands.h"
 #include "queue/idle_poll.h"
 #include "queue/user_data.h"
 #include "uapi/ublk.h"
@@ -266,7 +267,10 @@ class QueueLoop {
         fetch_op_(c.ioctl_encoding ? uapi::io_op_ioctl(uapi::kIoFetchReq)
                                    : uint32_t{uapi::kIoFetchReq}),
         commit_op_(c.ioctl_encoding ? uapi::io_op_ioctl(uapi::kIoCommitAndFetchReq)
-                                    : uint32_t{uapi::kIoCommitAndFetchReq}) {}
+                                    : uint32_t{uapi::kIoCommitAndFetchReq}) {
+    if (c.batch_io)
+      batch_.emplace(c.queue_id, c.depth, !c.user_copy && !c.auto_buf_reg, c.auto_buf_reg);
+  }
   ~QueueLoop() {
     if (attached_) backend_.detach(ctx_);
   }
@@ -321,6 +325,7 @@ class QueueLoop {
   // The read of the wake eventfd and a FETCH_REQ per tag, submitted.
   Result<void> prime() {
     if (!arm_wake()) return Error(EBUSY, "queue ring has no room");
+    if (c_.batch_io) return prime_batch();
     for (uint16_t tag = 0; tag < c_.depth; ++tag) {
       if (c_.unprimed_tag && *c_.unprimed_tag == tag) continue;
       if (!queue_cmd(fetch_op_, tag, 0)) return Error(EBUSY, "queue ring has no room");
@@ -333,7 +338,7 @@ class QueueLoop {
   // Serves requests until the kernel hands every tag back (the device
   // stopped) or the worker is asked to stop.
   Result<void> run() {
-    while (outstanding_ > 0 && !stop_) {
+    while (busy() && !stop_) {
       const int ret = wait_for_work();
       if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
         return Error(ret, "io_uring_enter");
@@ -342,6 +347,7 @@ class QueueLoop {
     // Commits queued in the last pass answer requests the kernel still
     // waits for: they go out before the ring does, or those requests would
     // only end when the kernel aborts them.
+    flush_commits();
     if (io_uring_sq_ready(r_) > 0) (void)ring_.submit_all();
     if (first_error_) return *first_error_;
     return {};
@@ -406,10 +412,12 @@ class QueueLoop {
   // Submits what is queued and waits, spinning first while work tends to
   // come soon (IdlePoll); returns what io_uring_enter returned.
   int wait_for_work() {
+    flush_commits();
     if (work_ready()) return io_uring_submit_and_get_events(r_);
     // The commits go out first: they complete requests, and the next ones
     // follow them.
     int ret = io_uring_submit(r_);
+    take_commit_completions();
     const auto idle_since = IdlePoll::Clock::now();
     if (ret >= 0 && idle_.spin([this] { return work_ready(); })) return io_uring_get_events(r_);
     if (ret >= 0) {
@@ -529,16 +537,12 @@ class QueueLoop {
   void on_completion(const io_uring_cqe& cqe) {
     if (cqe.user_data == user_data::kWake) return take_commands();
     if (cqe.user_data == user_data::kTimer) return on_timer();
+    if (cqe.user_data == user_data::kFetchCmds) return on_fetched(cqe);
+    if (user_data::is_commit_cmds(cqe.user_data)) return on_committed(cqe);
     if (user_data::is_backend_event(cqe.user_data)) return backend_.on_event(ctx_, cqe);
     const uint16_t tag = user_data::tag_of(cqe.user_data);
     if (user_data::is_backend(cqe.user_data)) return on_backend_completion(tag, cqe);
-    if (cqe.res == uapi::kIoResOk) {
-      // One clock read per pass: the requests it fetched came together.
-      if (pass_ns_ == 0) pass_ns_ = now_ns();
-      received_ns_[tag] = pass_ns_;
-      stats_.received();
-      return commit(tag, serve(tag));
-    }
+    if (cqe.res == uapi::kIoResOk) return take_request(tag);
     // UBLK_IO_RES_ABORT: the device is stopping and hands the tag back.
     // Anything else is a protocol error; the tag is gone either way.
     --outstanding_;
@@ -564,9 +568,24 @@ class QueueLoop {
       if (deadline_[tag] != kNoDeadline) ensure_timer();
       return;
     }
-    if (!queue_cmd(commit_op_, tag, result))
+    if (c_.batch_io) {
+      add_commit(tag, result);
+      --held_;
+    } else if (!queue_cmd(commit_op_, tag, result)) {
       return fail_loop(Error(EBUSY, "queue ring has no room for a commit"));
+    }
     count_answer(tag, result);
+  }
+
+  // A request the kernel handed out (its FETCH_REQ completed, or its tag was
+  // in a FETCH_IO_CMDS list): served, and answered unless the backend
+  // queued it.
+  void take_request(uint16_t tag) {
+    // One clock read per pass: the requests it fetched came together.
+    if (pass_ns_ == 0) pass_ns_ = now_ns();
+    received_ns_[tag] = pass_ns_;
+    stats_.received();
+    commit(tag, serve(tag));
   }
 
   void count_answer(uint16_t tag, int result) {
@@ -577,6 +596,133 @@ class QueueLoop {
     const uint64_t bytes = rw && result >= 0 ? static_cast<uint64_t>(result) : len;
     const int64_t waited_ns = now_ns() - received_ns_[tag];
     stats_.answered(op, result, bytes, waited_ns > 0 ? static_cast<uint64_t>(waited_ns) / 1000 : 0);
+  }
+
+  // Whether the kernel may still hand out a request or waits for an answer.
+  bool busy() const {
+    if (!c_.batch_io) return outstanding_ > 0;
+    return fetch_armed_ || held_ > 0 || open_slot_ || commits_in_flight_ > 0;
+  }
+
+  // ---- UBLK_F_BATCH_IO ------------------------------------------------------
+
+  // The fetch buffer ring, one PREP_IO_CMDS for every tag and the multishot
+  // FETCH_IO_CMDS, submitted; primed once the kernel accepted the PREP (it
+  // runs it as it is submitted, so its completion is there at once).
+  Result<void> prime_batch() {
+    if (auto r = batch_->register_fetch_ring(r_); !r) return r;
+    const uint16_t slot = batch_->take_slot();
+    for (uint16_t tag = 0; tag < c_.depth; ++tag) {
+      if (c_.unprimed_tag && *c_.unprimed_tag == tag) continue;
+      batch_->add(slot, tag, 0, reinterpret_cast<uintptr_t>(buffer(tag)));
+    }
+    if (!queue_list(uapi::kIoPrepIoCmds, slot, user_data::kPrepCmds) || !arm_fetch())
+      return Error(EBUSY, "queue ring has no room");
+    if (auto r = ring_.submit_all(); !r) return r.error().wrap("submit PREP_IO_CMDS");
+    for (;;) {
+      auto cqe = ring_.wait_cqe(std::chrono::seconds(5));
+      if (!cqe) return cqe.error().wrap("wait for PREP_IO_CMDS");
+      const io_uring_cqe c = **cqe;
+      io_uring_cqe_seen(r_, *cqe);
+      if (c.user_data == user_data::kPrepCmds) {
+        const uint16_t tags = batch_->elements(slot);
+        batch_->free_slot(slot);
+        if (c.res < 0) return Error(c.res, "PREP_IO_CMDS for " + std::to_string(tags) + " tags");
+        return {};
+      }
+      if (c.user_data == user_data::kFetchCmds && !(c.flags & IORING_CQE_F_MORE) && c.res < 0 &&
+          c.res != -ENOBUFS)
+        return Error(c.res, "FETCH_IO_CMDS");
+      on_completion(c);
+    }
+  }
+
+  bool arm_fetch() {
+    io_uring_sqe* sqe = ring_.get_sqe();
+    if (sqe == nullptr) return false;
+    batch_->prep_fetch(sqe);
+    sqe->user_data = user_data::kFetchCmds;
+    fetch_armed_ = true;
+    return true;
+  }
+
+  bool queue_list(uint8_t op, uint16_t slot, uint64_t ud) {
+    io_uring_sqe* sqe = ring_.get_sqe();
+    if (sqe == nullptr) return false;
+    batch_->prep_list(sqe, op, slot);
+    sqe->user_data = ud;
+    return true;
+  }
+
+  // A FETCH_IO_CMDS completion: a list of tags whose requests are ready, or
+  // the end of the multishot (the kernel aborts it when the device stops
+  // or quiesces; it ends too when it found no buffer, and is then armed
+  // again).
+  void on_fetched(const io_uring_cqe& cqe) {
+    for (const uint16_t tag : batch_->fetched(cqe)) {
+      if (tag >= c_.depth) {
+        if (!first_error_)
+          first_error_ = Error(EPROTO, "FETCH_IO_CMDS gave tag " + std::to_string(tag));
+        continue;
+      }
+      ++held_;
+      take_request(tag);
+    }
+    batch_->give_back(cqe);
+    if (cqe.flags & IORING_CQE_F_MORE) return;
+    fetch_armed_ = false;
+    if (cqe.res == uapi::kIoResAbort || stop_) return;
+    if (cqe.res < 0 && cqe.res != -ENOBUFS) {
+      if (!first_error_) first_error_ = Error(cqe.res, "FETCH_IO_CMDS");
+      return;
+    }
+    if (!arm_fetch()) fail_loop(Error(EBUSY, "queue ring has no room for FETCH_IO_CMDS"));
+  }
+
+  // The tag's answer, into this pass's COMMIT_IO_CMDS.
+  void add_commit(uint16_t tag, int result) {
+    if (!open_slot_) open_slot_ = batch_->take_slot();
+    batch_->add(*open_slot_, tag, result, reinterpret_cast<uintptr_t>(buffer(tag)));
+  }
+
+  // This pass's answers, as one COMMIT_IO_CMDS.
+  void flush_commits() {
+    if (!open_slot_) return;
+    const uint16_t slot = *open_slot_;
+    open_slot_.reset();
+    if (!queue_list(uapi::kIoCommitIoCmds, slot, user_data::commit_cmds(slot)))
+      return fail_loop(Error(EBUSY, "queue ring has no room for COMMIT_IO_CMDS"));
+    ++commits_in_flight_;
+  }
+
+  // A COMMIT_IO_CMDS completes as it is submitted: its completion, first in
+  // the queue, is no reason to stay awake (which would cost a second
+  // io_uring_enter for every pass).
+  void take_commit_completions() {
+    if (commits_in_flight_ == 0) return;
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(r_, head, cqe) {
+      if (!user_data::is_commit_cmds(cqe->user_data)) break;
+      on_committed(*cqe);
+      ++seen;
+    }
+    io_uring_cq_advance(r_, seen);
+  }
+
+  // The kernel answers with how many bytes of elements it took; the rest
+  // (after an element it refused) were not committed, which only a broken
+  // protocol does.
+  void on_committed(const io_uring_cqe& cqe) {
+    const uint16_t slot = user_data::cookie_of(cqe.user_data);
+    const int expected = batch_->bytes(slot);
+    --commits_in_flight_;
+    batch_->free_slot(slot);
+    if (cqe.res == expected || first_error_) return;
+    first_error_ = cqe.res < 0 ? Error(cqe.res, "COMMIT_IO_CMDS")
+                               : Error(EPROTO, "COMMIT_IO_CMDS took " + std::to_string(cqe.res) +
+                                                   " of " + std::to_string(expected) + " bytes");
   }
 
   // The request the kernel put in the tag's io descriptor: its result, or
@@ -611,6 +757,8 @@ class QueueLoop {
 
   const QueueConfig& c_;
   Backend& backend_;
+  // With batch_io; before ring_, which it must outlive.
+  std::optional<BatchCommands> batch_;
   Ring ring_;
   io_uring* const r_;
   IdlePoll idle_;
@@ -643,6 +791,12 @@ class QueueLoop {
   const uint32_t fetch_op_;
   const uint32_t commit_op_;
   uint32_t outstanding_ = 0;
+  // With batch_io: the multishot fetch is armed; requests taken and not yet
+  // answered; COMMIT_IO_CMDS submitted and not completed.
+  bool fetch_armed_ = false;
+  uint32_t held_ = 0;
+  uint32_t commits_in_flight_ = 0;
+  std::optional<uint16_t> open_slot_;  // the slot this pass's answers go to
   bool stop_ = false;
   std::optional<Error> first_error_;
 };

@@ -2,7 +2,9 @@
 // io_uring: the device's char fd registered as fixed file 0, the queue's io
 // descriptors mapped read-only, one buffer per tag, a FETCH_REQ per tag, then
 // the COMMIT_AND_FETCH_REQ loop until the kernel aborts the fetches (device
-// stopped) or the control plane asks the thread to quit.
+// stopped) or the control plane asks the thread to quit. With
+// UBLK_F_BATCH_IO the same loop arms, fetches and commits many tags per
+// command (QueueConfig::batch_io).
 #pragma once
 
 #include <pthread.h>
@@ -40,6 +42,11 @@ struct QueueConfig {
   // requests carry the char device and their position on it
   // (IoRequest::copy_fd).
   bool user_copy = false;
+  // The device has UBLK_F_BATCH_IO: the tags are armed with one
+  // PREP_IO_CMDS, new requests arrive as tag lists of one multishot
+  // FETCH_IO_CMDS, and the answers of a loop pass go out in one
+  // COMMIT_IO_CMDS, instead of a command per tag and per answer.
+  bool batch_io = false;
   // The longest an idle queue thread watches its ring for new requests
   // before it sleeps (IdlePoll); 0: it always sleeps at once.
   std::chrono::nanoseconds idle_spin{0};

@@ -6,7 +6,10 @@
 //   bits  0..15  the tag
 //   bits 16..31  a backend SQE's cookie (the backend's own)
 //   bit  32      the worker's own SQEs: the read of its wake eventfd
-//                (bit 32 alone) and its timer (bit 32 and bit 0)
+//                (bit 32 alone), its timer (bit 32 and bit 0), and with
+//                UBLK_F_BATCH_IO its PREP_IO_CMDS (bit 32 and bit 1), its
+//                FETCH_IO_CMDS (bit 32 and bit 2) and each COMMIT_IO_CMDS
+//                (bit 32 and bit 3, the commit's slot in bits 16..31)
 //   bit  33      an SQE a backend queued while serving the tag (else: a
 //                ublk io command)
 //   bit  34      an SQE a backend queued for the whole queue, tied to no
@@ -20,6 +23,9 @@ namespace ublkd::user_data {
 
 inline constexpr uint64_t kWake = 1ull << 32;
 inline constexpr uint64_t kTimer = kWake | 1;
+inline constexpr uint64_t kPrepCmds = kWake | 2;
+inline constexpr uint64_t kFetchCmds = kWake | 4;
+inline constexpr uint64_t kCommitCmdsBit = kWake | 8;
 inline constexpr uint64_t kBackendBit = 1ull << 33;
 inline constexpr uint64_t kBackendEventBit = 1ull << 34;
 inline constexpr unsigned kCookieShift = 16;
@@ -41,6 +47,13 @@ constexpr uint64_t backend_event(uint16_t cookie) {
 }
 constexpr bool is_backend_event(uint64_t user_data) {
   return (user_data & kBackendEventBit) != 0;
+}
+// A COMMIT_IO_CMDS whose elements are in commit slot `slot`.
+constexpr uint64_t commit_cmds(uint16_t slot) {
+  return kCommitCmdsBit | (uint64_t{slot} << kCookieShift);
+}
+constexpr bool is_commit_cmds(uint64_t user_data) {
+  return (user_data & ~(uint64_t{0xffff} << kCookieShift)) == kCommitCmdsBit;
 }
 constexpr uint16_t tag_of(uint64_t user_data) {
   return static_cast<uint16_t>(user_data);
@@ -67,5 +80,14 @@ static_assert(cookie_of(backend_event(0xabcd)) == 0xabcd);
 static_assert(tag_of(backend(0x1234, 0xabcd)) == 0x1234);
 static_assert(cookie_of(backend(0x1234, 0xabcd)) == 0xabcd);
 static_assert(tag_of(io_command(0xfffe)) == 0xfffe);
+static_assert(is_commit_cmds(commit_cmds(0)) && is_commit_cmds(commit_cmds(0xffff)) &&
+              cookie_of(commit_cmds(0x1234)) == 0x1234);
+static_assert(!is_commit_cmds(kWake) && !is_commit_cmds(kTimer) && !is_commit_cmds(kPrepCmds) &&
+              !is_commit_cmds(kFetchCmds) && !is_commit_cmds(io_command(0xffff)) &&
+              !is_commit_cmds(backend(0xffff, 0xffff)) && !is_commit_cmds(backend_event(0xffff)));
+static_assert(!is_backend(commit_cmds(0xffff)) && !is_backend_event(commit_cmds(0xffff)) &&
+              !is_backend(kFetchCmds) && !is_backend_event(kPrepCmds));
+static_assert(kPrepCmds != kWake && kPrepCmds != kTimer && kFetchCmds != kWake &&
+              kFetchCmds != kTimer && kPrepCmds != kFetchCmds);
 
 }  // namespace ublkd::user_data

@@ -227,7 +227,8 @@ TEST_CASE("daemon config: every field is read and the defaults feed device specs
     "start_timeout": 2.5,
     "default_queues": 7,
     "default_queue_depth": 32,
-    "idle_spin_us": 0
+    "idle_spin_us": 0,
+    "batch_io": true
   })");
   dir.write("devices.d/a.json", spec("a"));
   dir.write("devices.d/b.json", spec("b", R"(, "queues": 2, "queue_depth": 16)"));
@@ -243,6 +244,7 @@ TEST_CASE("daemon config: every field is read and the defaults feed device specs
   CHECK(config.daemon.default_queues == 7);
   CHECK(config.daemon.default_queue_depth == 32);
   CHECK(config.daemon.idle_spin == std::chrono::microseconds(0));
+  CHECK(config.daemon.batch_io);
   REQUIRE(config.devices.size() == 2);
   CHECK(config.devices[0].queues == 7);
   CHECK(config.devices[0].queue_depth == 32);
@@ -259,6 +261,7 @@ TEST_CASE("daemon config: defaults", "[config]") {
   CHECK(d.default_queues == ublkd::default_queue_count());
   CHECK(d.default_queue_depth == 128);
   CHECK(d.idle_spin == std::chrono::microseconds(200));
+  CHECK_FALSE(d.batch_io);
 
   std::vector<ConfigProblem> problems;
   CHECK(ublkd::check_daemon_config("{}", "u.json", problems) == d);
@@ -322,6 +325,8 @@ TEST_CASE("daemon config: every kind of mistake is rejected naming field and val
       {R"({"idle_spin_us": -1})", "idle_spin_us", {"-1 is out of range 0..1000"}},
       {R"({"idle_spin_us": 1001})", "idle_spin_us", {"1001 is out of range 0..1000"}},
       {R"({"idle_spin_us": 0.5})", "idle_spin_us", {"expected an integer", "number 0.5"}},
+      {R"({"batch_io": "yes"})", "batch_io", {"expected true or false", "string \"yes\""}},
+      {R"({"batch_io": 1})", "batch_io", {"expected true or false", "number 1"}},
       {R"({"default_queue_depth": 2.0})",
        "default_queue_depth",
        {"expected an integer", "number 2.0"}},

@@ -8,7 +8,9 @@
 # does not (6.12) the devices are handed over as they run and the kernel
 # sends the slow device's requests in flight (more than 0) to the next
 # ublkd again. Either way fio's crc32c verify passes, with no I/O error,
-# and the new ublkd recovers both devices.
+# and the new ublkd recovers both devices. The daemon's "batch_io": false
+# (the default) is stated: a device with batched io commands is never
+# quiesced (108-batch-io).
 # vm-timeout: 200
 . "${BASH_SOURCE%/*}/../lib.sh"
 require_cmd fio jq dmsetup
@@ -16,6 +18,7 @@ require_cmd fio jq dmsetup
 dmesg_from=$(dmesg | wc -l)
 cfg=$CASE_DIR/config
 mkdir -p "$cfg/devices.d"
+echo '{"batch_io": false}' >"$cfg/ublkd.json"
 start_ublkd_api "$cfg"
 offered=$(offered QUIESCE)
 export DM_DISABLE_UDEV=1 # no udev in this VM: dmsetup makes the nodes itself
