@@ -43,6 +43,9 @@ Options:
                    once per commit, same buildtype, kept in
                    BUILD/bench-baseline); default: the commit before the
                    per-queue statistics; none: skip the comparison
+  --ublkd-json OBJ settings for this build's daemons in the VM, as in
+                   ublkd.json (e.g. '{"batch_io": true}'); not given to the
+                   baseline, which may not know them (default: none)
   --build-dir DIR  meson build directory (default: build), always brought up
                    to date; refused when built with sanitizers or without
                    optimisation
@@ -70,6 +73,7 @@ rbd_jobs=
 build_dir=$repo/build
 out=
 baseline=
+ublkd_json='{}'
 while (($#)); do
     case $1 in
         --kernel) kernels=${2:?--kernel needs a value}; shift ;;
@@ -86,6 +90,7 @@ while (($#)); do
         --build-dir) build_dir=${2:?--build-dir needs a value}; shift ;;
         --baseline) baseline=${2:?--baseline needs a value}; shift ;;
         --out) out=${2:?--out needs a value}; shift ;;
+        --ublkd-json) ublkd_json=${2:?--ublkd-json needs a value}; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "bench/run.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -96,6 +101,9 @@ for v in runtime ramp repeats size; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "--$v must be a whole number, not '${!v}'"
 done
 ((runtime > 0 && repeats > 0 && size >= 16)) || die "--runtime and --repeats must be > 0, --size >= 16"
+jq -e 'type == "object"' <<<"$ublkd_json" >/dev/null 2>&1 ||
+    die "--ublkd-json must be a JSON object, not '$ublkd_json'"
+ublkd_json=$(jq -c . <<<"$ublkd_json")
 case $kernels in
     all) klist=(6.12 7.2) ;;
     6.12 | 7.2) klist=("$kernels") ;;
@@ -185,6 +193,7 @@ vm_timeout=$((2 * (matrix + 7 * runtime + 300) + 300))
     [[ -n $nbd_jobs ]] && printf 'BENCH_NBD_JOBS=%q\n' "$nbd_jobs"
     [[ -n $rbd_jobs ]] && printf 'BENCH_RBD_JOBS=%q\n' "$rbd_jobs"
     [[ -n $baseline_commit ]] && printf 'BENCH_BASELINE=%q\n' "${baseline_commit:0:12}"
+    printf 'BENCH_UBLKD_JSON=%q\n' "$ublkd_json"
     grep -v '^#!' "$here/vm/bench.sh"
 } >"$work/cases/bench.sh"
 
@@ -193,10 +202,11 @@ status=0
 jq -nc --arg buildtype "$buildtype" --arg optimization "$optimization" --arg sanitize "$sanitize" \
     --arg command "$cxxflags" --arg compiler "$compiler" --arg host_cpu "$host_cpu" \
     --arg guest_cpu "$cpu" --arg commit "$commit" --argjson host_cpus "$(nproc)" \
-    --arg baseline "${baseline_commit:0:12}" \
+    --arg baseline "${baseline_commit:0:12}" --argjson ublkd_json "$ublkd_json" \
     '{kind: "build", buildtype: $buildtype, optimization: $optimization, sanitize: $sanitize,
       compiler: $compiler, compile_command: $command, commit: $commit, host_cpu: $host_cpu,
-      host_cpus: $host_cpus, qemu_cpu: $guest_cpu, baseline_commit: $baseline}' >"$work/build.json"
+      host_cpus: $host_cpus, qemu_cpu: $guest_cpu, baseline_commit: $baseline,
+      ublkd_json: $ublkd_json}' >"$work/build.json"
 for k in "${klist[@]}"; do
     echo "bench: kernel $k: runtime ${runtime}s, ramp ${ramp}s, $repeats repeat(s), devices of $size MiB, CPU $cpu (VM case timeout ${vm_timeout}s)"
     if ! "$repo/tests/vm/run.sh" --kernel "$k" --build-dir "$build_dir" --cases-dir "$work/cases" \

@@ -6,7 +6,7 @@ def num: if . == null then "-" else tostring end;
 def fmt: if . == null then "-" elif . >= 100 then (. | round | tostring) else tostring end;
 
 . as $root
-| "build: \(.build.buildtype // "?") (-O\(.build.optimization // "?")), sanitizers \(.build.sanitize // "?"), \(.build.compiler // "?"), commit \(.build.commit // "?"); host CPU \(.build.host_cpu // "?") x\(.build.host_cpus // "?"), qemu -cpu \(.build.qemu_cpu // "?")",
+| "build: \(.build.buildtype // "?") (-O\(.build.optimization // "?")), sanitizers \(.build.sanitize // "?"), \(.build.compiler // "?"), commit \(.build.commit // "?"); host CPU \(.build.host_cpu // "?") x\(.build.host_cpus // "?"), qemu -cpu \(.build.qemu_cpu // "?")\(if (.build.ublkd_json // {}) != {} then "; ublkd.json \(.build.ublkd_json | tojson)" else "" end)",
 (.kernels | to_entries[] | .key as $k | .value as $v
 | "== kernel \($k): fio, medians of \($v.run.repeats // "?") repeat(s) of \($v.run.runtime_s // "?") s, \($v.run.cpus // "?") vCPUs (TCG), guest rep movsb fast (fsrm): \(if $v.run.cpu_fsrm == null then "?" else $v.run.cpu_fsrm end) ==",
   (("job" | pad(18)) + ("nj" | pad(3)) + ("device" | pad(11)) + ("IOPS" | lpad(9)) + ("MB/s" | lpad(8))

@@ -23,6 +23,7 @@
 : "${BENCH_NBD_JOBS:=randread-4k-1 randwrite-4k-1 randread-4k-64 randwrite-4k-64 read-512k-16 write-512k-16}"
 : "${BENCH_RBD_JOBS:=randread-4k-64 randwrite-4k-64 read-128k-16 write-128k-16}"
 : "${BENCH_QUEUES:=}" "${BENCH_DEPTH:=128}" # BENCH_QUEUES empty: ublkd's default
+: "${BENCH_UBLKD_JSON:={\}}" # ublkd.json of this build's daemons
 # --queues N when BENCH_QUEUES is set, nothing (the daemon's default) when not.
 queues_opt=()
 [[ -n $BENCH_QUEUES ]] && queues_opt=(--queues "$BENCH_QUEUES")
@@ -39,6 +40,7 @@ mkdir -p "$dir" # /tmp is tmpfs in the VM
 # ---- the daemon ---------------------------------------------------------------
 cfg=$CASE_DIR/config
 mkdir -p "$cfg/devices.d"
+echo "$BENCH_UBLKD_JSON" >"$cfg/ublkd.json"
 start_ublkd_api "$cfg"
 
 # ---- memory: ublkd's RSS with a 1 GiB mem device after 16 MiB written ---------
@@ -224,7 +226,9 @@ if [[ -n ${BENCH_BASELINE:-} ]]; then
         [[ $build == baseline ]] && bin=$(command -v ublkd-baseline)
         bdir=$CASE_DIR/ab-$build
         mkdir -p "$bdir/config/devices.d"
-        echo '{"idle_spin_us": 0}' >"$bdir/config/ublkd.json"
+        settings='{"idle_spin_us": 0}'
+        [[ $build == this ]] && settings=$(jq -c ". + {idle_spin_us: 0}" <<<"$BENCH_UBLKD_JSON")
+        echo "$settings" >"$bdir/config/ublkd.json"
         ab_sock[$build]=$bdir/ublkd.sock
         "$bin" --config-dir "$bdir/config" --socket "${ab_sock[$build]}" --state-dir "$bdir/state" \
             >"$bdir/ublkd.log" 2>&1 &
@@ -383,7 +387,10 @@ add_cleanup "rmmod nbd 2>/dev/null || true"
 fsrm=false
 grep -qw fsrm /proc/cpuinfo && fsrm=true
 guest_cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//; s/"//g')
-emit "{\"kind\":\"run\",\"kernel\":\"$kernel\",\"guest_cpu\":\"$guest_cpu\",\"runtime_s\":$BENCH_RUNTIME,\"ramp_s\":$BENCH_RAMP,\"repeats\":$BENCH_REPEATS,\"size_mib\":$BENCH_SIZE_MIB,\"queues\":$queues,\"depth\":$BENCH_DEPTH,\"cpus\":$(nproc),\"cpu_fsrm\":$fsrm,\"fio_runs\":$total,\"fio\":\"$(fio --version)\",\"loop_dio\":$loop_dio}"
+# How many of the main daemon's devices were served with batched commands
+# (--ublkd-json '{"batch_io": true}' on a kernel that offers them).
+batched=$(grep -c 'live at .*batched io commands' "$UBLKD_LOG" || true)
+emit "{\"kind\":\"run\",\"batched_devices\":${batched:-0},\"kernel\":\"$kernel\",\"guest_cpu\":\"$guest_cpu\",\"runtime_s\":$BENCH_RUNTIME,\"ramp_s\":$BENCH_RAMP,\"repeats\":$BENCH_REPEATS,\"size_mib\":$BENCH_SIZE_MIB,\"queues\":$queues,\"depth\":$BENCH_DEPTH,\"cpus\":$(nproc),\"cpu_fsrm\":$fsrm,\"fio_runs\":$total,\"fio\":\"$(fio --version)\",\"loop_dio\":$loop_dio}"
 
 for n in b-null b-mem b-file b-null-q2; do ctl_ok del "$n" >/dev/null; done
 stop_ublkd
