@@ -86,9 +86,10 @@ void BatchCommands::free_slot(uint16_t slot) {
 }
 
 // A slot holds a tag at most once (a request has one answer, a slot one
-// loop pass's answers), so `depth` elements always fit.
-void BatchCommands::add(uint16_t slot, uint16_t tag, int32_t result, uint64_t addr) {
+// loop pass's answers), so `depth` elements fit unless that is broken.
+bool BatchCommands::add(uint16_t slot, uint16_t tag, int32_t result, uint64_t addr) {
   Slot& s = slots_[slot];
+  if (s.elems >= depth_) return false;
   uapi::BatchElem e{};
   e.tag = tag;
   e.buf_index = buf_index_ ? tag : 0;
@@ -97,6 +98,23 @@ void BatchCommands::add(uint16_t slot, uint16_t tag, int32_t result, uint64_t ad
   std::memcpy(p, &e, sizeof(e));
   if (flags_ & uapi::kBatchHasBufAddr) std::memcpy(p + sizeof(e), &addr, sizeof(addr));
   ++s.elems;
+  return true;
+}
+
+uint16_t BatchCommands::take_rest(uint16_t slot, uint16_t first) {
+  const uint16_t rest = take_slot();  // may move slots_: index, not reference
+  const uint16_t n = first < slots_[slot].elems ? slots_[slot].elems - first : 0;
+  std::memcpy(slots_[rest].data.data(),
+              slots_[slot].data.data() + static_cast<size_t>(first) * elem_bytes_,
+              static_cast<size_t>(n) * elem_bytes_);
+  slots_[rest].elems = n;
+  return rest;
+}
+
+uint16_t BatchCommands::tag_at(uint16_t slot, uint16_t index) const {
+  uapi::BatchElem e{};
+  std::memcpy(&e, slots_[slot].data.data() + static_cast<size_t>(index) * elem_bytes_, sizeof(e));
+  return e.tag;
 }
 
 void BatchCommands::prep_list(io_uring_sqe* sqe, uint8_t op, uint16_t slot) const {

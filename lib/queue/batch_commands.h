@@ -54,7 +54,12 @@ class BatchCommands {
   uint16_t take_slot();
   void free_slot(uint16_t slot);
   // Appends a tag's element; `addr` is its buffer (used with buf_addr).
-  void add(uint16_t slot, uint16_t tag, int32_t result, uint64_t addr);
+  // False, nothing added, if the slot holds `depth` elements already.
+  bool add(uint16_t slot, uint16_t tag, int32_t result, uint64_t addr);
+  // A new slot with the elements of `slot` from index `first` on (for the
+  // rest of a list the kernel stopped taking at an element it refused).
+  uint16_t take_rest(uint16_t slot, uint16_t first);
+  uint16_t tag_at(uint16_t slot, uint16_t index) const;
   uint16_t elements(uint16_t slot) const { return slots_[slot].elems; }
   // What the kernel answers for a slot it took in full.
   int bytes(uint16_t slot) const { return slots_[slot].elems * static_cast<int>(elem_bytes_); }

@@ -417,7 +417,8 @@ class QueueLoop {
     // The commits go out first: they complete requests, and the next ones
     // follow them.
     int ret = io_uring_submit(r_);
-    take_commit_completions();
+    // The last answers may have been all the loop was waiting for.
+    if (take_commit_completions() && !busy()) return ret;
     const auto idle_since = IdlePoll::Clock::now();
     if (ret >= 0 && idle_.spin([this] { return work_ready(); })) return io_uring_get_events(r_);
     if (ret >= 0) {
@@ -569,7 +570,8 @@ class QueueLoop {
       return;
     }
     if (c_.batch_io) {
-      add_commit(tag, result);
+      if (held_ == 0 || !add_commit(tag, result))
+        return fail_loop(Error(EPROTO, "a second answer for tag " + std::to_string(tag)));
       --held_;
     } else if (!queue_cmd(commit_op_, tag, result)) {
       return fail_loop(Error(EBUSY, "queue ring has no room for a commit"));
@@ -680,9 +682,9 @@ class QueueLoop {
   }
 
   // The tag's answer, into this pass's COMMIT_IO_CMDS.
-  void add_commit(uint16_t tag, int result) {
+  bool add_commit(uint16_t tag, int result) {
     if (!open_slot_) open_slot_ = batch_->take_slot();
-    batch_->add(*open_slot_, tag, result, reinterpret_cast<uintptr_t>(buffer(tag)));
+    return batch_->add(*open_slot_, tag, result, reinterpret_cast<uintptr_t>(buffer(tag)));
   }
 
   // This pass's answers, as one COMMIT_IO_CMDS.
@@ -698,8 +700,9 @@ class QueueLoop {
   // A COMMIT_IO_CMDS completes as it is submitted: its completion, first in
   // the queue, is no reason to stay awake (which would cost a second
   // io_uring_enter for every pass).
-  void take_commit_completions() {
-    if (commits_in_flight_ == 0) return;
+  // True if it took any.
+  bool take_commit_completions() {
+    if (commits_in_flight_ == 0) return false;
     unsigned head;
     unsigned seen = 0;
     io_uring_cqe* cqe;
@@ -709,20 +712,29 @@ class QueueLoop {
       ++seen;
     }
     io_uring_cq_advance(r_, seen);
+    return seen > 0;
   }
 
-  // The kernel answers with how many bytes of elements it took; the rest
-  // (after an element it refused) were not committed, which only a broken
-  // protocol does.
+  // The kernel answers with how many bytes of elements it took, or an
+  // error if it refused the first. It stops at an element it refuses, which
+  // only a broken protocol makes it do: that request is lost to us (an
+  // error of the queue), but the answers after it are sent again.
   void on_committed(const io_uring_cqe& cqe) {
     const uint16_t slot = user_data::cookie_of(cqe.user_data);
-    const int expected = batch_->bytes(slot);
     --commits_in_flight_;
+    if (cqe.res == batch_->bytes(slot)) return batch_->free_slot(slot);
+    const auto refused = static_cast<uint16_t>(std::max(cqe.res, 0) / batch_->elem_bytes());
+    if (!first_error_) {
+      first_error_ = Error(cqe.res < 0 ? -cqe.res : EPROTO,
+                           "COMMIT_IO_CMDS refused the answer for tag " +
+                               std::to_string(batch_->tag_at(slot, refused)));
+    }
+    const uint16_t rest = batch_->take_rest(slot, static_cast<uint16_t>(refused + 1));
     batch_->free_slot(slot);
-    if (cqe.res == expected || first_error_) return;
-    first_error_ = cqe.res < 0 ? Error(cqe.res, "COMMIT_IO_CMDS")
-                               : Error(EPROTO, "COMMIT_IO_CMDS took " + std::to_string(cqe.res) +
-                                                   " of " + std::to_string(expected) + " bytes");
+    if (batch_->elements(rest) == 0) return batch_->free_slot(rest);
+    if (!queue_list(uapi::kIoCommitIoCmds, rest, user_data::commit_cmds(rest)))
+      return fail_loop(Error(EBUSY, "queue ring has no room for COMMIT_IO_CMDS"));
+    ++commits_in_flight_;
   }
 
   // The request the kernel put in the tag's io descriptor: its result, or

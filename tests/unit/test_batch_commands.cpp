@@ -31,8 +31,8 @@ TEST_CASE("batch commands: elements carry the tag, result and buffer as the kern
     CHECK(b.elem_bytes() == 16);
     CHECK(b.flags() == uapi::kBatchHasBufAddr);
     const uint16_t slot = b.take_slot();
-    b.add(slot, 5, -5, 0x1234000);
-    b.add(slot, 7, 4096, 0x5678000);
+    CHECK(b.add(slot, 5, -5, 0x1234000));
+    CHECK(b.add(slot, 7, 4096, 0x5678000));
     CHECK(b.elements(slot) == 2);
     CHECK(b.bytes(slot) == 32);
 
@@ -76,6 +76,37 @@ TEST_CASE("batch commands: elements carry the tag, result and buffer as the kern
     std::memcpy(&e, reinterpret_cast<const void*>(sqe.addr), sizeof(e));
     CHECK(e.tag == 3);
     CHECK(e.buf_index == 3);
+  }
+  SECTION("a slot takes at most depth elements") {
+    BatchCommands b(0, 2, false, false);
+    const uint16_t slot = b.take_slot();
+    CHECK(b.add(slot, 0, 0, 0));
+    CHECK(b.add(slot, 1, 0, 0));
+    CHECK_FALSE(b.add(slot, 1, 0, 0));
+    CHECK(b.elements(slot) == 2);
+  }
+  SECTION("the rest of a list after a refused element goes to a new slot") {
+    BatchCommands b(1, 8, true, false);
+    const uint16_t slot = b.take_slot();
+    for (uint16_t tag = 10; tag < 14; ++tag) CHECK(b.add(slot, tag, tag * 100, tag * 0x1000u));
+    // The kernel took 16 bytes: tag 10; it refused tag 11.
+    CHECK(b.tag_at(slot, 16 / b.elem_bytes()) == 11);
+    const uint16_t rest = b.take_rest(slot, 2);
+    CHECK(rest != slot);
+    CHECK(b.elements(rest) == 2);
+    CHECK(b.tag_at(rest, 0) == 12);
+    CHECK(b.tag_at(rest, 1) == 13);
+    io_uring_sqe sqe{};
+    b.prep_list(&sqe, uapi::kIoCommitIoCmds, rest);
+    uapi::BatchElem e{};
+    uint64_t addr = 0;
+    const auto* p = reinterpret_cast<const uint8_t*>(sqe.addr);
+    std::memcpy(&e, p + 16, sizeof(e));
+    std::memcpy(&addr, p + 24, sizeof(addr));
+    CHECK(e.tag == 13);
+    CHECK(e.result == 1300);
+    CHECK(addr == 13 * 0x1000u);
+    CHECK(b.elements(b.take_rest(slot, 4)) == 0);
   }
   SECTION("a freed slot is reused, emptied") {
     BatchCommands b(0, 4, false, false);
