@@ -8,24 +8,19 @@
 #include <cstdint>
 #include <memory>
 #include <string_view>
-#include <vector>
 
 #include "backend/backend.h"
+#include "backend/chunked_memory.h"
 #include "base/error.h"
-#include "base/mapping.h"
 #include "base/unique_fd.h"
 
 namespace ublkd {
 
 class MemBackend final : public Backend {
  public:
-  // Unit of allocation tracking: a chunk is either known to be all zeros (and
-  // is never touched through the mapping) or may hold data. Whole chunks are
-  // what DISCARD / WRITE_ZEROES can hand back to the kernel.
-  static constexpr uint32_t kChunkSize = 64 * 1024;
-  // The largest device, also after a resize: the chunk bitmap's address
-  // space is reserved for it up front (32 MiB, only touched pages cost).
-  static constexpr uint64_t kMaxSize = uint64_t{16} << 40;
+  static constexpr uint32_t kChunkSize = ChunkedMemory::kChunkSize;
+  // The largest device, also after a resize.
+  static constexpr uint64_t kMaxSize = ChunkedMemory::kMaxSize;
 
   // A new, all-zero device of `size` bytes (> 0, a multiple of 512).
   static Result<std::unique_ptr<MemBackend>> create(uint64_t size);
@@ -47,9 +42,8 @@ class MemBackend final : public Backend {
   int handle(const IoRequest& req) noexcept override;
   bool user_copy() const override { return true; }
   Result<void> check_resize(uint64_t bytes, bool force) const override;
-  // Growing maps the longer memfd anew and keeps the old mapping until the
-  // backend goes (queue threads may still be using it); shrinking zeroes
-  // the range beyond and leaves the memfd's length, which is sealed
+  // Growing maps the longer memfd anew (ChunkedMemory::cover); shrinking
+  // zeroes the range beyond and leaves the memfd's length, which is sealed
   // against shrinking (a request in flight there must not fault).
   Result<void> resize(uint64_t bytes) override;
 
@@ -58,41 +52,16 @@ class MemBackend final : public Backend {
   int memfd() const { return memfd_.get(); }
 
  private:
-  MemBackend(UniqueFd memfd, Mapping data, Mapping bitmap, uint64_t size);
+  MemBackend(UniqueFd memfd, std::unique_ptr<ChunkedMemory> memory, uint64_t size);
 
-  // Maps `length` bytes of the memfd for the I/O path.
-  static Result<Mapping> map_data(int memfd, uint64_t length);
+  static Result<std::unique_ptr<MemBackend>> map(UniqueFd memfd, uint64_t size);
   Result<uint64_t> memfd_length() const;
   // Punches [begin, end) of the memfd out: it reads as zeros.
   Result<void> punch(uint64_t begin, uint64_t end);
 
-  static Result<std::unique_ptr<MemBackend>> map(UniqueFd memfd, uint64_t size);
-  Result<void> rebuild_bitmap();
-
-  bool chunk_written(uint64_t chunk) const noexcept;
-  void mark_written(uint64_t first_chunk, uint64_t last_chunk) noexcept;
-  // Where the run of chunks from `offset` that are all `written` (or all
-  // not) ends, at most `end`.
-  uint64_t same_state_end(uint64_t offset, uint64_t end, bool written) const noexcept;
-
-  // 0 or -errno.
-  int read(uint64_t offset, uint32_t length, void* buffer) const noexcept;
-  int write(uint64_t offset, uint32_t length, const void* buffer) noexcept;
-  // The same through IoRequest::copy_fd.
-  int read_to(uint64_t offset, uint32_t length, int fd, uint64_t pos) const noexcept;
-  int write_from(uint64_t offset, uint32_t length, int fd, uint64_t pos) noexcept;
-  int zero(uint64_t offset, uint64_t length) noexcept;
-  void zero_partial(uint64_t begin, uint64_t end) noexcept;
-  int release_chunks(uint64_t first_chunk, uint64_t end_chunk) noexcept;
-
   UniqueFd memfd_;
-  Mapping data_;
-  // Mappings a grow replaced; queue threads may still be inside them.
-  std::vector<Mapping> retired_;
-  Mapping bitmap_;
+  std::unique_ptr<ChunkedMemory> memory_;  // of memfd_
   std::atomic<uint64_t> size_;
-  std::atomic<std::byte*> base_;  // data_ as bytes
-  uint64_t* words_;  // bitmap_ as words; only accessed through atomic_ref
 };
 
 }  // namespace ublkd
