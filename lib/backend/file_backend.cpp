@@ -148,6 +148,13 @@ bool in_memory_file(int fd, bool block) {
   return fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC;
 }
 
+// tmpfs, not ramfs: ChunkedMemory needs holes (SEEK_DATA, PUNCH_HOLE) and
+// a page cache that is the file's storage.
+bool on_tmpfs(int fd) {
+  struct statfs fs {};
+  return ::fstatfs(fd, &fs) == 0 && fs.f_type == TMPFS_MAGIC;
+}
+
 }  // namespace
 
 struct FileBackend::Tag {
@@ -168,7 +175,8 @@ struct FileBackend::QueueState {
 
 FileBackend::FileBackend(UniqueFd fd, std::string path, uint64_t size, bool block_device,
                          bool direct_io, bool read_only, uint32_t logical_block_size,
-                         const std::byte* zeros, bool serve_inline)
+                         const std::byte* zeros, bool serve_inline,
+                         std::unique_ptr<ChunkedMemory> memory)
     : fd_(std::move(fd)),
       path_(std::move(path)),
       size_(size),
@@ -177,7 +185,8 @@ FileBackend::FileBackend(UniqueFd fd, std::string path, uint64_t size, bool bloc
       read_only_(read_only),
       logical_block_size_(logical_block_size),
       zeros_(zeros),
-      inline_(serve_inline) {}
+      inline_(serve_inline),
+      memory_(std::move(memory)) {}
 
 FileBackend::~FileBackend() {
   // Queue rings that registered the fd keep the open file alive until their
@@ -348,10 +357,16 @@ Result<std::unique_ptr<FileBackend>> FileBackend::open(const FileBackendOptions&
   }
   const bool block = S_ISBLK(file->st.st_mode);
   const bool serve_inline = o.inline_in_memory && in_memory_file(file->fd.get(), block);
+  std::unique_ptr<ChunkedMemory> memory;
+  if (serve_inline && on_tmpfs(file->fd.get()) && *size <= ChunkedMemory::kMaxSize) {
+    auto mapped = ChunkedMemory::map(file->fd.get(), *size, !o.read_only);
+    if (!mapped) return mapped.error().wrap(o.path);
+    memory = std::move(mapped).value();
+  }
   remove_created.armed = false;
-  return std::unique_ptr<FileBackend>(new FileBackend(std::move(file->fd), o.path, *size, block,
-                                                      o.direct_io, o.read_only,
-                                                      o.logical_block_size, zeros, serve_inline));
+  return std::unique_ptr<FileBackend>(
+      new FileBackend(std::move(file->fd), o.path, *size, block, o.direct_io, o.read_only,
+                      o.logical_block_size, zeros, serve_inline, std::move(memory)));
 }
 
 BackendFeatures FileBackend::features() const {
@@ -365,12 +380,15 @@ BackendFeatures FileBackend::features() const {
   // File systems free space in whole blocks; a smaller hole punch only
   // zeroes bytes. Block devices: the logical block size is all we know.
   f.discard_granularity = block_device_ ? 0 : std::max<uint32_t>(4096, logical_block_size_);
+  // Whole chunks are what a discard hands back (ChunkedMemory::zero).
+  if (memory_) f.discard_granularity = ChunkedMemory::kChunkSize;
   // Blocks are written in place at their offset: a repeated request leaves
   // the file as the first one did.
   return f;
 }
 
 std::string FileBackend::io_notes() const {
+  if (memory_) return "served inline from the file's pages, mapped (the file is on tmpfs)";
   if (!inline_) return {};
   return "served inline by the queue threads (the file is in memory: tmpfs or ramfs)";
 }
@@ -398,7 +416,8 @@ int FileBackend::check(const IoRequest& req) const noexcept {
   if (req.offset > size || req.length > size - req.offset) return -EINVAL;
   if (req.op == IoOp::kRead || req.op == IoOp::kWrite) {
     if (req.length > static_cast<uint32_t>(INT_MAX)) return -EINVAL;
-    if (req.buffer == nullptr && req.buf_index < 0 && req.length != 0) return -EINVAL;
+    const bool copy = memory_ && req.copy_fd >= 0;
+    if (req.buffer == nullptr && req.buf_index < 0 && !copy && req.length != 0) return -EINVAL;
   }
   return 0;
 }
@@ -582,6 +601,7 @@ int FileBackend::handle(const IoRequest& req) noexcept {
     case IoOp::kRead:
     case IoOp::kWrite:
       if (req.length == 0) return 0;
+      if (memory_) return memory_->transfer(req);
       // A fixed buffer index is only for submit(); this path needs memory.
       if (req.buffer == nullptr) return -EINVAL;
       return sync_rw(req);
@@ -590,7 +610,11 @@ int FileBackend::handle(const IoRequest& req) noexcept {
       return ::fdatasync(fd_.get()) == 0 ? 0 : -errno;
     case IoOp::kDiscard:
     case IoOp::kWriteZeroes:
-      return req.length == 0 ? 0 : sync_zero(req);
+      if (req.length == 0) return 0;
+      // NOUNMAP (keep the range provisioned) means nothing on tmpfs, which
+      // allocates on demand anyway.
+      if (memory_) return memory_->zero(req.offset, req.length, size());
+      return sync_zero(req);
   }
   return -EOPNOTSUPP;
 }
@@ -649,6 +673,10 @@ Result<void> FileBackend::check_resize(uint64_t bytes, bool force) const {
   }
   if (bytes > static_cast<uint64_t>(std::numeric_limits<off_t>::max()))
     return Error(EINVAL, "size " + num(bytes) + " is too large");
+  if (memory_ && bytes > ChunkedMemory::kMaxSize) {
+    return Error(EINVAL, "size " + num(bytes) + " is above the largest file on tmpfs served, " +
+                             num(ChunkedMemory::kMaxSize));
+  }
   const uint64_t size = this->size();
   if (bytes >= size || force) return {};
   // Allocated blocks count as written; a file system without SEEK_DATA
@@ -665,12 +693,21 @@ Result<void> FileBackend::check_resize(uint64_t bytes, bool force) const {
 Result<void> FileBackend::resize(uint64_t bytes) {
   if (auto r = check_resize(bytes, /*force=*/true); !r) return r;
   // Requests are checked against size_: it covers the file only.
-  const bool shrink = bytes < size();
+  const uint64_t size = this->size();
+  const bool shrink = bytes < size;
   if (shrink) size_.store(bytes, std::memory_order_release);
+  // Forgets the chunks cut off, so that a later grow reads zeros there.
+  if (memory_ && shrink) {
+    if (const int r = memory_->zero(bytes, size - bytes, size); r < 0)
+      return Error(-r, "zero the range of " + path_ + " cut off");
+  }
   if (::ftruncate(fd_.get(), static_cast<off_t>(bytes)) != 0)
     return errno_error("resize " + path_ + " to " + num(bytes) + " bytes");
   // The new length must survive a crash: a recovery checks it.
   if (::fsync(fd_.get()) != 0) return errno_error("fsync " + path_);
+  if (memory_ && !shrink) {
+    if (auto r = memory_->cover(bytes); !r) return r.error().wrap(path_);
+  }
   if (!shrink) size_.store(bytes, std::memory_order_release);
   return {};
 }

@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "backend/backend.h"
+#include "backend/chunked_memory.h"
 #include "base/error.h"
 #include "base/unique_fd.h"
 
@@ -63,6 +64,10 @@ class FileBackend final : public Backend {
   std::string io_notes() const override;
   // Whenever the requests go through io_uring (not served inline).
   bool zero_copy() const override { return !inline_; }
+  // A file on tmpfs: its pages are mapped, and the kernel copies between
+  // them and the requests' pages (ChunkedMemory), one copy where the inline
+  // pread / pwrite and the kernel's copy into a tag buffer were two.
+  bool user_copy() const override { return memory_ != nullptr; }
 
   // The synchronous path (pread / pwrite / fdatasync / fallocate), with the
   // same results as submit() + complete(). It blocks the calling thread for
@@ -89,6 +94,8 @@ class FileBackend final : public Backend {
   // inline, as handle() does, since a hand-off to io_uring's worker threads
   // costs more than the memory copy.
   bool serves_inline() const { return inline_; }
+  // Served from the file's pages (user_copy()); the file is on tmpfs.
+  bool serves_from_memory() const { return memory_ != nullptr; }
 
   // Writes of zeros (when fallocate cannot zero a range) are issued from a
   // shared zero buffer in pieces of at most this many bytes.
@@ -100,7 +107,7 @@ class FileBackend final : public Backend {
 
   FileBackend(UniqueFd fd, std::string path, uint64_t size, bool block_device, bool direct_io,
               bool read_only, uint32_t logical_block_size, const std::byte* zeros,
-              bool serve_inline);
+              bool serve_inline, std::unique_ptr<ChunkedMemory> memory);
 
   int check(const IoRequest& req) const noexcept;
   bool fallocate_unsupported(IoOp op) const noexcept;
@@ -125,6 +132,10 @@ class FileBackend final : public Backend {
   uint32_t logical_block_size_;
   const std::byte* zeros_;  // kZeroChunk bytes, page aligned; nullptr if read_only
   bool inline_;
+  // A file on tmpfs, mapped: every READ, WRITE, DISCARD and WRITE_ZEROES
+  // goes through it, so that its chunk bitmap sees every write. Null
+  // otherwise.
+  std::unique_ptr<ChunkedMemory> memory_;
   // Set once fallocate has answered EOPNOTSUPP for a mode, so that later
   // requests go straight to writing zeros. Shared by all queues; a stale
   // read only costs one more refused fallocate.

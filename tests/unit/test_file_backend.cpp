@@ -8,11 +8,13 @@
 #include <linux/magic.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <catch2/catch.hpp>
 #include <cerrno>
@@ -23,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -1105,6 +1108,173 @@ TEST_CASE("file backend serves a tmpfs file inline and other files on the ring",
     }
     d.require_pattern(kMiB, 64 * kKiB, 9);
     d.require_zeros(0, kMiB);
+  }
+}
+
+namespace {
+
+// Stands in for the ublk char device under USER_COPY: a request's data lives
+// at kPos.. of this file, as it lives at its copy position on /dev/ublkcN.
+struct CopyFd {
+  static constexpr uint64_t kPos = 5 * kMiB + 512;  // not page-aligned on purpose
+  UniqueFd fd{::memfd_create("copy", MFD_CLOEXEC)};
+
+  int io(FileBackend& b, IoOp op, uint64_t offset, uint64_t length) const {
+    IoRequest req = request(op, offset, length);
+    req.copy_fd = fd.get();
+    req.copy_pos = kPos;
+    return b.handle(req);
+  }
+  void put(const std::vector<uint8_t>& data) const {
+    REQUIRE(::pwrite(fd.get(), data.data(), data.size(), kPos) ==
+            static_cast<ssize_t>(data.size()));
+  }
+  std::vector<uint8_t> get(uint64_t length) const {
+    std::vector<uint8_t> v(length);
+    REQUIRE(::pread(fd.get(), v.data(), length, kPos) == static_cast<ssize_t>(length));
+    return v;
+  }
+};
+
+std::vector<uint8_t> pattern_bytes(uint64_t offset, uint64_t length, uint32_t seed) {
+  std::vector<uint8_t> v(length);
+  for (uint64_t i = 0; i < length; ++i) v[i] = pattern(offset + i, seed);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("file backend serves a file on tmpfs from its pages, through user copy",
+          "[file][env][env-shm]") {
+  if (!std::filesystem::is_directory("/dev/shm")) {
+    SKIP_TEST("no /dev/shm; the tmpfs path is not exercised");
+  }
+  TempDir dir("/dev/shm");
+  const std::string path = dir.file("mapped.img");
+  // Not a whole number of 64 KiB chunks: the last one is short.
+  const uint64_t size = 4 * kMiB + 3 * 512;
+  make_file(path, size);
+  {
+    // Data written before the device opens must be seen: the chunk bitmap
+    // comes from the file's holes.
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    REQUIRE(fd);
+    const auto data = pattern_bytes(kMiB, 100 * kKiB, 1);
+    REQUIRE(::pwrite(fd.get(), data.data(), data.size(), kMiB) ==
+            static_cast<ssize_t>(data.size()));
+  }
+  auto o = options(path, size, direct_io_works(dir), /*create=*/false);
+  o.logical_block_size = 512;
+  auto b = open_ok(o);
+  CHECK(b->serves_inline());
+  CHECK(b->serves_from_memory());
+  CHECK(b->user_copy());
+  CHECK_FALSE(b->zero_copy());
+  CHECK(b->features().discard_granularity == 64 * kKiB);
+  CHECK_THAT(b->io_notes(), Catch::Contains("tmpfs"));
+
+  CopyFd copy;
+  REQUIRE(copy.fd);
+  std::vector<uint8_t> model(size, 0);
+  std::copy_n(pattern_bytes(kMiB, 100 * kKiB, 1).begin(), 100 * kKiB, model.begin() + kMiB);
+  auto expect = [&](uint64_t offset, uint64_t length) {
+    return std::vector<uint8_t>(model.begin() + static_cast<ptrdiff_t>(offset),
+                                model.begin() + static_cast<ptrdiff_t>(offset + length));
+  };
+
+  SECTION("reads of what was never written allocate nothing") {
+    const uint64_t before = allocated_bytes(path);
+    copy.put(std::vector<uint8_t>(2 * kMiB, 0xA5));
+    REQUIRE(copy.io(*b, IoOp::kRead, 2 * kMiB, 2 * kMiB) == static_cast<int>(2 * kMiB));
+    CHECK(first_nonzero(copy.get(2 * kMiB)) == -1);
+    CHECK(allocated_bytes(path) == before);
+  }
+
+  SECTION("user copy, buffers and discards agree with a plain copy") {
+    std::mt19937_64 rng(4242);
+    const uint64_t sectors = size / 512;
+    for (uint32_t i = 0; i < 300; ++i) {
+      const uint64_t first = rng() % sectors;
+      const uint64_t count = 1 + rng() % std::min<uint64_t>(sectors - first, 384);
+      const uint64_t offset = first * 512;
+      const uint64_t length = count * 512;
+      INFO("step " << i << " at " << offset << "+" << length);
+      switch (rng() % 5) {
+        case 0: {  // a WRITE whose data the backend reads from the char device
+          const auto data = pattern_bytes(offset, length, 10 + i);
+          copy.put(data);
+          REQUIRE(copy.io(*b, IoOp::kWrite, offset, length) == static_cast<int>(length));
+          std::copy(data.begin(), data.end(), model.begin() + static_cast<ptrdiff_t>(offset));
+          break;
+        }
+        case 1: {  // a WRITE from a buffer (a device without USER_COPY)
+          Buffer buf(length);
+          fill_pattern(buf, offset, 10 + i);
+          REQUIRE(b->handle(request(IoOp::kWrite, offset, length, buf.data())) ==
+                  static_cast<int>(length));
+          std::copy_n(buf.data(), length, model.begin() + static_cast<ptrdiff_t>(offset));
+          break;
+        }
+        case 2:
+        case 3: {
+          const IoOp op = rng() % 2 ? IoOp::kDiscard : IoOp::kWriteZeroes;
+          REQUIRE(b->handle(request(op, offset, length)) == 0);
+          std::fill_n(model.begin() + static_cast<ptrdiff_t>(offset), length, 0);
+          break;
+        }
+        default: {
+          Buffer buf(length);
+          REQUIRE(b->handle(request(IoOp::kRead, offset, length, buf.data())) ==
+                  static_cast<int>(length));
+          REQUIRE(buf.bytes() == expect(offset, length));
+          break;
+        }
+      }
+      // A READ the backend writes to the char device, over bytes that must
+      // all change, holes included.
+      copy.put(std::vector<uint8_t>(length, 0xA5));
+      REQUIRE(copy.io(*b, IoOp::kRead, offset, length) == static_cast<int>(length));
+      REQUIRE(copy.get(length) == expect(offset, length));
+    }
+    // What the file holds, read past the backend.
+    CHECK(read_file(path, 0, size) == model);
+  }
+
+  SECTION("a discard hands whole chunks back") {
+    const auto data = pattern_bytes(0, 2 * kMiB, 3);
+    copy.put(data);
+    REQUIRE(copy.io(*b, IoOp::kWrite, 0, 2 * kMiB) == static_cast<int>(2 * kMiB));
+    const uint64_t held = allocated_bytes(path);
+    CHECK(held >= 2 * kMiB);
+    REQUIRE(b->handle(request(IoOp::kDiscard, 0, 2 * kMiB)) == 0);
+    CHECK(allocated_bytes(path) <= held - 2 * kMiB);
+    CHECK(first_nonzero(read_file(path, 0, 2 * kMiB)) == -1);
+  }
+
+  SECTION("a grow maps the new range, a shrink forgets the range cut off") {
+    copy.put(pattern_bytes(3 * kMiB, 64 * kKiB, 4));
+    REQUIRE(copy.io(*b, IoOp::kWrite, 3 * kMiB, 64 * kKiB) == static_cast<int>(64 * kKiB));
+    REQUIRE(b->resize(8 * kMiB).ok());
+    copy.put(pattern_bytes(7 * kMiB, 64 * kKiB, 5));
+    REQUIRE(copy.io(*b, IoOp::kWrite, 7 * kMiB, 64 * kKiB) == static_cast<int>(64 * kKiB));
+    copy.put(std::vector<uint8_t>(64 * kKiB, 0xA5));
+    REQUIRE(copy.io(*b, IoOp::kRead, 7 * kMiB, 64 * kKiB) == static_cast<int>(64 * kKiB));
+    CHECK(copy.get(64 * kKiB) == pattern_bytes(7 * kMiB, 64 * kKiB, 5));
+    // Cut to 2 MiB and grown again: both written ranges read as zeros.
+    REQUIRE(b->resize(2 * kMiB).ok());
+    REQUIRE(b->resize(8 * kMiB).ok());
+    for (const uint64_t at : {3 * kMiB, 7 * kMiB}) {
+      copy.put(std::vector<uint8_t>(64 * kKiB, 0xA5));
+      REQUIRE(copy.io(*b, IoOp::kRead, at, 64 * kKiB) == static_cast<int>(64 * kKiB));
+      CHECK(first_nonzero(copy.get(64 * kKiB)) == -1);
+    }
+    // Only the data written before the device opened is still held.
+    CHECK(allocated_bytes(path) <= 128 * kKiB);
+  }
+
+  SECTION("a request without buffer or char device is refused") {
+    CHECK(b->handle(request(IoOp::kRead, 0, 4096)) == -EINVAL);
+    CHECK(b->handle(request(IoOp::kWrite, 0, 4096)) == -EINVAL);
   }
 }
 

@@ -2,7 +2,8 @@
 # DISCARD on a file device punches holes in the backing file (its allocated
 # blocks go down); WRITE_ZEROES reads back zeros, through the device and in
 # the file; data around both stays intact. On ext4 (both fallocate modes) and
-# on tmpfs (which cannot zero a range: ublkd writes zeros instead).
+# on tmpfs (served from the file's mapped pages with USER_COPY: whole 64 KiB
+# chunks punched out, zeros written around them).
 # vm-timeout: 180
 . "${BASH_SOURCE%/*}/../lib.sh"
 
@@ -32,6 +33,10 @@ for where in ext4 tmpfs; do
     dev=$(ctl_ok add "$name" --backend file --path "$img" --create --size 64MiB)
     [[ $(<"/sys/block/${dev#/dev/}/queue/discard_max_bytes") != 0 ]] || fail "$dev: no discard support"
     [[ $(<"/sys/block/${dev#/dev/}/queue/write_zeroes_max_bytes") != 0 ]] || fail "$dev: no write-zeroes support"
+    # Only a file on tmpfs is served from its pages, through USER_COPY.
+    user_copy=$(json_get "$(ctl_ok --json info "$name")" '.kernel_flag_names | index("USER_COPY") != null')
+    [[ $user_copy == "$([[ $where == tmpfs ]] && echo true || echo false)" ]] ||
+        fail "$where: USER_COPY granted is $user_copy"
 
     dd if="$CASE_DIR/data" of="$dev" bs=1M oflag=direct conv=fsync status=none
     keep=$(sum_at "$CASE_DIR/data" 16 16)
