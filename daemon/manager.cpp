@@ -361,6 +361,8 @@ void Manager::finish_add(const std::string& name, bool persist, OpResult<void> r
 std::string Manager::serving_notes(Device& dev) {
   std::string notes = "queue rings: " + setup_flags_string(dev.queue_ring_flags());
   if (const std::string io = dev.backend().io_notes(); !io.empty()) notes += "; " + io;
+  if (dev.kernel_info().flags & uapi::kFeatUserCopy)
+    notes += "; user copy (UBLK_F_USER_COPY)";
   if (dev.zero_copy())
     notes += "; zero copy (the kernel registers each request's pages for the backend)";
   if (dev.batch_io()) notes += "; batched io commands (UBLK_F_BATCH_IO)";

@@ -10,6 +10,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -142,6 +143,18 @@ Result<void> ChunkedMemory::cover(uint64_t length) {
   return {};
 }
 
+void ChunkedMemory::forget(uint64_t from, uint64_t end) noexcept {
+  const uint64_t first = (from + kChunk - 1) / kChunk;
+  const uint64_t end_chunk = (end + kChunk - 1) / kChunk;
+  if (first >= end_chunk) return;
+  for (uint64_t w = first / kWordBits; w * kWordBits < end_chunk; ++w) {
+    const uint64_t word_first = w * kWordBits;
+    const uint64_t lo = std::max(first, word_first) - word_first;
+    const uint64_t hi = std::min(end_chunk, word_first + kWordBits) - 1 - word_first;
+    std::atomic_ref<uint64_t>(words_[w]).fetch_and(~bit_range(lo, hi), kOrder);
+  }
+}
+
 bool ChunkedMemory::chunk_written(uint64_t chunk) const noexcept {
   std::atomic_ref<uint64_t> word(words_[chunk / kWordBits]);
   return (word.load(kOrder) >> (chunk % kWordBits)) & 1;
@@ -223,7 +236,12 @@ int ChunkedMemory::read_to(uint64_t offset, uint32_t length, int fd,
     const uint64_t run_end = same_state_end(offset, end, written);
     if (written) {
       const std::byte* base = base_.load(std::memory_order_acquire);
-      if (int r = pwrite_all(fd, base + offset, run_end - offset, pos); r < 0) return r;
+      if (pwrite_all(fd, base + offset, run_end - offset, pos) < 0) {
+        // A hole inside a written chunk has no page, and the kernel's read
+        // fault must allocate one, which fails when the file's tmpfs is
+        // full: what was written must still be readable.
+        if (int r = read_through(offset, run_end - offset, fd, pos); r < 0) return r;
+      }
       pos += run_end - offset;
     } else {
       // As in read(): zeros from our own page, not a fault on a hole (which
@@ -240,6 +258,23 @@ int ChunkedMemory::read_to(uint64_t offset, uint32_t length, int fd,
   return 0;
 }
 
+int ChunkedMemory::read_through(uint64_t offset, uint64_t length, int fd,
+                                uint64_t pos) const noexcept {
+  // Allocated only on this rare path. Page aligned for an O_DIRECT fd.
+  struct Free {
+    void operator()(std::byte* p) const { std::free(p); }
+  };
+  std::unique_ptr<std::byte, Free> bounce(static_cast<std::byte*>(std::aligned_alloc(4096, kChunk)));
+  if (!bounce) return -ENOMEM;
+  for (uint64_t done = 0; done < length;) {
+    const size_t n = std::min<uint64_t>(kChunk, length - done);
+    if (int r = pread_all(fd_, bounce.get(), n, offset + done); r < 0) return r;
+    if (int r = pwrite_all(fd, bounce.get(), n, pos + done); r < 0) return r;
+    done += n;
+  }
+  return 0;
+}
+
 int ChunkedMemory::write_from(uint64_t offset, uint32_t length, int fd, uint64_t pos) noexcept {
   // Marked first, as in write(); a failed copy leaves the chunks marked,
   // which only costs a later discard a hole punch.
@@ -251,7 +286,8 @@ int ChunkedMemory::write_from(uint64_t offset, uint32_t length, int fd, uint64_t
   // cgroup at the limit. Asking the file for the range tells that apart
   // from a real I/O error, and out of space is what the writer should hear
   // (the block layer reports a space allocation error), not EIO.
-  if (::fallocate(fd_, 0, static_cast<off_t>(offset), length) != 0 &&
+  // KEEP_SIZE: a file that shrank under the request must not grow back.
+  if (::fallocate(fd_, FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset), length) != 0 &&
       (errno == ENOSPC || errno == ENOMEM))
     return -ENOSPC;
   return r;

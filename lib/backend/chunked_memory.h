@@ -57,7 +57,13 @@ class ChunkedMemory {
   // length as served, so that its short last chunk counts as whole.
   int zero(uint64_t offset, uint64_t length, uint64_t end) noexcept;
 
-  // Maps the file anew once it has grown beyond the mapping; the old mapping
+  // After the file was cut to `from` bytes (from `end`): the chunks wholly
+  // beyond it hold nothing any more, so that a later grow reads zeros there
+  // without a fault. The chunk `from` falls in stays as it is.
+  void forget(uint64_t from, uint64_t end) noexcept;
+
+  // Maps the file anew once it is to grow beyond the mapping (a mapping may
+  // reach beyond the end of the file); the old mapping
   // stays until this goes (queue threads may still be copying through it).
   Result<void> cover(uint64_t length);
 
@@ -72,6 +78,9 @@ class ChunkedMemory {
   // Where the run of chunks from `offset` that are all `written` (or all
   // not) ends, at most `end`.
   uint64_t same_state_end(uint64_t offset, uint64_t end, bool written) const noexcept;
+  // read_to()'s way when the kernel cannot read the mapping: through a
+  // buffer, from the file.
+  int read_through(uint64_t offset, uint64_t length, int fd, uint64_t pos) const noexcept;
   int zero_partial(uint64_t begin, uint64_t end) noexcept;
   int release_chunks(uint64_t first_chunk, uint64_t end_chunk) noexcept;
 

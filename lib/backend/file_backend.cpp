@@ -140,7 +140,8 @@ Result<void> probe_direct_io(int fd, const std::string& path, uint32_t lbs) {
 // writes of such a file (with O_DIRECT, at least up to 7.2) to one of its
 // worker threads, which then does a memory copy: the hand-off and the
 // thread switch cost more than the copy. Served inline in the queue
-// thread, the same request is one pread/pwrite.
+// thread, the same request is one pread/pwrite (on tmpfs: one copy between
+// the file's mapped pages and the request's, see ChunkedMemory).
 bool in_memory_file(int fd, bool block) {
   if (block) return false;
   struct statfs fs {};
@@ -388,7 +389,7 @@ BackendFeatures FileBackend::features() const {
 }
 
 std::string FileBackend::io_notes() const {
-  if (memory_) return "served inline from the file's pages, mapped (the file is on tmpfs)";
+  if (memory_) return "served inline from the file's mapped pages (the file is on tmpfs)";
   if (!inline_) return {};
   return "served inline by the queue threads (the file is in memory: tmpfs or ramfs)";
 }
@@ -607,6 +608,7 @@ int FileBackend::handle(const IoRequest& req) noexcept {
       return sync_rw(req);
     case IoOp::kFlush:
       if (read_only_) return 0;
+      if (memory_ && touch() != 0) return -errno;
       return ::fdatasync(fd_.get()) == 0 ? 0 : -errno;
     case IoOp::kDiscard:
     case IoOp::kWriteZeroes:
@@ -655,8 +657,18 @@ int FileBackend::sync_zero_write(uint64_t offset, uint64_t length) noexcept {
   });
 }
 
+int FileBackend::touch() noexcept {
+  // Writes through a shared mapping update the file's mtime only when they
+  // fault a page in, not when they land on a page already mapped; tools
+  // that look for changed files by mtime (backups, rsync) must still see a
+  // change once the device flushed it.
+  const timespec times[2] = {{0, UTIME_OMIT}, {0, UTIME_NOW}};
+  return ::futimens(fd_.get(), times);
+}
+
 Result<void> FileBackend::sync() {
   if (read_only_) return {};
+  if (memory_ && touch() != 0) return errno_error("set the mtime of " + path_);
   if (::fdatasync(fd_.get()) != 0) return errno_error("fdatasync");
   return {};
 }
@@ -696,18 +708,16 @@ Result<void> FileBackend::resize(uint64_t bytes) {
   const uint64_t size = this->size();
   const bool shrink = bytes < size;
   if (shrink) size_.store(bytes, std::memory_order_release);
-  // Forgets the chunks cut off, so that a later grow reads zeros there.
-  if (memory_ && shrink) {
-    if (const int r = memory_->zero(bytes, size - bytes, size); r < 0)
-      return Error(-r, "zero the range of " + path_ + " cut off");
+  // Mapped before the file grows, so that no request ever finds the device
+  // longer than the mapping.
+  if (memory_ && !shrink) {
+    if (auto r = memory_->cover(bytes); !r) return r.error().wrap(path_);
   }
   if (::ftruncate(fd_.get(), static_cast<off_t>(bytes)) != 0)
     return errno_error("resize " + path_ + " to " + num(bytes) + " bytes");
   // The new length must survive a crash: a recovery checks it.
   if (::fsync(fd_.get()) != 0) return errno_error("fsync " + path_);
-  if (memory_ && !shrink) {
-    if (auto r = memory_->cover(bytes); !r) return r.error().wrap(path_);
-  }
+  if (memory_ && shrink) memory_->forget(bytes, size);
   if (!shrink) size_.store(bytes, std::memory_order_release);
   return {};
 }

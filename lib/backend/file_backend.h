@@ -35,8 +35,9 @@ struct FileBackendOptions {
   bool read_only = false;
   // The block size the device advertises; every request is aligned to it.
   uint32_t logical_block_size = 512;
-  // Serve a file in memory (tmpfs, ramfs) inline; see serves_inline().
-  // Tests turn it off to drive the io_uring path on tmpfs.
+  // Serve a file in memory (tmpfs, ramfs) inline; see serves_inline() and
+  // serves_from_memory(), which it also turns off. Tests turn it off to
+  // drive the io_uring path on tmpfs.
   bool inline_in_memory = true;
   // A writable regular file longer than a nonzero `size` is cut to it
   // instead of refused: a recovery after a live resize that a crash cut
@@ -122,6 +123,8 @@ class FileBackend final : public Backend {
   int sync_rw(const IoRequest& req) noexcept;
   int sync_zero(const IoRequest& req) noexcept;
   int sync_zero_write(uint64_t offset, uint64_t length) noexcept;
+  // Sets the file's mtime to now; 0 or -1 with errno.
+  int touch() noexcept;
 
   UniqueFd fd_;
   std::string path_;

@@ -27,6 +27,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "base/unique_fd.h"
@@ -1108,6 +1109,14 @@ TEST_CASE("file backend serves a tmpfs file inline and other files on the ring",
     }
     d.require_pattern(kMiB, 64 * kKiB, 9);
     d.require_zeros(0, kMiB);
+    CHECK(d.backend().user_copy() == d.backend().serves_from_memory());
+    if (std::string(w.dir) == "/dev/shm") CHECK(d.backend().user_copy());
+    if (!w.in_memory) {
+      // Only a file on tmpfs reads a request's data from the char device.
+      IoRequest req = request(IoOp::kWrite, 0, 4096);
+      req.copy_fd = d.backend().attach_fd();
+      CHECK(d.backend().handle(req) == -EINVAL);
+    }
   }
 }
 
@@ -1270,6 +1279,69 @@ TEST_CASE("file backend serves a file on tmpfs from its pages, through user copy
     }
     // Only the data written before the device opened is still held.
     CHECK(allocated_bytes(path) <= 128 * kKiB);
+  }
+
+  SECTION("the short last chunk is written, discarded and handed back whole") {
+    const uint64_t tail = size - 4 * kMiB;  // 1536 bytes
+    copy.put(pattern_bytes(4 * kMiB - 64 * kKiB, 64 * kKiB + tail, 6));
+    REQUIRE(copy.io(*b, IoOp::kWrite, 4 * kMiB - 64 * kKiB, 64 * kKiB + tail) ==
+            static_cast<int>(64 * kKiB + tail));
+    const uint64_t held = allocated_bytes(path);
+    REQUIRE(b->handle(request(IoOp::kDiscard, 4 * kMiB, tail)) == 0);
+    CHECK(allocated_bytes(path) < held);
+    CHECK(first_nonzero(read_file(path, 4 * kMiB, tail)) == -1);
+    CHECK(read_file(path, 4 * kMiB - 64 * kKiB, 64 * kKiB) ==
+          pattern_bytes(4 * kMiB - 64 * kKiB, 64 * kKiB, 6));
+  }
+
+  SECTION("a shrink inside a chunk keeps what is before the cut") {
+    copy.put(pattern_bytes(2 * kMiB, 128 * kKiB, 7));
+    REQUIRE(copy.io(*b, IoOp::kWrite, 2 * kMiB, 128 * kKiB) == static_cast<int>(128 * kKiB));
+    const uint64_t cut = 2 * kMiB + 1536;
+    REQUIRE(b->resize(cut).ok());
+    REQUIRE(b->resize(size).ok());
+    copy.put(std::vector<uint8_t>(128 * kKiB, 0xA5));
+    REQUIRE(copy.io(*b, IoOp::kRead, 2 * kMiB, 128 * kKiB) == static_cast<int>(128 * kKiB));
+    auto want = pattern_bytes(2 * kMiB, 1536, 7);
+    want.resize(128 * kKiB, 0);
+    CHECK(copy.get(128 * kKiB) == want);
+  }
+
+  SECTION("a device opened again sees what the last one wrote") {
+    copy.put(pattern_bytes(3 * kMiB, 200 * kKiB, 8));
+    REQUIRE(copy.io(*b, IoOp::kWrite, 3 * kMiB, 200 * kKiB) == static_cast<int>(200 * kKiB));
+    b.reset();
+    b = open_ok(o);
+    REQUIRE(b->serves_from_memory());
+    for (const auto& [at, seed, length] :
+         {std::tuple{kMiB, 1u, 100 * kKiB}, std::tuple{3 * kMiB, 8u, 200 * kKiB}}) {
+      copy.put(std::vector<uint8_t>(length, 0));
+      REQUIRE(copy.io(*b, IoOp::kRead, at, length) == static_cast<int>(length));
+      CHECK(copy.get(length) == pattern_bytes(at, length, seed));
+    }
+  }
+
+  SECTION("read-only: reads through user copy, writes refused") {
+    b.reset();
+    o.read_only = true;
+    b = open_ok(o);
+    REQUIRE(b->serves_from_memory());
+    copy.put(std::vector<uint8_t>(100 * kKiB, 0));
+    REQUIRE(copy.io(*b, IoOp::kRead, kMiB, 100 * kKiB) == static_cast<int>(100 * kKiB));
+    CHECK(copy.get(100 * kKiB) == pattern_bytes(kMiB, 100 * kKiB, 1));
+    CHECK(copy.io(*b, IoOp::kWrite, kMiB, 4096) == -EROFS);
+    CHECK(b->handle(request(IoOp::kDiscard, kMiB, 64 * kKiB)) == -EROFS);
+  }
+
+  SECTION("a FLUSH sets the file's mtime") {
+    const timespec old[2] = {{0, UTIME_OMIT}, {1000, 0}};
+    REQUIRE(::utimensat(AT_FDCWD, path.c_str(), old, 0) == 0);
+    copy.put(pattern_bytes(0, 4096, 9));
+    REQUIRE(copy.io(*b, IoOp::kWrite, 0, 4096) == 4096);
+    REQUIRE(b->handle(request(IoOp::kFlush, 0, 0)) == 0);
+    struct stat st {};
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    CHECK(st.st_mtim.tv_sec > 1000);
   }
 
   SECTION("a request without buffer or char device is refused") {

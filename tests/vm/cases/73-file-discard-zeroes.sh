@@ -14,6 +14,7 @@ ext4_on_ram_disk "$mnt" 128
 cfg=$CASE_DIR/config
 mkdir -p "$cfg/devices.d"
 start_ublkd_api "$cfg"
+user_copy_offered=$(offered USER_COPY)
 
 MiB=$((1 << 20))
 dd if=/dev/urandom of="$CASE_DIR/data" bs=1M count=48 status=none
@@ -35,7 +36,7 @@ for where in ext4 tmpfs; do
     [[ $(<"/sys/block/${dev#/dev/}/queue/write_zeroes_max_bytes") != 0 ]] || fail "$dev: no write-zeroes support"
     # Only a file on tmpfs is served from its pages, through USER_COPY.
     user_copy=$(json_get "$(ctl_ok --json info "$name")" '.kernel_flag_names | index("USER_COPY") != null')
-    [[ $user_copy == "$([[ $where == tmpfs ]] && echo true || echo false)" ]] ||
+    [[ $user_copy == "$([[ $where == tmpfs ]] && echo "$user_copy_offered" || echo false)" ]] ||
         fail "$where: USER_COPY granted is $user_copy"
 
     dd if="$CASE_DIR/data" of="$dev" bs=1M oflag=direct conv=fsync status=none
