@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "base/unique_fd.h"
+#include "copy_fd.h"
 #include "temp_dir.h"
 #include "uapi/ublk.h"
 
@@ -42,6 +43,7 @@ using ublkd::kIoQueued;
 using ublkd::QueueContext;
 using ublkd::UniqueFd;
 
+using ublkd::test::CopyFd;
 using ublkd::test::TempDir;
 
 namespace {
@@ -1121,29 +1123,6 @@ TEST_CASE("file backend serves a tmpfs file inline and other files on the ring",
 }
 
 namespace {
-
-// Stands in for the ublk char device under USER_COPY: a request's data lives
-// at kPos.. of this file, as it lives at its copy position on /dev/ublkcN.
-struct CopyFd {
-  static constexpr uint64_t kPos = 5 * kMiB + 512;  // not page-aligned on purpose
-  UniqueFd fd{::memfd_create("copy", MFD_CLOEXEC)};
-
-  int io(FileBackend& b, IoOp op, uint64_t offset, uint64_t length) const {
-    IoRequest req = request(op, offset, length);
-    req.copy_fd = fd.get();
-    req.copy_pos = kPos;
-    return b.handle(req);
-  }
-  void put(const std::vector<uint8_t>& data) const {
-    REQUIRE(::pwrite(fd.get(), data.data(), data.size(), kPos) ==
-            static_cast<ssize_t>(data.size()));
-  }
-  std::vector<uint8_t> get(uint64_t length) const {
-    std::vector<uint8_t> v(length);
-    REQUIRE(::pread(fd.get(), v.data(), length, kPos) == static_cast<ssize_t>(length));
-    return v;
-  }
-};
 
 std::vector<uint8_t> pattern_bytes(uint64_t offset, uint64_t length, uint32_t seed) {
   std::vector<uint8_t> v(length);

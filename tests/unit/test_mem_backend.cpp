@@ -21,12 +21,14 @@
 #include <vector>
 
 #include "base/sanitizers.h"
+#include "copy_fd.h"
 
 using ublkd::IoOp;
 using ublkd::kThreadSanitizer;
 using ublkd::IoRequest;
 using ublkd::MemBackend;
 using ublkd::UniqueFd;
+using ublkd::test::CopyFd;
 
 namespace {
 
@@ -561,36 +563,6 @@ TEST_CASE("mem: concurrent queues do not disturb each other", "[mem]") {
   }
 }
 
-namespace {
-
-// Stands in for the ublk char device under USER_COPY: a request's data lives
-// at kPos.. of this file, as it lives at its copy position on /dev/ublkcN.
-struct CopyFd {
-  static constexpr uint64_t kPos = 3 * kMiB + 512;  // not chunk-aligned on purpose
-  UniqueFd fd{::memfd_create("copy", MFD_CLOEXEC)};
-
-  int submit(MemBackend& b, IoOp op, uint64_t offset, uint64_t length) const {
-    IoRequest req{};
-    req.op = op;
-    req.offset = offset;
-    req.length = static_cast<uint32_t>(length);
-    req.copy_fd = fd.get();
-    req.copy_pos = kPos;
-    return b.handle(req);
-  }
-  void put(const std::vector<uint8_t>& data) const {
-    REQUIRE(::pwrite(fd.get(), data.data(), data.size(), kPos) ==
-            static_cast<ssize_t>(data.size()));
-  }
-  std::vector<uint8_t> get(uint64_t length) const {
-    std::vector<uint8_t> v(length);
-    REQUIRE(::pread(fd.get(), v.data(), length, kPos) == static_cast<ssize_t>(length));
-    return v;
-  }
-};
-
-}  // namespace
-
 TEST_CASE("mem: user copy serves the same data as the buffer path", "[mem]") {
   CopyFd copy;
   REQUIRE(copy.fd);
@@ -605,7 +577,7 @@ TEST_CASE("mem: user copy serves the same data as the buffer path", "[mem]") {
       case 0: {  // a WRITE whose data the backend reads from the fd
         auto data = make_data(offset, length, i);
         copy.put(data);
-        REQUIRE(copy.submit(*m.backend, IoOp::kWrite, offset, length) == static_cast<int>(length));
+        REQUIRE(copy.io(*m.backend, IoOp::kWrite, offset, length) == static_cast<int>(length));
         std::memcpy(m.expect.data() + offset, data.data(), length);
         break;
       }
@@ -619,7 +591,7 @@ TEST_CASE("mem: user copy serves the same data as the buffer path", "[mem]") {
     // A READ the backend writes to the fd, over bytes that must all change:
     // holes included, which come back as zeros.
     copy.put(std::vector<uint8_t>(length, 0xA5));
-    REQUIRE(copy.submit(*m.backend, IoOp::kRead, offset, length) == static_cast<int>(length));
+    REQUIRE(copy.io(*m.backend, IoOp::kRead, offset, length) == static_cast<int>(length));
     std::vector<uint8_t> want(m.expect.begin() + offset, m.expect.begin() + offset + length);
     REQUIRE(first_diff(copy.get(length), want) == -1);
   }
@@ -631,7 +603,7 @@ TEST_CASE("mem: user copy reports a failed copy instead of success", "[mem]") {
   CopyFd copy;
   REQUIRE(copy.fd);
   // The fd ends before the request's data would: pread finds nothing.
-  CHECK(copy.submit(*b, IoOp::kWrite, 0, 8 * kKiB) == -EIO);
+  CHECK(copy.io(*b, IoOp::kWrite, 0, 8 * kKiB) == -EIO);
   IoRequest req{};
   req.op = IoOp::kRead;
   req.length = 4096;
@@ -657,9 +629,9 @@ TEST_CASE("mem: a live grow keeps the data and adds zeros, on both copy paths", 
   CopyFd copy;
   auto data = make_data(63 * kMiB, 2 * kChunk, 4);
   copy.put(data);
-  REQUIRE(copy.submit(*b, IoOp::kWrite, 63 * kMiB, 2 * kChunk) == static_cast<int>(2 * kChunk));
+  REQUIRE(copy.io(*b, IoOp::kWrite, 63 * kMiB, 2 * kChunk) == static_cast<int>(2 * kChunk));
   require_pattern(*b, 63 * kMiB, 2 * kChunk, 4);
-  REQUIRE(copy.submit(*b, IoOp::kRead, 40 * kMiB, kChunk + 512) == static_cast<int>(kChunk + 512));
+  REQUIRE(copy.io(*b, IoOp::kRead, 40 * kMiB, kChunk + 512) == static_cast<int>(kChunk + 512));
   CHECK(first_diff(copy.get(kChunk + 512), make_data(40 * kMiB, kChunk + 512, 3)) == -1);
   CHECK(submit(*b, IoOp::kRead, 64 * kMiB, 512) == -EINVAL);
 }
