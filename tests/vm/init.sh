@@ -132,6 +132,10 @@ run_case() {
     scan_sanitizer_reports "$name" "$log" "$dir"
     judge_case "$name" "$log" ""
     case_trailer "$name" "$secs" >>"$log"
+    # /tmp is memory: what a passed case wrote there (backing files, mem
+    # devices' memory) would otherwise be held until the VM ends and crowd
+    # out the cases after it. A failed case's files stay for the look.
+    [[ $VERDICT == PASS ]] && rm -rf --one-file-system "$dir"
 
     end_case_log "$name"
     emit "@@UBLKD-RESULT $name $VERDICT $secs${REASON:+ $REASON}"

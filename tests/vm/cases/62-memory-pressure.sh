@@ -82,8 +82,10 @@ ext4_on_ram_disk "$CASE_DIR/store" 512
 # The writer gets more room here: this round presses ublkd, and a writer
 # squeezed as hard as in round 1 behind a throttled writeback is OOM-killed
 # by its own cgroup (its dirty pages cannot be cleaned as fast as it makes
-# them), which is the kernel's memcg policy, not a hang.
-echo 64M >"$cg/writer/memory.max"
+# them), which is the kernel's memcg policy, not a hang. 64 MiB was seen
+# too little once on 7.2 with the other kernel's VM beside it (ext4's
+# journal allocates with __GFP_NOFAIL in the writer's cgroup).
+echo 128M >"$cg/writer/memory.max"
 # Room for the daemon itself and its tag buffers (one queue of 128 x
 # 512 KiB, docs/configuration.md), not for the backing file's page cache:
 # that must be reclaimed while the device serves. The daemon's share
