@@ -108,6 +108,11 @@ cleanup_after_case() {
     unload_new_modules
 }
 
+# mounted_below DIR: whether DIR or anything below it is a mount point.
+mounted_below() {
+    awk -v d="$1" '$2 == d || index($2, d "/") == 1 { found = 1 } END { exit !found }' /proc/mounts
+}
+
 run_case() {
     local name=$1 file=$TESTS/cases/$1.sh
     local log=$LOGS/$name.log dir=/tmp/cases/$name secs
@@ -134,8 +139,12 @@ run_case() {
     case_trailer "$name" "$secs" >>"$log"
     # /tmp is memory: what a passed case wrote there (backing files, mem
     # devices' memory) would otherwise be held until the VM ends and crowd
-    # out the cases after it. A failed case's files stay for the look.
-    [[ $VERDICT == PASS ]] && rm -rf --one-file-system "$dir"
+    # out the cases after it. A failed case's files stay for the look, and
+    # so does anything still mounted below the directory (busybox's rm has
+    # no --one-file-system).
+    if [[ $VERDICT == PASS ]] && ! mounted_below "$dir"; then
+        rm -rf "$dir"
+    fi
 
     end_case_log "$name"
     emit "@@UBLKD-RESULT $name $VERDICT $secs${REASON:+ $REASON}"
