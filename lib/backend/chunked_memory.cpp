@@ -82,12 +82,17 @@ Result<Mapping> ChunkedMemory::map_data(int fd, uint64_t length, bool writable) 
   return data_map;
 }
 
-Result<std::unique_ptr<ChunkedMemory>> ChunkedMemory::map(int fd, uint64_t length,
-                                                          bool writable) {
+Result<void> ChunkedMemory::check_length(uint64_t length) {
   if (length == 0 || length > kMaxSize) {
     return Error(EINVAL, "a file in memory of " + std::to_string(length) +
                              " bytes; served are 1 to " + std::to_string(kMaxSize));
   }
+  return {};
+}
+
+Result<std::unique_ptr<ChunkedMemory>> ChunkedMemory::map(int fd, uint64_t length,
+                                                          bool writable) {
+  if (auto r = check_length(length); !r) return r.error();
   auto data_map = map_data(fd, length, writable);
   if (!data_map) return data_map.error();
 
@@ -131,10 +136,7 @@ Result<void> ChunkedMemory::mark_data(uint64_t length) {
 }
 
 Result<void> ChunkedMemory::cover(uint64_t length) {
-  if (length > kMaxSize) {
-    return Error(EINVAL, "a file in memory grows to at most " + std::to_string(kMaxSize) +
-                             " bytes, not " + std::to_string(length));
-  }
+  if (auto r = check_length(length); !r) return r;
   if (data_.size() >= length) return {};
   auto grown = map_data(fd_, length, writable_);
   if (!grown) return grown.error();

@@ -33,6 +33,8 @@ class ChunkedMemory {
   // keeps open for as long as this lives, read-only unless `writable`, and
   // marks the chunks that hold data, found from the file's holes.
   static Result<std::unique_ptr<ChunkedMemory>> map(int fd, uint64_t length, bool writable);
+  // Whether a file of `length` bytes can be served (1 to kMaxSize).
+  static Result<void> check_length(uint64_t length);
 
   ChunkedMemory(const ChunkedMemory&) = delete;
   ChunkedMemory& operator=(const ChunkedMemory&) = delete;

@@ -136,24 +136,21 @@ Result<void> probe_direct_io(int fd, const std::string& path, uint32_t lbs) {
                "the file system of " + path + " refuses direct I/O (O_DIRECT); " + kBufferedHint);
 }
 
-// A file whose data is in memory (tmpfs, ramfs). io_uring hands reads and
+// The type of the file system the file is on (statfs f_type), 0 when
+// that cannot be told.
+long fs_type(int fd) {
+  struct statfs fs {};
+  return ::fstatfs(fd, &fs) == 0 ? static_cast<long>(fs.f_type) : 0;
+}
+
+// A file system whose data is memory (tmpfs, ramfs). io_uring hands reads and
 // writes of such a file (with O_DIRECT, at least up to 7.2) to one of its
 // worker threads, which then does a memory copy: the hand-off and the
 // thread switch cost more than the copy. Served inline in the queue
 // thread, the same request is one pread/pwrite (on tmpfs: one copy between
 // the file's mapped pages and the request's, see ChunkedMemory).
-bool in_memory_file(int fd, bool block) {
-  if (block) return false;
-  struct statfs fs {};
-  if (::fstatfs(fd, &fs) != 0) return false;
-  return fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC;
-}
-
-// tmpfs, not ramfs: ChunkedMemory needs holes (SEEK_DATA, PUNCH_HOLE) and
-// a page cache that is the file's storage.
-bool on_tmpfs(int fd) {
-  struct statfs fs {};
-  return ::fstatfs(fd, &fs) == 0 && fs.f_type == TMPFS_MAGIC;
+bool in_memory_fs(long type) {
+  return type == TMPFS_MAGIC || type == RAMFS_MAGIC;
 }
 
 }  // namespace
@@ -357,9 +354,12 @@ Result<std::unique_ptr<FileBackend>> FileBackend::open(const FileBackendOptions&
     if (zeros == nullptr) return Error(ENOMEM, "allocate the zero buffer for " + o.path);
   }
   const bool block = S_ISBLK(file->st.st_mode);
-  const bool serve_inline = o.inline_in_memory && in_memory_file(file->fd.get(), block);
+  const long type = block ? 0 : fs_type(file->fd.get());
+  const bool serve_inline = o.inline_in_memory && in_memory_fs(type);
+  // tmpfs, not ramfs: ChunkedMemory needs holes (SEEK_DATA, PUNCH_HOLE) and
+  // a page cache that is the file's storage.
   std::unique_ptr<ChunkedMemory> memory;
-  if (serve_inline && on_tmpfs(file->fd.get()) && *size <= ChunkedMemory::kMaxSize) {
+  if (serve_inline && type == TMPFS_MAGIC && *size <= ChunkedMemory::kMaxSize) {
     auto mapped = ChunkedMemory::map(file->fd.get(), *size, !o.read_only);
     if (!mapped) return mapped.error().wrap(o.path);
     memory = std::move(mapped).value();
@@ -685,9 +685,8 @@ Result<void> FileBackend::check_resize(uint64_t bytes, bool force) const {
   }
   if (bytes > static_cast<uint64_t>(std::numeric_limits<off_t>::max()))
     return Error(EINVAL, "size " + num(bytes) + " is too large");
-  if (memory_ && bytes > ChunkedMemory::kMaxSize) {
-    return Error(EINVAL, "size " + num(bytes) + " is above the largest file on tmpfs served, " +
-                             num(ChunkedMemory::kMaxSize));
+  if (memory_) {
+    if (auto r = ChunkedMemory::check_length(bytes); !r) return r;
   }
   const uint64_t size = this->size();
   if (bytes >= size || force) return {};

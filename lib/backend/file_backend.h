@@ -36,7 +36,7 @@ struct FileBackendOptions {
   // The block size the device advertises; every request is aligned to it.
   uint32_t logical_block_size = 512;
   // Serve a file in memory (tmpfs, ramfs) inline; see serves_inline() and
-  // serves_from_memory(), which it also turns off. Tests turn it off to
+  // user_copy(), which it also turns off. Tests turn it off to
   // drive the io_uring path on tmpfs.
   bool inline_in_memory = true;
   // A writable regular file longer than a nonzero `size` is cut to it
@@ -95,8 +95,6 @@ class FileBackend final : public Backend {
   // inline, as handle() does, since a hand-off to io_uring's worker threads
   // costs more than the memory copy.
   bool serves_inline() const { return inline_; }
-  // Served from the file's pages (user_copy()); the file is on tmpfs.
-  bool serves_from_memory() const { return memory_ != nullptr; }
 
   // Writes of zeros (when fallocate cannot zero a range) are issued from a
   // shared zero buffer in pieces of at most this many bytes.
