@@ -361,12 +361,24 @@ void Manager::finish_add(const std::string& name, bool persist, OpResult<void> r
 std::string Manager::serving_notes(Device& dev) {
   std::string notes = "queue rings: " + setup_flags_string(dev.queue_ring_flags());
   if (const std::string io = dev.backend().io_notes(); !io.empty()) notes += "; " + io;
-  if (dev.kernel_info().flags & uapi::kFeatUserCopy)
+  if (dev.bridged_user_copy())
+    notes += "; user copy (UBLK_F_USER_COPY) through buffers: the device was added with it, and "
+             "this backend cannot copy through the char device";
+  else if (dev.kernel_info().flags & uapi::kFeatUserCopy)
     notes += "; user copy (UBLK_F_USER_COPY)";
   if (dev.zero_copy())
     notes += "; zero copy (the kernel registers each request's pages for the backend)";
   if (dev.batch_io()) notes += "; batched io commands (UBLK_F_BATCH_IO)";
   return notes;
+}
+
+void Manager::warn_unserved(Device& dev, const std::string& name) {
+  if (!dev.zero_copy_unserved()) return;
+  devlog::error(name,
+                "device {}: the kernel lends it each request's pages (zero copy, as when it was "
+                "added), which its backend cannot serve now ({}): every read and write fails "
+                "with EINVAL; del the device and add it again",
+                dev.backend().io_notes());
 }
 
 void Manager::log_live(const Entry& e) const {
@@ -610,6 +622,7 @@ void Manager::finish_recovery(const std::string& name, bool stale) {
   if (entry.dev->state() == DeviceState::kLive) {
     devlog::info(name, "device {} recovered: live again at {} ({})", entry.dev->block_device(),
                  serving_notes(*entry.dev));
+    warn_unserved(*entry.dev, name);
     // Storage that grew while no ublkd served it (recovered at the old size).
     if (entry.dev->storage_size() != entry.dev->size()) {
       const uint64_t one = 1;

@@ -632,6 +632,7 @@ Result<void> Device::start_queues(steady_clock::time_point start_deadline) {
     qc.auto_buf_reg = zero_copy();
     qc.user_copy = (info_.flags & uapi::kFeatUserCopy) != 0;
     qc.batch_io = batch_io();
+    qc.bridge_copy = bridged_user_copy();
     qc.idle_spin = config_.idle_spin;
     qc.read_only = read_only();
     if (config_.unprimed_tag && config_.unprimed_tag->first == q)

@@ -250,6 +250,20 @@ class Device {
   // ADD_DEV is done.
   bool zero_copy() const { return (info_.flags & uapi::kFeatAutoBufReg) != 0; }
   bool batch_io() const { return (info_.flags & uapi::kFeatBatchIo) != 0; }
+  // The kernel copies nothing itself (UBLK_F_USER_COPY), yet the backend
+  // serves from buffers only: a device added for a backend that copies
+  // through the char device and recovered with one that cannot (a file
+  // that was on tmpfs then and is not now). Its queue threads copy between
+  // each request and a buffer of their own (QueueConfig::bridge_copy).
+  bool bridged_user_copy() const {
+    return (info_.flags & uapi::kFeatUserCopy) != 0 && backend_->touches_data() &&
+           !backend_->user_copy();
+  }
+  // The kernel lends each request's pages (zero copy, as when the device
+  // was added), and the backend cannot serve from them (a file that was on
+  // disk then and is in memory now): its reads and writes fail with EINVAL.
+  // The kernel has no way to copy for it under zero copy.
+  bool zero_copy_unserved() const { return zero_copy() && !backend_->zero_copy(); }
 
   DeviceState state() const { return sm_.state(); }
   std::string failure_reason() const { return sm_.failure_reason(); }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "base/io_all.h"
 #include "base/mapping.h"
 #include "base/sanitizers.h"
 #include "queue/batch_commands.h"
@@ -289,7 +290,7 @@ class QueueLoop {
   }
 
   // The io descriptors, and the tags' buffers unless requests bring their
-  // own pages (auto_buf_reg) or need none (user_copy).
+  // own pages (auto_buf_reg) or need none (user_copy, unless bridge_copy).
   Result<void> map() {
     const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
     const size_t desc_len = round_up(c_.depth * sizeof(uapi::IoDesc), page);
@@ -298,7 +299,8 @@ class QueueLoop {
     if (desc_addr == MAP_FAILED) return errno_error("mmap io descriptors");
     descs_map_ = Mapping(desc_addr, desc_len);
     descs_ = static_cast<const uapi::IoDesc*>(desc_addr);
-    if (c_.user_copy) return {};  // the backend reaches the data through the char device, or never
+    // The backend reaches the data through the char device, or never.
+    if (c_.user_copy && !c_.bridge_copy) return {};
     if (c_.auto_buf_reg) {
       // The kernel lends each request's own pages, into a table slot per tag.
       if (const int ret = io_uring_register_buffers_sparse(r_, c_.depth); ret < 0)
@@ -386,6 +388,25 @@ class QueueLoop {
     return buf_base_ + static_cast<size_t>(tag) * c_.buf_bytes;
   }
 
+  // The buffer the kernel copies to and from: none under USER_COPY, which
+  // refuses commands that name one.
+  uint64_t kernel_addr(uint16_t tag) const {
+    return c_.user_copy ? 0 : reinterpret_cast<uintptr_t>(buffer(tag));
+  }
+
+  // bridge_copy: moves `len` bytes between the request's pages and the
+  // tag's buffer through the char device, into the request for a READ's
+  // data and out of it for a WRITE's; `len`, or -EIO.
+  int bridge(uint16_t tag, uint32_t len, bool into_request) const {
+    auto* buf = reinterpret_cast<std::byte*>(buffer(tag));
+    const uint64_t pos = uapi::user_copy_pos(c_.queue_id, tag);
+    const int r = io_all(len, [&](size_t done) {
+      return into_request ? ::pwrite(c_.char_fd, buf + done, len - done, pos + done)
+                          : ::pread(c_.char_fd, buf + done, len - done, pos + done);
+    });
+    return r < 0 ? -EIO : static_cast<int>(len);
+  }
+
   bool work_ready() const {
     return (IO_URING_READ_ONCE(*r_->sq.kflags) & IORING_SQ_TASKRUN) != 0 ||
            io_uring_cq_ready(r_) > 0;
@@ -398,7 +419,7 @@ class QueueLoop {
     cmd.q_id = c_.queue_id;
     cmd.tag = tag;
     cmd.result = result;
-    cmd.addr = reinterpret_cast<uintptr_t>(buffer(tag));
+    cmd.addr = kernel_addr(tag);
     prep_uring_cmd(sqe, 0, op, cmd);  // fixed file 0 is the char device
     sqe->flags |= IOSQE_FIXED_FILE;
     // No fallback flag: slot `tag` is this tag's alone, so registration
@@ -569,6 +590,8 @@ class QueueLoop {
       if (deadline_[tag] != kNoDeadline) ensure_timer();
       return;
     }
+    if (c_.bridge_copy && result > 0 && uapi::io_desc_op(descs_[tag]) == uapi::kOpRead)
+      result = bridge(tag, static_cast<uint32_t>(result), true);
     if (c_.batch_io) {
       if (held_ == 0 || !add_commit(tag, result))
         return fail_loop(Error(EPROTO, "a second answer for tag " + std::to_string(tag)));
@@ -616,7 +639,7 @@ class QueueLoop {
     const uint16_t slot = batch_->take_slot();
     for (uint16_t tag = 0; tag < c_.depth; ++tag) {
       if (c_.unprimed_tag && *c_.unprimed_tag == tag) continue;
-      batch_->add(slot, tag, 0, reinterpret_cast<uintptr_t>(buffer(tag)));
+      batch_->add(slot, tag, 0, kernel_addr(tag));
     }
     if (!queue_list(uapi::kIoPrepIoCmds, slot, user_data::kPrepCmds) || !arm_fetch())
       return Error(EBUSY, "queue ring has no room");
@@ -684,7 +707,7 @@ class QueueLoop {
   // The tag's answer, into this pass's COMMIT_IO_CMDS.
   bool add_commit(uint16_t tag, int result) {
     if (!open_slot_) open_slot_ = batch_->take_slot();
-    return batch_->add(*open_slot_, tag, result, reinterpret_cast<uintptr_t>(buffer(tag)));
+    return batch_->add(*open_slot_, tag, result, kernel_addr(tag));
   }
 
   // This pass's answers, as one COMMIT_IO_CMDS.
@@ -758,9 +781,12 @@ class QueueLoop {
                   c_.queue_id,
                   tag};
     if (c_.auto_buf_reg && rw) req.buf_index = tag;
-    if (c_.user_copy) {
+    if (c_.user_copy && !c_.bridge_copy) {
       req.copy_fd = c_.char_fd;
       req.copy_pos = uapi::user_copy_pos(c_.queue_id, tag);
+    }
+    if (c_.bridge_copy && op == uapi::kOpWrite) {
+      if (const int r = bridge(tag, static_cast<uint32_t>(len), false); r < 0) return r;
     }
     // Before submit(), which may set a deadline of its own.
     deadline_[tag] = timeout_ns_ > 0 ? now_ns() + timeout_ns_ : kNoDeadline;

@@ -38,10 +38,15 @@ struct QueueConfig {
   // No buffers of our own are set up.
   bool auto_buf_reg = false;
   // The device has UBLK_F_USER_COPY (Backend::touches_data(),
-  // Backend::user_copy()): no buffers, the commands carry no address, and
-  // requests carry the char device and their position on it
-  // (IoRequest::copy_fd).
+  // Backend::user_copy()): no buffers (but see bridge_copy), the commands
+  // carry no address, and requests carry the char device and their
+  // position on it (IoRequest::copy_fd).
   bool user_copy = false;
+  // With user_copy, for a backend that serves from buffers only
+  // (Device::bridged_user_copy): the tags get buffers after all, and the
+  // loop copies a WRITE's data into the buffer before the backend sees it
+  // and a READ's out of it after, through the char device.
+  bool bridge_copy = false;
   // The device has UBLK_F_BATCH_IO: the tags are armed with one
   // PREP_IO_CMDS, new requests arrive as tag lists of one multishot
   // FETCH_IO_CMDS, and the answers of a loop pass go out in one
