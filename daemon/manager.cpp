@@ -372,7 +372,7 @@ std::string Manager::serving_notes(Device& dev) {
   return notes;
 }
 
-void Manager::warn_unserved(Device& dev, const std::string& name) {
+void Manager::report_unserved(Device& dev, const std::string& name) {
   if (!dev.zero_copy_unserved()) return;
   devlog::error(name,
                 "device {}: the kernel lends it each request's pages (zero copy, as when it was "
@@ -622,7 +622,7 @@ void Manager::finish_recovery(const std::string& name, bool stale) {
   if (entry.dev->state() == DeviceState::kLive) {
     devlog::info(name, "device {} recovered: live again at {} ({})", entry.dev->block_device(),
                  serving_notes(*entry.dev));
-    warn_unserved(*entry.dev, name);
+    report_unserved(*entry.dev, name);
     // Storage that grew while no ublkd served it (recovered at the old size).
     if (entry.dev->storage_size() != entry.dev->size()) {
       const uint64_t one = 1;

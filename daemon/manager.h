@@ -237,7 +237,7 @@ class Manager {
   static std::string serving_notes(Device& dev);
   // A recovered device whose backend cannot take the kernel's zero copy
   // (Device::zero_copy_unserved): said once, as an error.
-  static void warn_unserved(Device& dev, const std::string& name);
+  static void report_unserved(Device& dev, const std::string& name);
   // recover_all(): recovers, or waits for the release of, one recorded
   // device; `done` runs when that is settled.
   void recover_one(const DeviceRecord& r, std::function<void()> done);
