@@ -374,11 +374,12 @@ std::string Manager::serving_notes(Device& dev) {
 
 void Manager::report_unserved(Device& dev, const std::string& name) {
   if (!dev.zero_copy_unserved()) return;
+  const std::string notes = dev.backend().io_notes();
   devlog::error(name,
                 "device {}: the kernel lends it each request's pages (zero copy, as when it was "
-                "added), which its backend cannot serve now ({}): every read and write fails "
-                "with EINVAL; del the device and add it again",
-                dev.backend().io_notes());
+                "added), which its backend cannot serve now{}: every read and write fails with "
+                "EINVAL; del the device and add it again",
+                notes.empty() ? "" : " (" + notes + ")");
 }
 
 void Manager::log_live(const Entry& e) const {

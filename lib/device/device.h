@@ -263,7 +263,9 @@ class Device {
   // was added), and the backend cannot serve from them (a file that was on
   // disk then and is in memory now): its reads and writes fail with EINVAL.
   // The kernel has no way to copy for it under zero copy.
-  bool zero_copy_unserved() const { return zero_copy() && !backend_->zero_copy(); }
+  bool zero_copy_unserved() const {
+    return zero_copy() && backend_->touches_data() && !backend_->zero_copy();
+  }
 
   DeviceState state() const { return sm_.state(); }
   std::string failure_reason() const { return sm_.failure_reason(); }

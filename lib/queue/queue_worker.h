@@ -38,9 +38,9 @@ struct QueueConfig {
   // No buffers of our own are set up.
   bool auto_buf_reg = false;
   // The device has UBLK_F_USER_COPY (Backend::touches_data(),
-  // Backend::user_copy()): no buffers (but see bridge_copy), the commands
-  // carry no address, and requests carry the char device and their
-  // position on it (IoRequest::copy_fd).
+  // Backend::user_copy()): the commands carry no address; unless
+  // bridge_copy, there are no buffers and requests carry the char device
+  // and their position on it (IoRequest::copy_fd).
   bool user_copy = false;
   // With user_copy, for a backend that serves from buffers only
   // (Device::bridged_user_copy): the tags get buffers after all, and the

@@ -5,8 +5,9 @@
 # the file on ext4, the recovered device still has USER_COPY but its backend
 # serves from buffers: the queue threads copy between the requests and
 # their buffers themselves. The data written before the kill reads back,
-# new writes verify at iodepth 1 and 64 on two queues, the live line says
-# how the device is served, and what was written lands in the ext4 file.
+# new writes verify at iodepth 1 and 64 on both queues, the live line says
+# how the device is served, and what was written lands in the ext4 file;
+# with a command per request, and batched where the kernel offers BATCH_IO.
 # The other way round, where the kernel offers zero copy (7.2): a device
 # added with it for a file on ext4 and recovered for a file on tmpfs cannot
 # be served (the kernel neither copies nor lets the server copy); ublkd says
@@ -25,45 +26,71 @@ cfg=$CASE_DIR/config
 state=$CASE_DIR/state
 on_tmpfs=$CASE_DIR/d.img
 link=$CASE_DIR/link.img
-truncate -s 64M "$on_tmpfs"
-ln -s "$on_tmpfs" "$link"
-write_spec "$cfg" f0 "{\"name\":\"f0\",\"backend\":{\"type\":\"file\",\"path\":\"$link\",\"size\":\"64MiB\"},\"queues\":2}"
-start_ublkd "$cfg" --state-dir "$state"
-dev=$(wait_live f0 20)
-grep -qE "kernel ublk features .*[:|]USER_COPY[|]" "$UBLKD_LOG" || skip "the kernel does not offer USER_COPY"
-grep -q "device f0 live at $dev .*; user copy (UBLK_F_USER_COPY)" "$UBLKD_LOG" ||
-    fail "the tmpfs file's device was not given USER_COPY: $(grep 'device f0 live' "$UBLKD_LOG")"
-
 head -c 16777216 /dev/urandom >"$CASE_DIR/pattern"
-dd if="$CASE_DIR/pattern" of="$dev" bs=1M oflag=direct status=none
 sum=$(sha256sum <"$CASE_DIR/pattern" | cut -d' ' -f1)
+# "features 0x...: A|B|C; ..." in the daemon's log.
+has_feature() { grep -qE "kernel ublk features [^:]*: ([A-Z_]+[|])*$1([|]|;|\$)" "$UBLKD_LOG"; }
 
-old_pid=$UBLKD_PID
-log "kill -9 ublkd (pid $old_pid); the path now leads to a copy on ext4"
-kill -KILL "$old_pid"
-wait "$old_pid" 2>/dev/null || true
-cp "$on_tmpfs" "$mnt/d.img"
-rm "$on_tmpfs"
-ln -sfn "$mnt/d.img" "$link"
+# bridged MODE: one round, MODE per-request or batched (UBLK_F_BATCH_IO,
+# whose commands carry the answers in lists).
+bridged() {
+    local mode=$1 dev line
+    rm -f "$cfg/ublkd.json"
+    [[ $mode == batched ]] && echo '{"batch_io": true}' >"$cfg/ublkd.json"
+    truncate -s 64M "$on_tmpfs"
+    ln -sfn "$on_tmpfs" "$link"
+    write_spec "$cfg" f0 "{\"name\":\"f0\",\"backend\":{\"type\":\"file\",\"path\":\"$link\",\"size\":\"64MiB\"},\"queues\":2}"
+    start_ublkd "$cfg" --state-dir "$state"
+    dev=$(wait_live f0 20)
+    has_feature USER_COPY || skip "the kernel does not offer USER_COPY"
+    line=$(grep "device f0 live at $dev" "$UBLKD_LOG")
+    [[ $line == *"; user copy (UBLK_F_USER_COPY)"* ]] ||
+        fail "the tmpfs file's device was not given USER_COPY: $line"
+    if [[ $mode == batched && $line != *"batched io commands"* ]]; then
+        fail "the device was not batched: $line"
+    fi
+    dd if="$CASE_DIR/pattern" of="$dev" bs=1M oflag=direct status=none
 
-start_ublkd "$cfg" --state-dir "$state"
-line=$(wait_for_log "device f0 recovered: live again at $dev" 30)
-[[ $(dd if="$dev" bs=1M count=16 iflag=direct status=none | sha256sum | cut -d' ' -f1) == "$sum" ]] ||
-    fail "the data written before the kill does not read back through the recovered device"
-[[ $line == *"user copy (UBLK_F_USER_COPY) through buffers"* ]] ||
-    fail "the recovered device does not say it copies through buffers: $line"
-fio_verify "$dev" --size=16M --offset=16M --iodepth=1
-fio_verify "$dev" --size=16M --offset=32M --iodepth=64 --bs=4k-128k
-dd if="$CASE_DIR/pattern" of="$dev" bs=1M seek=16 oflag=direct status=none
+    log "$mode: kill -9 ublkd (pid $UBLKD_PID); the path now leads to a copy on ext4"
+    kill -KILL "$UBLKD_PID"
+    wait "$UBLKD_PID" 2>/dev/null || true
+    cp "$on_tmpfs" "$mnt/d.img"
+    rm "$on_tmpfs"
+    ln -sfn "$mnt/d.img" "$link"
 
-stop_ublkd 20
-assert_no_ublk_devices
-cmp -n 16777216 "$mnt/d.img" "$CASE_DIR/pattern" || fail "the ext4 file lost the data written before the kill"
-cmp -n 16777216 -i 16777216:0 "$mnt/d.img" "$CASE_DIR/pattern" ||
-    fail "the ext4 file does not hold what was written through the recovered device"
-log "recovered USER_COPY device served through buffers"
+    start_ublkd "$cfg" --state-dir "$state"
+    line=$(wait_for_log "device f0 recovered: live again at $dev" 30)
+    [[ $(dd if="$dev" bs=1M count=16 iflag=direct status=none | sha256sum | cut -d' ' -f1) == "$sum" ]] ||
+        fail "$mode: the data written before the kill does not read back through the recovered device"
+    [[ $line == *"user copy (UBLK_F_USER_COPY) through buffers"* ]] ||
+        fail "$mode: the recovered device does not say it copies through buffers: $line"
+    # Two jobs, one per CPU, on their own halves of 16-48 MiB: both queues.
+    fio_verify "$dev" --numjobs=2 --cpus_allowed=0-1 --cpus_allowed_policy=split \
+        --offset=16M --size=16M --offset_increment=16M --iodepth=1 --bs=4k --number_ios=1024
+    fio_verify "$dev" --numjobs=2 --cpus_allowed=0-1 --cpus_allowed_policy=split \
+        --offset=16M --size=16M --offset_increment=16M --iodepth=64 --bsrange=4k-128k
+    assert_queues_used "$dev"
+    dd if="$CASE_DIR/pattern" of="$dev" bs=1M seek=16 oflag=direct status=none
 
-grep -qE "kernel ublk features .*[|]AUTO_BUF_REG[|]" "$UBLKD_LOG" || {
+    stop_ublkd 20
+    assert_no_ublk_devices
+    cmp -n 16777216 "$mnt/d.img" "$CASE_DIR/pattern" ||
+        fail "$mode: the ext4 file lost the data written before the kill"
+    cmp -n 16777216 -i 16777216:0 "$mnt/d.img" "$CASE_DIR/pattern" ||
+        fail "$mode: the ext4 file does not hold what was written through the recovered device"
+    rm "$mnt/d.img"
+    log "$mode: recovered USER_COPY device served through buffers"
+}
+
+bridged per-request
+if has_feature BATCH_IO; then
+    bridged batched
+else
+    log "the kernel offers no BATCH_IO: no batched round"
+fi
+rm -f "$cfg/ublkd.json"
+
+has_feature AUTO_BUF_REG || {
     log "the kernel offers no zero copy (AUTO_BUF_REG): the other direction does not arise"
     exit 0
 }
