@@ -41,18 +41,6 @@ uint64_t bitmap_bytes(uint64_t length) {
   return (chunks + kWordBits - 1) / kWordBits * sizeof(uint64_t);
 }
 
-int pwrite_all(int fd, const std::byte* src, size_t n, uint64_t pos) noexcept {
-  return io_all(n, [&](size_t done) {
-    return ::pwrite(fd, src + done, n - done, static_cast<off_t>(pos + done));
-  });
-}
-
-int pread_all(int fd, std::byte* dst, size_t n, uint64_t pos) noexcept {
-  return io_all(n, [&](size_t done) {
-    return ::pread(fd, dst + done, n - done, static_cast<off_t>(pos + done));
-  });
-}
-
 // What an unwritten range reads as, handed to pwrite a piece at a time.
 constexpr size_t kZeroBytes = kChunk;
 alignas(4096) const std::byte kZeros[kZeroBytes] = {};

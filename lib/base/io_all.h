@@ -4,9 +4,11 @@
 #pragma once
 
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 
 namespace ublkd {
 
@@ -25,6 +27,19 @@ int io_all(size_t n, Io io) noexcept {
     done += static_cast<size_t>(r);
   }
   return 0;
+}
+
+// All `n` bytes at `pos`, with io_all's results.
+inline int pwrite_all(int fd, const std::byte* src, size_t n, uint64_t pos) noexcept {
+  return io_all(n, [&](size_t done) {
+    return ::pwrite(fd, src + done, n - done, static_cast<off_t>(pos + done));
+  });
+}
+
+inline int pread_all(int fd, std::byte* dst, size_t n, uint64_t pos) noexcept {
+  return io_all(n, [&](size_t done) {
+    return ::pread(fd, dst + done, n - done, static_cast<off_t>(pos + done));
+  });
 }
 
 }  // namespace ublkd

@@ -400,10 +400,8 @@ class QueueLoop {
   int bridge(uint16_t tag, uint32_t len, bool into_request) const {
     auto* buf = reinterpret_cast<std::byte*>(buffer(tag));
     const uint64_t pos = uapi::user_copy_pos(c_.queue_id, tag);
-    const int r = io_all(len, [&](size_t done) {
-      return into_request ? ::pwrite(c_.char_fd, buf + done, len - done, pos + done)
-                          : ::pread(c_.char_fd, buf + done, len - done, pos + done);
-    });
+    const int r = into_request ? pwrite_all(c_.char_fd, buf, len, pos)
+                               : pread_all(c_.char_fd, buf, len, pos);
     return r < 0 ? -EIO : static_cast<int>(len);
   }
 
